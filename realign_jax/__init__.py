@@ -1,0 +1,1 @@
+"""realign_jax: preference alignment of vision-language models against hallucination, in JAX."""

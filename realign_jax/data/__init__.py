@@ -1,0 +1,1 @@
+"""Record schema, sources, image preprocessing, tokenisation and the Grain pipeline."""
