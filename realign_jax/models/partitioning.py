@@ -128,6 +128,9 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, devices: Sequence[
         sizes[free[0]] = len(devices) // known
     if sizes["data"] * sizes["fsdp"] * sizes["tensor"] != len(devices):
         raise ValueError(f"mesh {sizes} needs {sizes['data'] * sizes['fsdp'] * sizes['tensor']} devices, found {len(devices)}")
+    # Auto axes: XLA propagates shardings from parameters, inputs and `constrain` hints
+    # (explicit-mode types would make every reshape of a sharded batch spell out its sharding).
     return jax.make_mesh(
-        (sizes["data"], sizes["fsdp"], sizes["tensor"]), ("data", "fsdp", "tensor"), devices=devices
+        (sizes["data"], sizes["fsdp"], sizes["tensor"]), ("data", "fsdp", "tensor"), devices=devices,
+        axis_types=(jax.sharding.AxisType.Auto,) * 3,
     )
