@@ -1,0 +1,1 @@
+"""Hallucination evaluators (POPE, CHAIR, AMBER-style) and the generation runner."""

@@ -1,0 +1,67 @@
+"""The command line: `python -m realign_jax.main --config=configs/<name>.py[:arg] [--config.key=value ...]`.
+
+The config's `mode` picks what runs. Modes land as the project grows; asking for one that
+does not exist yet says so in one line instead of a stack trace.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
+_WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
+
+
+def _generate(config: Any, workdir: str) -> None:
+    from realign_jax.eval.captioning import caption
+
+    caption(config, workdir)
+
+
+MODES: dict[str, Callable[[Any, str], None]] = {"generate": _generate}
+PLANNED_MODES = ("sft", "build_pairs", "train", "eval", "pipeline")
+
+
+def run(config: Any, workdir: str) -> None:
+    mode = config.get("mode")
+    if mode in MODES:
+        MODES[mode](config, workdir)
+    elif mode in PLANNED_MODES:
+        raise SystemExit(f"config.mode={mode!r} is not implemented yet; available now: {sorted(MODES)}")
+    else:
+        raise SystemExit(f"config.mode={mode!r} is unknown; expected one of {sorted(MODES) + list(PLANNED_MODES)}")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with an unknown `--config.key` reported in one line (it otherwise raises
+    a KeyError chain from inside ml_collections)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
+    except (KeyError, AttributeError) as error:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        raise SystemExit(f"error: unknown config key {error} in {bad}") from None
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the terminal
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+        # Bad input and bad config values end in one line naming the problem, not a trace.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
