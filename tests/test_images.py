@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,24 +132,27 @@ def test_jpeg_round_trip_matches_processor() -> None:
     assert_close(preprocess(load_image(data), ImageSpec()), reference)
 
 
-def installed_images() -> list[Path]:
-    """PNG/JPEG files over 20 KB shipped by installed packages (real encoders, real content)."""
-    site_packages = Path(sysconfig.get_paths()["purelib"])
-    found = [p for pattern in ("*.jpg", "*.jpeg", "*.png") for p in site_packages.rglob(pattern)]
-    return sorted(p for p in found if p.stat().st_size > 20_000)[:3]
+def real_photograph() -> Path:
+    """Grace Hopper's portrait, a real JPEG photograph that matplotlib ships in its sample data."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 
 
-def test_installed_package_images_match_processor() -> None:
-    paths = installed_images()
-    if not paths:
-        pytest.skip("no JPEG/PNG over 20 KB in site-packages")
+# Crops of the photograph (left, top, right, bottom): whole, wide, tall, smaller than the crop, odd.
+PHOTO_BOXES = [None, (0, 100, 512, 300), (100, 0, 250, 600), (50, 50, 250, 190), (3, 7, 404, 344)]
+
+
+@pytest.mark.parametrize("box", PHOTO_BOXES)
+def test_real_photograph_matches_processors(box: tuple[int, int, int, int] | None) -> None:
     padding = LlavaImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True)
-    for path in paths:
-        with Image.open(path) as original:
-            plain, padded = hf_pixels(clip_processor(), original), hf_pixels(padding, original)
-        loaded = load_image(path)
-        assert_close(preprocess(loaded, ImageSpec()), plain)
-        assert_close(preprocess(loaded, ImageSpec(pad_to_square=True)), padded)
+    with Image.open(real_photograph()) as original:
+        photo = original.convert("RGB") if box is None else original.convert("RGB").crop(box)
+    plain, padded = hf_pixels(clip_processor(), photo), hf_pixels(padding, photo)
+    assert_close(preprocess(photo, ImageSpec()), plain)
+    assert_close(preprocess(photo, ImageSpec(pad_to_square=True)), padded)
+    if box is None:  # and through the file decoder
+        assert_close(preprocess(load_image(real_photograph()), ImageSpec()), plain)
 
 
 def rgba_image() -> Image.Image:
