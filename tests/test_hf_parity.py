@@ -97,3 +97,18 @@ def test_config_round_trip(hf_checkpoint):
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         hf.load_pretrained(str(tmp_path))
+
+
+def test_bfloat16_export_and_import(hf_checkpoint, tmp_path):
+    """Real checkpoints ship in half precision: a bf16 folder loads into fp32 parameters exactly."""
+    import ml_dtypes
+
+    path, _, _ = hf_checkpoint
+    model = hf.load_pretrained(path)
+    hf.save_pretrained(model, str(tmp_path), dtype=ml_dtypes.bfloat16)
+    reloaded = hf.load_pretrained(str(tmp_path), param_dtype="float32")
+    original = np.asarray(model.decoder.layers.q_proj.kernel[...])
+    again = np.asarray(reloaded.decoder.layers.q_proj.kernel[...])
+    assert again.dtype == np.float32
+    np.testing.assert_array_equal(again, original.astype(ml_dtypes.bfloat16).astype(np.float32))
+    assert not np.array_equal(again, original)  # the round to bf16 really happened
