@@ -103,11 +103,3 @@ def test_right_padding_is_refused(model):
 def test_bad_sampling_values_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SamplingConfig(**{field: value})
-
-
-def test_scan_and_unrolled_layers_agree():
-    ids, pixels = _prompt(2, seed=6)
-    scanned = LlavaModel(CONFIG, rngs=nnx.Rngs(0))
-    unrolled = LlavaModel(CONFIG.replace(scan_layers=False, remat="full"), rngs=nnx.Rngs(0))
-    np.testing.assert_allclose(np.asarray(scanned(ids, pixels)), np.asarray(unrolled(ids, pixels)), atol=1e-5)
-    assert jnp.isfinite(LlavaModel(CONFIG.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))(ids, pixels)).all()
