@@ -1,7 +1,6 @@
 """Generation behaviour beyond parity: padding, hidden image tokens (BDHS), sampling."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import Mesh, SingleDeviceSharding
 
 from realign_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 from realign_jax.models.llava import LlavaModel, abstract_model
