@@ -1,0 +1,1 @@
+"""Preference losses: pure functions of log-probs -> (loss, metrics)."""

@@ -1,0 +1,164 @@
+"""Preference losses as pure functions of per-row response log-probs (METHODS.md 1-5).
+
+Inputs are SUMS over response tokens of log pi(y_t | ...), for the policy and the frozen
+reference, keyed by row kind:
+  chosen            lp(y_w | x, v)
+  rejected          lp(y_l | x, v)
+  chosen_alt_image  lp(y_w | x, v_l)  (rDPO's retrieved image, mDPO's corrupted image)
+  rejected_noisy    lp(y_noisy | x, v) (POVID's noise-triggered response)
+and, per kind, the response token count `length_<kind>` (for length normalisation) and the
+policy's token-mean NLL of the chosen answer `nll_chosen` (for the SFT term).
+Losses never see a model; beta is applied exactly once, inside `_margin`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+Rows = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Hyperparameters shared by the registry (METHODS.md defaults)."""
+
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # conservative / robust DPO epsilon
+    length_normalize: bool = False
+    sft_weight: float = 0.0  # alpha of the added NLL(y_w) term
+    visual_weight: float = 1.0  # rDPO's w_v
+    mdpo_anchor_delta: float = 0.0
+    povid_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # paper form: a, b1, b2
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"loss.beta={self.beta} must be positive")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+
+
+def _ratio(policy: Rows, reference: Rows, kind: str, config: LossConfig) -> jax.Array:
+    """D(y) = lp_pi - lp_ref, divided by the response length when normalising."""
+    ratio = policy[kind] - reference[kind]
+    if config.length_normalize:
+        ratio = ratio / jnp.maximum(policy[f"length_{kind}"], 1)
+    return ratio
+
+
+def _margin(policy: Rows, reference: Rows, win: str, lose: str, config: LossConfig) -> jax.Array:
+    """beta * [D(win) - D(lose)]: the only place beta multiplies a log-ratio."""
+    return config.beta * (_ratio(policy, reference, win, config) - _ratio(policy, reference, lose, config))
+
+
+def _sigmoid(h: jax.Array, config: LossConfig) -> jax.Array:
+    eps = config.label_smoothing
+    return -(1 - eps) * jax.nn.log_sigmoid(h) - eps * jax.nn.log_sigmoid(-h)
+
+
+def _reward_metrics(policy: Rows, reference: Rows, win: str, lose: str, config: LossConfig,
+                    prefix: str = "") -> Metrics:
+    chosen = config.beta * _ratio(policy, reference, win, config)
+    rejected = config.beta * _ratio(policy, reference, lose, config)
+    return {
+        f"{prefix}rewards/chosen": jnp.mean(chosen),
+        f"{prefix}rewards/rejected": jnp.mean(rejected),
+        f"{prefix}rewards/margins": jnp.mean(chosen - rejected),
+        f"{prefix}rewards/accuracies": jnp.mean((chosen > rejected).astype(jnp.float32)),
+        f"{prefix}logps/chosen": jnp.mean(policy[win]),
+        f"{prefix}logps/rejected": jnp.mean(policy[lose]),
+    }
+
+
+def _finish(per_row: jax.Array, policy: Rows, config: LossConfig, metrics: Metrics) -> tuple[jax.Array, Metrics]:
+    """Mean over rows, plus the optional SFT term alpha * NLL(y_w)."""
+    loss = jnp.mean(per_row)
+    if config.sft_weight:
+        nll = jnp.mean(policy["nll_chosen"])
+        loss = loss + config.sft_weight * nll
+        metrics["nll/chosen"] = nll
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+def dpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """Sigmoid DPO with optional label smoothing (conservative DPO)."""
+    h = _margin(policy, reference, "chosen", "rejected", config)
+    return _finish(_sigmoid(h, config), policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+
+
+def ipo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """(h - 1/(2 beta))^2 with length-normalised log-ratios (IPO always normalises)."""
+    normalized = dataclasses.replace(config, length_normalize=True)
+    h = _ratio(policy, reference, "chosen", normalized) - _ratio(policy, reference, "rejected", normalized)
+    per_row = jnp.square(h - 1 / (2 * config.beta))
+    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", normalized))
+
+
+def hinge(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """relu(1 - beta * h)."""
+    h = _margin(policy, reference, "chosen", "rejected", config)
+    return _finish(jax.nn.relu(1 - h), policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+
+
+def rdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """Re-Align Eq. 1: -logsig(h_txt) - w_v * logsig(h_vis), h_vis contrasting y_w under v and v_l."""
+    h_txt = _margin(policy, reference, "chosen", "rejected", config)
+    h_vis = _margin(policy, reference, "chosen", "chosen_alt_image", config)
+    per_row = _sigmoid(h_txt, config) + config.visual_weight * _sigmoid(h_vis, config)
+    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
+    metrics.update(_reward_metrics(policy, reference, "chosen", "chosen_alt_image", config, prefix="visual/"))
+    return _finish(per_row, policy, config, metrics)
+
+
+def mdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """DPO + conditional term on the corrupted image + anchor -logsig(beta*D(y_w) - delta)."""
+    h_txt = _margin(policy, reference, "chosen", "rejected", config)
+    h_vis = _margin(policy, reference, "chosen", "chosen_alt_image", config)
+    anchor = config.beta * _ratio(policy, reference, "chosen", config) - config.mdpo_anchor_delta
+    per_row = _sigmoid(h_txt, config) + _sigmoid(h_vis, config) - jax.nn.log_sigmoid(anchor)
+    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
+    metrics.update(_reward_metrics(policy, reference, "chosen", "chosen_alt_image", config, prefix="visual/"))
+    return _finish(per_row, policy, config, metrics)
+
+
+def povid(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """POVID stage 2 as the public scripts: mean of the injected-text and noisy-image DPO terms."""
+    h_inj = _margin(policy, reference, "chosen", "rejected", config)
+    h_noisy = _margin(policy, reference, "chosen", "rejected_noisy", config)
+    per_row = 0.5 * _sigmoid(h_inj, config) + 0.5 * _sigmoid(h_noisy, config)
+    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
+    metrics.update(_reward_metrics(policy, reference, "chosen", "rejected_noisy", config, prefix="noisy/"))
+    return _finish(per_row, policy, config, metrics)
+
+
+def povid_weighted(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """POVID as the paper writes it: -logsig(beta * [a*D_w - (b1*D_inj + b2*D_noisy)])."""
+    a, b1, b2 = config.povid_weights
+    d = {k: _ratio(policy, reference, k, config) for k in ("chosen", "rejected", "rejected_noisy")}
+    h = config.beta * (a * d["chosen"] - (b1 * d["rejected"] + b2 * d["rejected_noisy"]))
+    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
+    metrics.update(_reward_metrics(policy, reference, "chosen", "rejected_noisy", config, prefix="noisy/"))
+    return _finish(_sigmoid(h, config), policy, config, metrics)
+
+
+LOSSES: dict[str, Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]] = {
+    "dpo": dpo, "ipo": ipo, "hinge": hinge, "rdpo": rdpo, "mdpo": mdpo, "povid": povid,
+    "povid_weighted": povid_weighted,
+}
+
+
+def get_loss(name: str) -> Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]:
+    if name not in LOSSES:
+        raise ValueError(f"loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def mixed(loss_a: jax.Array, loss_b: jax.Array, alpha: jax.Array | float) -> jax.Array:
+    """BDHS paper's combinations: alpha*L(y_w, y_l) + (1 - alpha)*L(y~_w, y~_l) (mixed DPO, alpha
+    ~ Bernoulli(0.5)) and g*L(y_w, y_l) + (1 - g)*L(y_w, y~) with g = 0.5."""
+    return alpha * loss_a + (1 - alpha) * loss_b
