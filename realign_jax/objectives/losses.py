@@ -74,6 +74,15 @@ def _reward_metrics(policy: Rows, reference: Rows, win: str, lose: str, config: 
     }
 
 
+def _two_terms(policy: Rows, reference: Rows, config: LossConfig, second: str,
+               prefix: str) -> tuple[jax.Array, jax.Array, Metrics]:
+    """Margins of y_w over y_l and over a `second` dispreferred row, with metrics for both."""
+    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
+    metrics.update(_reward_metrics(policy, reference, "chosen", second, config, prefix=prefix))
+    h_first = _margin(policy, reference, "chosen", "rejected", config)
+    return h_first, _margin(policy, reference, "chosen", second, config), metrics
+
+
 def _finish(per_row: jax.Array, policy: Rows, config: LossConfig, metrics: Metrics) -> tuple[jax.Array, Metrics]:
     """Mean over rows, plus the optional SFT term alpha * NLL(y_w)."""
     loss = jnp.mean(per_row)
@@ -107,32 +116,23 @@ def hinge(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array,
 
 def rdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """Re-Align Eq. 1: -logsig(h_txt) - w_v * logsig(h_vis), h_vis contrasting y_w under v and v_l."""
-    h_txt = _margin(policy, reference, "chosen", "rejected", config)
-    h_vis = _margin(policy, reference, "chosen", "chosen_alt_image", config)
+    h_txt, h_vis, metrics = _two_terms(policy, reference, config, "chosen_alt_image", "visual/")
     per_row = _sigmoid(h_txt, config) + config.visual_weight * _sigmoid(h_vis, config)
-    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
-    metrics.update(_reward_metrics(policy, reference, "chosen", "chosen_alt_image", config, prefix="visual/"))
     return _finish(per_row, policy, config, metrics)
 
 
 def mdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """DPO + conditional term on the corrupted image + anchor -logsig(beta*D(y_w) - delta)."""
-    h_txt = _margin(policy, reference, "chosen", "rejected", config)
-    h_vis = _margin(policy, reference, "chosen", "chosen_alt_image", config)
+    h_txt, h_vis, metrics = _two_terms(policy, reference, config, "chosen_alt_image", "visual/")
     anchor = config.beta * _ratio(policy, reference, "chosen", config) - config.mdpo_anchor_delta
     per_row = _sigmoid(h_txt, config) + _sigmoid(h_vis, config) - jax.nn.log_sigmoid(anchor)
-    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
-    metrics.update(_reward_metrics(policy, reference, "chosen", "chosen_alt_image", config, prefix="visual/"))
     return _finish(per_row, policy, config, metrics)
 
 
 def povid(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """POVID stage 2 as the public scripts: mean of the injected-text and noisy-image DPO terms."""
-    h_inj = _margin(policy, reference, "chosen", "rejected", config)
-    h_noisy = _margin(policy, reference, "chosen", "rejected_noisy", config)
+    h_inj, h_noisy, metrics = _two_terms(policy, reference, config, "rejected_noisy", "noisy/")
     per_row = 0.5 * _sigmoid(h_inj, config) + 0.5 * _sigmoid(h_noisy, config)
-    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
-    metrics.update(_reward_metrics(policy, reference, "chosen", "rejected_noisy", config, prefix="noisy/"))
     return _finish(per_row, policy, config, metrics)
 
 
@@ -141,8 +141,7 @@ def povid_weighted(policy: Rows, reference: Rows, config: LossConfig) -> tuple[j
     a, b1, b2 = config.povid_weights
     d = {k: _ratio(policy, reference, k, config) for k in ("chosen", "rejected", "rejected_noisy")}
     h = config.beta * (a * d["chosen"] - (b1 * d["rejected"] + b2 * d["rejected_noisy"]))
-    metrics = _reward_metrics(policy, reference, "chosen", "rejected", config)
-    metrics.update(_reward_metrics(policy, reference, "chosen", "rejected_noisy", config, prefix="noisy/"))
+    *_, metrics = _two_terms(policy, reference, config, "rejected_noisy", "noisy/")
     return _finish(_sigmoid(h, config), policy, config, metrics)
 
 
