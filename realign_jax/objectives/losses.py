@@ -28,7 +28,7 @@ class LossConfig:
     """Hyperparameters shared by the registry (METHODS.md defaults)."""
 
     beta: float = 0.1
-    label_smoothing: float = 0.0  # conservative / robust DPO epsilon
+    label_smoothing: float = 0.0  # conservative DPO epsilon (cDPO; not TRL's "robust" loss)
     length_normalize: bool = False
     sft_weight: float = 0.0  # alpha of the added NLL(y_w) term
     visual_weight: float = 1.0  # rDPO's w_v
@@ -105,7 +105,8 @@ def ipo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, M
     normalized = dataclasses.replace(config, length_normalize=True)
     h = _ratio(policy, reference, "chosen", normalized) - _ratio(policy, reference, "rejected", normalized)
     per_row = jnp.square(h - 1 / (2 * config.beta))
-    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", normalized))
+    # Rewards are logged as beta * D(y) on raw sums (METHODS.md section 1, and TRL's IPO logs).
+    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
 
 
 def hinge(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
