@@ -6,6 +6,7 @@ does not exist yet says so in one line instead of a stack trace.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,8 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
+_XLA = flags.DEFINE_bool("xla", False, "Profiling run: trace a window of steps with jax.profiler and dump the "
+                         "optimised HLO and memory analysis of the step under the work dir.")
 
 
 def _generate(config: Any, workdir: str) -> None:
@@ -23,13 +26,28 @@ def _generate(config: Any, workdir: str) -> None:
     caption(config, workdir)
 
 
-MODES: dict[str, Callable[[Any, str], None]] = {"generate": _generate}
-PLANNED_MODES = ("sft", "build_pairs", "train", "eval", "pipeline")
+def _train(config: Any, workdir: str, xla: bool = False) -> None:
+    from realign_jax.train.loop import train
+
+    outputs = train(config, workdir, xla=xla)
+    metrics = outputs["metrics"]
+    shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
+    print(f"step {outputs['step']}: {shown}")
+    for key in ("export", "profile", "xla"):
+        if key in outputs:
+            print(f"{key}: {outputs[key]}")
+    print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
 
 
-def run(config: Any, workdir: str) -> None:
+MODES: dict[str, Callable[..., None]] = {"generate": _generate, "train": _train, "sft": _train}
+PLANNED_MODES = ("build_pairs", "eval", "pipeline")
+
+
+def run(config: Any, workdir: str, xla: bool = False) -> None:
     mode = config.get("mode")
-    if mode in MODES:
+    if mode in ("train", "sft"):
+        MODES[mode](config, workdir, xla)
+    elif mode in MODES:
         MODES[mode](config, workdir)
     elif mode in PLANNED_MODES:
         raise SystemExit(f"config.mode={mode!r} is not implemented yet; available now: {sorted(MODES)}")
@@ -56,7 +74,7 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        run(_CONFIG.value, _WORKDIR.value, _XLA.value)
     except (ValueError, FileNotFoundError, NotImplementedError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)

@@ -44,7 +44,7 @@ def _cli(*args):
     ("--config.generate.foo=1", "unknown config key"),
     ("--config.generate.max_new_tokens=abc", "max_new_tokens"),
     ("--config.generate.top_p=0", "top_p"),
-    ("--config.mode=train", "not implemented yet"),
+    ("--config.mode=eval", "not implemented yet"),
 ])
 def test_bad_config_is_one_line(tmp_path, override, message):
     result = _cli("--config=configs/generate_llava.py", f"--workdir={tmp_path}", override)

@@ -144,3 +144,9 @@ class Decoder(nnx.Module):
         if self.lm_head is None:
             return self.embed_tokens.attend(hidden)
         return self.lm_head(hidden)
+
+    def output_kernel(self) -> jax.Array:
+        """The LM head as an [embed, vocab] matrix in compute dtype, for vocabulary-chunked
+        log-probs that never build the full logits."""
+        kernel = self.embed_tokens.embedding[...].T if self.lm_head is None else self.lm_head.kernel[...]
+        return kernel.astype(self.embed_tokens.dtype)

@@ -48,12 +48,20 @@ class LlavaModel(nnx.Module):
         self.projector = Projector(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.decoder = Decoder(config.text, attention_impl=config.attention_impl, rngs=rngs, **runtime)
 
-    def encode_images(self, pixel_values: jax.Array) -> jax.Array:
-        """[images, channels, H, W] -> projected features [images, num_image_tokens, text_embed]."""
+    def vision_features(self, pixel_values: jax.Array) -> jax.Array:
+        """[images, channels, H, W] -> selected tower states [images, num_image_tokens, vision_embed * n].
+
+        Split from `encode_images` so a trainer with a frozen tower can run it once per step
+        and share it between the policy's and the reference's projectors.
+        """
         states = self.vision_tower.hidden_states(pixel_values, self.config.feature_layers)
         if self.config.vision_feature_select_strategy == "default":
             states = [s[:, 1:] for s in states]
-        return self.projector(jnp.concatenate(states, axis=-1))
+        return jnp.concatenate(states, axis=-1)
+
+    def encode_images(self, pixel_values: jax.Array) -> jax.Array:
+        """[images, channels, H, W] -> projected features [images, num_image_tokens, text_embed]."""
+        return self.projector(self.vision_features(pixel_values))
 
     def embed(self, input_ids: jax.Array, image_features: jax.Array | None = None) -> jax.Array:
         """Token embeddings with row b's image placeholders replaced by image_features[b], in order."""

@@ -100,12 +100,14 @@ def variable_axes(variable: nnx.Variable) -> LogicalAxes:
     return tuple(axes) if axes is not None else (None,) * len(variable.shape)
 
 
-def state_shardings(state: nnx.State, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> nnx.State:
-    """A NamedSharding per variable of `state` (abstract or concrete), from its logical axes."""
+def state_shardings(state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+    """A NamedSharding per leaf of `state` (abstract or concrete): variables by their logical
+    axes, anything else (optimiser step counts, RNG keys) replicated."""
 
-    def sharding(variable: nnx.Variable) -> NamedSharding:
-        spec = logical_to_spec(variable_axes(variable), rules, variable.shape, mesh)
-        return NamedSharding(mesh, spec)
+    def sharding(leaf: Any) -> NamedSharding:
+        if not isinstance(leaf, nnx.Variable) or not hasattr(leaf.get_raw_value(), "shape"):
+            return NamedSharding(mesh, PartitionSpec())  # also optax's empty masked-out slots
+        return NamedSharding(mesh, logical_to_spec(variable_axes(leaf), rules, leaf.shape, mesh))
 
     return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 

@@ -152,6 +152,14 @@ LOSSES: dict[str, Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]]
 }
 
 
+# The rows each loss reads, in the order a batch stacks them (the `sft` objective reads chosen only).
+ROWS: dict[str, tuple[str, ...]] = {
+    "dpo": ("chosen", "rejected"), "ipo": ("chosen", "rejected"), "hinge": ("chosen", "rejected"),
+    "rdpo": ("chosen", "rejected", "chosen_alt_image"), "mdpo": ("chosen", "rejected", "chosen_alt_image"),
+    "povid": ("chosen", "rejected", "rejected_noisy"), "povid_weighted": ("chosen", "rejected", "rejected_noisy"),
+}
+
+
 def get_loss(name: str) -> Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]:
     if name not in LOSSES:
         raise ValueError(f"loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")

@@ -1,0 +1,64 @@
+"""Orbax checkpoints of the train state and the data iterator.
+
+A checkpoint holds the step, the trainable parameters (only the adapters and trained groups
+under LoRA), the optimiser state, the RNG and the Grain iterator state. The frozen base
+and the reference come back from the base checkpoint, so they are never saved twice.
+Saves are asynchronous: training continues while the files are written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from realign_jax.train.step import TrainState
+
+
+def _unwrap(tree: Any) -> Any:
+    """nnx Variables -> their values, so Orbax sees plain arrays (leaf order is unchanged)."""
+    return jax.tree.map(lambda v: v.get_raw_value() if isinstance(v, nnx.Variable) else v, tree,
+                        is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+class Checkpointer:
+    def __init__(self, directory: str, every: int, keep: int):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 2**31 - 1,
+                                               enable_async_checkpointing=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
+        """Save if the step is due (or `force`); returns whether a save started."""
+        step = int(state.step)
+        if step in self.manager.all_steps():
+            return False
+        return self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(_unwrap(state.checkpointed())), data=ocp.args.JsonSave(data_state)),
+            force=force)
+
+    def restore(self, state: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
+        """Load into `state`'s layout (shapes, dtypes, shardings); returns it with the data state."""
+        step = self.latest_step() if step is None else step
+        template = state.checkpointed()
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                _unwrap(template))
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+        leaves = jax.tree.leaves(restored.state)
+        loaded = jax.tree.unflatten(jax.tree.structure(template), leaves)
+        return TrainState(step=loaded["step"], trainable=loaded["trainable"], opt_state=loaded["opt_state"],
+                          rng=loaded["rng"], frozen=state.frozen, reference=state.reference), restored.data
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,89 @@
+"""The keys every training config has, with the papers' defaults, so configs/*.py state only
+what differs. `settings.parse` validates the result."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def parse_arg(arg: str | None) -> dict[str, str]:
+    """big_vision-style config args: 'loss=rdpo,lora=0' -> {'loss': 'rdpo', 'lora': '0'}."""
+    options = {}
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"config argument {item!r} is not key=value")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.mode = mode  # train | sft
+    config.seed = 0
+    config.reference = "lora_off" if mode == "train" else "none"  # lora_off | frozen_copy | precomputed | none
+
+    config.model = ml_collections.ConfigDict()
+    config.model.path = ""  # local LlavaForConditionalGeneration folder; empty = random `preset` model
+    config.model.preset = "tiny"
+    config.model.seed = 0
+    config.model.dtype = "float32"  # compute dtype (bfloat16 on accelerators)
+    config.model.param_dtype = "float32"  # master weights
+    config.model.remat = "none"  # none | full | dots
+    config.model.scan_layers = True
+    config.model.attention_impl = "xla"  # xla | cudnn
+
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # -1 = the devices left over
+    config.mesh.fsdp = 1
+    config.mesh.tensor = 1
+    config.mesh.rules = ""  # overrides, e.g. "embed=fsdp,vocab=" (see models/partitioning.py)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "random"  # random-token pairs: runs anywhere, proves the machinery
+    config.data.seq_len = 40
+    config.data.num_examples = 32
+    config.data.seed = 0
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.name = loss  # dpo | ipo | hinge | rdpo | mdpo | povid | povid_weighted
+    config.loss.beta = 0.1
+    config.loss.label_smoothing = 0.0
+    config.loss.length_normalize = False
+    config.loss.sft_weight = 0.0
+    config.loss.visual_weight = 1.0  # rDPO's w_v
+    config.loss.mdpo_anchor_delta = 0.0
+    config.loss.povid_weights = (1.0, 1.0, 1.0)  # povid_weighted's a, b1, b2
+    config.loss.rejected_scoring = "label"  # label | best_other (Re-Align's public code)
+    config.loss.noisy_scoring = "batch"  # batch | argmax (POVID's public code)
+    config.loss.vocab_chunk = 8192  # vocabulary chunk of the log-softmax
+
+    config.lora = ml_collections.ConfigDict()
+    config.lora.rank = 8 if mode == "train" else 0  # papers: 128
+    config.lora.alpha = 16.0  # papers: 256
+    config.lora.dropout = 0.0
+    config.lora.targets = r"decoder\.layers\.(q_proj|k_proj|v_proj|o_proj)$"
+
+    config.optim = ml_collections.ConfigDict()
+    config.optim.lr = 1e-3 if mode == "train" else 3e-3  # tiny random model; papers use 1e-5 with LoRA
+    config.optim.warmup_ratio = 0.03
+    config.optim.schedule = "cosine"
+    config.optim.weight_decay = 0.0
+    config.optim.clip_norm = 1.0
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.999
+    config.optim.lr_groups = r"^projector\.=2e-3" if mode == "train" else ""  # 'regex=lr,...'
+
+    config.train = ml_collections.ConfigDict()
+    config.train.steps = 40
+    config.train.batch_size = 8  # examples per optimiser step, over all devices
+    config.train.grad_accum = 1
+    # Base parameters trained in full (regex on paths); LoRA adapters always train.
+    config.train.trainable = r"^projector\." if mode == "train" else r"^(projector|decoder)\."
+    config.train.log_every = 1
+    config.train.checkpoint_every = 20  # 0 = only at the end
+    config.train.keep_checkpoints = 2
+    config.train.export = True  # merged model in HF format under <workdir>/export
+    config.train.profile_start = 3  # --xla: trace steps [start, start + steps)
+    config.train.profile_steps = 3
+    return config

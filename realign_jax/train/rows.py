@@ -1,0 +1,117 @@
+"""Log-probs of the stacked rows of a batch: the one forward per model per step.
+
+A batch holds B examples with K rows each (the kinds a loss reads, `objectives.ROWS`):
+
+    input_ids, attention_mask, loss_mask   int  [B, K, T]  (loss_mask marks response tokens)
+    pixel_values                           f32  [B, M, C, H, W]  (M distinct images per example)
+    ref_logps                              f32  [B, K]  (only when the reference was precomputed)
+
+Images: slot 0 is the example's image, slot 1 the alternative one (rDPO's retrieved image,
+mDPO's corruption, or POVID's noised image for the argmax scoring). Each distinct image is
+encoded once; with a frozen tower its features are shared by policy and reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from realign_jax.models.llava import LlavaModel
+from realign_jax.objectives.losses import ROWS
+from realign_jax.train.logprobs import shifted, token_scores
+
+ALT_IMAGE_KINDS = ("chosen_alt_image",)
+SCORING = ("label", "best_other")  # Re-Align's public code scores rejected rows by best_other
+NOISY_SCORING = ("batch", "argmax")  # POVID's public code: the argmax under the noised image
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+    """Which rows a batch stacks and how they are scored; static for the jitted step."""
+
+    kinds: tuple[str, ...]
+    rejected_scoring: str = "label"
+    noisy_scoring: str = "batch"
+    vocab_chunk: int = 8192
+
+    @classmethod
+    def for_objective(cls, objective: str, **options) -> RowLayout:
+        kinds = ("chosen",) if objective == "sft" else ROWS[objective]
+        layout = cls(kinds, **options)
+        if layout.rejected_scoring not in SCORING:
+            raise ValueError(f"loss.rejected_scoring={layout.rejected_scoring!r}: choose one of {SCORING}")
+        if layout.noisy_scoring not in NOISY_SCORING:
+            raise ValueError(f"loss.noisy_scoring={layout.noisy_scoring!r}: choose one of {NOISY_SCORING}")
+        if layout.noisy_scoring == "argmax" and "rejected_noisy" not in kinds:
+            raise ValueError(f"loss.noisy_scoring='argmax' needs a POVID loss, not {objective!r}")
+        return layout
+
+    @property
+    def num_images(self) -> int:
+        needs_alt = any(k in ALT_IMAGE_KINDS for k in self.kinds) or self.noisy_scoring == "argmax"
+        return 2 if needs_alt else 1
+
+    @property
+    def image_slots(self) -> tuple[int, ...]:
+        return tuple(1 if k in ALT_IMAGE_KINDS else 0 for k in self.kinds)
+
+    def scored_by_best_other(self, kind: str) -> bool:
+        return self.rejected_scoring == "best_other" and kind in ("rejected", "chosen_alt_image")
+
+
+def flat_rows(x: jax.Array) -> jax.Array:
+    """[B, K, ...] -> [B*K, ...], example-major so a data-sharded batch stays local."""
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def image_states(model: LlavaModel, pixel_values: jax.Array) -> jax.Array:
+    """Tower features of every distinct image: [B, M, C, H, W] -> [B, M, N, F]."""
+    b, m = pixel_values.shape[:2]
+    states = model.vision_features(pixel_values.reshape((b * m,) + pixel_values.shape[2:]))
+    return states.reshape((b, m) + states.shape[1:])
+
+
+def row_features(model: LlavaModel, states: jax.Array, slots: tuple[int, ...]) -> jax.Array:
+    """Projected features for each row: [B, M, N, F] -> [B*K, N, D]."""
+    projected = model.projector(states)
+    return flat_rows(jnp.stack([projected[:, s] for s in slots], axis=1))
+
+
+def argmax_responses(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array], layout: RowLayout) -> jax.Array:
+    """POVID's noisy response: y_w's tokens replaced by the teacher-forced argmax under image slot 1."""
+    chosen = layout.kinds.index("chosen")
+    ids, mask = batch["input_ids"][:, chosen], batch["loss_mask"][:, chosen]
+    features = model.projector(states[:, 1])
+    hidden = model.hidden_states(ids, attention_mask=batch["attention_mask"][:, chosen], image_features=features)
+    labels, _ = shifted(ids, mask)
+    best = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk).argmax
+    predicted = jnp.concatenate([ids[:, :1], best[:, :-1]], axis=1)  # position t+1 gets argmax at t
+    return jax.lax.stop_gradient(jnp.where(mask.astype(bool), predicted, ids))
+
+
+def row_logps(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
+              layout: RowLayout) -> dict[str, jax.Array]:
+    """Summed response log-probs per kind ([B] each), response lengths and the chosen NLL."""
+    input_ids = batch["input_ids"]
+    if layout.noisy_scoring == "argmax":
+        noisy = layout.kinds.index("rejected_noisy")
+        input_ids = input_ids.at[:, noisy].set(argmax_responses(model, states, batch, layout))
+    b, k = input_ids.shape[:2]
+    ids = flat_rows(input_ids)
+    features = row_features(model, states, layout.image_slots)
+    hidden = model.hidden_states(ids, attention_mask=flat_rows(batch["attention_mask"]), image_features=features)
+    labels, mask = shifted(ids, flat_rows(batch["loss_mask"]))
+    scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk)
+    best_other_rows = jnp.array([layout.scored_by_best_other(kind) for kind in layout.kinds])
+    per_token = jnp.where(best_other_rows[None, :, None],
+                          scores.best_other.reshape(b, k, -1), scores.label.reshape(b, k, -1))
+    mask = mask.reshape(b, k, -1)
+    sums = jnp.sum(per_token * mask, axis=-1)
+    lengths = jnp.sum(mask, axis=-1)
+    out = {kind: sums[:, i] for i, kind in enumerate(layout.kinds)}
+    out.update({f"length_{kind}": lengths[:, i] for i, kind in enumerate(layout.kinds)})
+    chosen = layout.kinds.index("chosen")
+    out["nll_chosen"] = -sums[:, chosen] / jnp.maximum(lengths[:, chosen], 1)
+    return out

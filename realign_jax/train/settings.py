@@ -1,0 +1,128 @@
+"""The validated, typed view of a training config (configs/*.py are ml_collections files).
+
+Every check happens here, before anything is built, and fails with one line naming the key,
+e.g. `reference='lora_off' needs lora.rank > 0`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+from realign_jax.objectives.losses import LOSSES, LossConfig
+from realign_jax.train.lora import LoraConfig
+from realign_jax.train.optimizer import OptimConfig
+from realign_jax.train.rows import RowLayout
+from realign_jax.train.step import REFERENCES
+
+MODEL_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSettings:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+    rules: tuple[tuple[str, Any], ...] = ()  # overrides of partitioning.DEFAULT_RULES
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    objective: str  # "sft" or a loss name
+    layout: RowLayout
+    loss: LossConfig
+    lora: LoraConfig
+    optim: OptimConfig
+    mesh: MeshSettings
+    reference: str
+    trainable: str  # regex on base parameter paths trained in full ("" = none)
+    steps: int
+    batch_size: int
+    grad_accum: int
+    seed: int
+    log_every: int
+    checkpoint_every: int
+    keep_checkpoints: int
+    export: bool
+    profile_start: int
+    profile_steps: int
+    model: dict[str, Any]  # path, preset, seed and runtime switches
+
+
+def _section(config: Any, name: str) -> Any:
+    if name not in config:
+        raise ValueError(f"config has no '{name}' section")
+    return config[name]
+
+
+def _parse_rules(text: str) -> tuple[tuple[str, Any], ...]:
+    """'embed=fsdp,mlp=tensor,vocab=' -> rule pairs (empty target = replicated, '+' joins axes)."""
+    rules = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, target = item.partition("=")
+        if not sep:
+            raise ValueError(f"mesh.rules item {item!r} is not 'logical_axis=mesh_axis'")
+        axes = tuple(a for a in target.split("+") if a)
+        bad = [a for a in axes if a not in ("data", "fsdp", "tensor")]
+        if bad:
+            raise ValueError(f"mesh.rules: {bad} are not mesh axes (data, fsdp, tensor)")
+        rules.append((name, None if not axes else axes[0] if len(axes) == 1 else axes))
+    return tuple(rules)
+
+
+def parse(config: Any) -> TrainSettings:
+    """ConfigDict -> TrainSettings, raising ValueError('<key>...') on the first bad value."""
+    mode = config.mode
+    loss_cfg, train, optim, lora, mesh = (_section(config, n) for n in ("loss", "train", "optim", "lora", "mesh"))
+    objective = "sft" if mode == "sft" else loss_cfg.name
+    if objective != "sft" and objective not in LOSSES:
+        raise ValueError(f"loss.name={objective!r} is unknown; choose one of {sorted(LOSSES)}")
+    reference = config.reference
+    if reference not in REFERENCES:
+        raise ValueError(f"reference={reference!r}: choose one of {REFERENCES}")
+    if objective == "sft" and reference != "none":
+        raise ValueError(f"reference={reference!r}: mode 'sft' uses no reference; set reference='none'")
+    if objective != "sft" and reference == "none":
+        raise ValueError("reference='none' only fits mode 'sft'; preference losses need a reference")
+    lora_config = LoraConfig(rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout, targets=lora.targets)
+    if reference == "lora_off" and not lora_config.rank:
+        raise ValueError("reference='lora_off' needs lora.rank > 0 (or use reference='frozen_copy')")
+    layout = RowLayout.for_objective(objective, rejected_scoring=loss_cfg.rejected_scoring,
+                                     noisy_scoring=loss_cfg.noisy_scoring, vocab_chunk=loss_cfg.vocab_chunk)
+    if reference == "precomputed" and layout.noisy_scoring == "argmax":
+        raise ValueError("reference='precomputed' cannot go with loss.noisy_scoring='argmax': the noisy "
+                         "response comes from the current policy, so its reference log-prob changes every step")
+    loss = LossConfig(beta=loss_cfg.beta, label_smoothing=loss_cfg.label_smoothing,
+                      length_normalize=loss_cfg.length_normalize, sft_weight=loss_cfg.sft_weight,
+                      visual_weight=loss_cfg.visual_weight, mdpo_anchor_delta=loss_cfg.mdpo_anchor_delta,
+                      povid_weights=tuple(loss_cfg.povid_weights))
+    optim_config = OptimConfig(lr=optim.lr, warmup_ratio=optim.warmup_ratio, schedule=optim.schedule,
+                               weight_decay=optim.weight_decay, clip_norm=optim.clip_norm, b1=optim.b1, b2=optim.b2,
+                               lr_groups=OptimConfig.parse_groups(optim.lr_groups))
+    try:
+        re.compile(train.trainable)
+    except re.error as e:
+        raise ValueError(f"train.trainable={train.trainable!r} is not a regex: {e}") from None
+    if not train.trainable and not lora_config.rank:
+        raise ValueError("nothing to train: train.trainable is empty and lora.rank is 0")
+    for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
+        if train[key] < 1:
+            raise ValueError(f"train.{key}={train[key]} must be >= 1")
+    if train.batch_size % train.grad_accum:
+        raise ValueError(f"train.batch_size={train.batch_size} is not a multiple of train.grad_accum={train.grad_accum}")
+    if train.checkpoint_every < 0:
+        raise ValueError(f"train.checkpoint_every={train.checkpoint_every} must be >= 0 (0 = only at the end)")
+    if train.profile_steps < 1 or train.profile_start < 1:
+        raise ValueError("train.profile_start and train.profile_steps must be >= 1")
+    model = config.model.to_dict()
+    if not model.get("path") and not model.get("preset"):
+        raise ValueError("model.path or model.preset must be set")
+    return TrainSettings(
+        objective=objective, layout=layout, loss=loss, lora=lora_config, optim=optim_config,
+        mesh=MeshSettings(mesh.data, mesh.fsdp, mesh.tensor, _parse_rules(mesh.rules)), reference=reference,
+        trainable=train.trainable, steps=train.steps, batch_size=train.batch_size, grad_accum=train.grad_accum,
+        seed=config.seed, log_every=train.log_every, checkpoint_every=train.checkpoint_every,
+        keep_checkpoints=train.keep_checkpoints, export=train.export, profile_start=train.profile_start,
+        profile_steps=train.profile_steps, model=model,
+    )

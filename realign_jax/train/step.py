@@ -1,0 +1,135 @@
+"""`step(state, batch) -> (state, metrics)`: one jitted policy + reference update.
+
+Inside one XLA program: the policy forward over all stacked rows and its backward, the
+reference log-probs under `stop_gradient` (the same parameters with LoRA switched off and
+the trainable base parameters at their start values, or read from the batch when they were
+precomputed), the loss, gradient accumulation over micro-batches, clipping and the
+optimiser update. The state is donated, so parameters and optimiser moments are updated in
+place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from realign_jax.models.llava import LlavaModel
+from realign_jax.objectives.losses import LossConfig, get_loss
+from realign_jax.train.lora import set_lora_enabled
+from realign_jax.train.rows import RowLayout, image_states, row_logps
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+REFERENCES = ("lora_off", "frozen_copy", "precomputed", "none")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimiser updates done
+    trainable: nnx.State  # what the optimiser updates: LoRA adapters and/or base groups
+    opt_state: Any
+    rng: jax.Array  # uint32[2], split once per step
+    frozen: nnx.State  # every other parameter (the base under LoRA, the vision tower)
+    reference: nnx.State  # start values of the trainable *base* parameters (empty when unused)
+
+    def checkpointed(self) -> dict[str, Any]:
+        """What a checkpoint holds: the frozen parts come back from the base checkpoint."""
+        return {"step": self.step, "trainable": self.trainable, "opt_state": self.opt_state, "rng": self.rng}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """Everything static about the step (hashable pieces and the model graph)."""
+
+    graphdef: Any
+    objective: str  # "sft" or a loss name
+    loss: LossConfig
+    layout: RowLayout
+    reference: str
+    grad_accum: int
+    tx: optax.GradientTransformation
+    schedules: dict[str, optax.Schedule]
+    vision_trainable: bool
+    dropout_keys: nnx.State  # template (shapes) of LoRA dropout keys; empty without dropout
+
+
+def _fresh_dropout_keys(template: nnx.State, key: jax.Array) -> nnx.State:
+    leaves, treedef = jax.tree.flatten(template)
+    keys = [jax.random.bits(jax.random.fold_in(key, i), leaf.shape, jnp.uint32) for i, leaf in enumerate(leaves)]
+    return jax.tree.unflatten(treedef, keys)
+
+
+def _models(spec: StepSpec, state: TrainState, trainable: nnx.State, key: jax.Array) -> tuple[LlavaModel, LlavaModel]:
+    keys = _fresh_dropout_keys(spec.dropout_keys, key)
+    policy = nnx.merge(spec.graphdef, trainable, keys, state.frozen)
+    reference = nnx.merge(spec.graphdef, jax.lax.stop_gradient(trainable), keys, state.frozen)
+    if len(jax.tree.leaves(state.reference)):
+        nnx.update(reference, state.reference)
+    set_lora_enabled(reference, False)
+    return policy, reference
+
+
+def _loss(spec: StepSpec, state: TrainState, trainable: nnx.State, batch: Batch,
+          key: jax.Array) -> tuple[jax.Array, Metrics]:
+    policy, reference = _models(spec, state, trainable, key)
+    shared = None if spec.vision_trainable else jax.lax.stop_gradient(image_states(policy, batch["pixel_values"]))
+    states = shared if shared is not None else image_states(policy, batch["pixel_values"])
+    policy_rows = row_logps(policy, states, batch, spec.layout)
+    if spec.objective == "sft":
+        chosen = policy_rows["chosen"]
+        tokens = jnp.sum(policy_rows["length_chosen"])
+        loss = -jnp.sum(chosen) / jnp.maximum(tokens, 1)
+        return loss, {"loss": loss, "logps/chosen": jnp.mean(chosen)}
+    if spec.reference == "precomputed":
+        ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(spec.layout.kinds)}
+    else:
+        ref_states = shared if shared is not None else image_states(reference, batch["pixel_values"])
+        ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, spec.layout))
+    return get_loss(spec.objective)(policy_rows, ref_rows, spec.loss)
+
+
+def _micro_batches(batch: Batch, count: int) -> Batch:
+    """[B, ...] -> [count, B/count, ...] taking every count-th example, so each micro-batch is
+    spread over all data shards instead of living on a few of them."""
+    def split(x: jax.Array) -> jax.Array:
+        return jnp.swapaxes(x.reshape((x.shape[0] // count, count) + x.shape[1:]), 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    rng, key = jax.random.split(state.rng)
+    grad_fn = jax.value_and_grad(lambda t, b, k: _loss(spec, state, t, b, k), has_aux=True)
+    if spec.grad_accum == 1:
+        (_, metrics), grads = grad_fn(state.trainable, batch, key)
+    else:
+        def accumulate(carry: Any, xs: tuple[Batch, jax.Array]) -> tuple[Any, None]:
+            micro, index = xs
+            (_, micro_metrics), micro_grads = grad_fn(state.trainable, micro, jax.random.fold_in(key, index))
+            return jax.tree.map(jnp.add, carry, (micro_grads, micro_metrics)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.trainable, _first(batch, spec.grad_accum), key))
+        init = (zeros[1], zeros[0][1])
+        (grads, metrics), _ = jax.lax.scan(accumulate, init,
+                                           (_micro_batches(batch, spec.grad_accum), jnp.arange(spec.grad_accum)))
+        grads, metrics = jax.tree.map(lambda x: x / spec.grad_accum, (grads, metrics))
+    updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    metrics = dict(metrics)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = spec.schedules["default"](state.step)
+    for name, schedule in spec.schedules.items():
+        if name != "default":
+            metrics[f"lr/{name}"] = schedule(state.step)
+    metrics["tokens"] = jnp.sum(batch["attention_mask"])
+    new_state = dataclasses.replace(state, step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=rng)
+    return new_state, metrics
+
+
+def _first(batch: Batch, count: int) -> Batch:
+    return jax.tree.map(lambda x: x[: x.shape[0] // count], batch)

@@ -1,0 +1,148 @@
+"""Builds the sharded train state and the compiled step from TrainSettings.
+
+Nothing full-size is built on one host: a checkpoint is read straight into sharded arrays
+(`hf.load_pretrained(mesh=...)`), a random model is initialised inside `jax.jit` with its
+output shardings, and the optimiser state is created the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from realign_jax.models import hf
+from realign_jax.models.config import preset
+from realign_jax.models.llava import LlavaModel, abstract_model
+from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, state_shardings
+from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
+from realign_jax.train.optimizer import dotted, make_optimizer
+from realign_jax.train.settings import MODEL_RUNTIME_KEYS, TrainSettings
+from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, train_step
+
+
+def _runtime(model: dict[str, Any]) -> dict[str, Any]:
+    return {k: model[k] for k in MODEL_RUNTIME_KEYS if k in model}
+
+
+def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any) -> LlavaModel:
+    """The starting weights, created or read directly into their shards."""
+    model_settings = settings.model
+    if model_settings.get("path"):
+        return hf.load_pretrained(model_settings["path"], mesh=mesh, rules=rules, **_runtime(model_settings))
+    config = preset(model_settings["preset"], **_runtime(model_settings))
+    graphdef, abstract = nnx.split(abstract_model(config))
+    shardings = state_shardings(abstract, mesh, rules)
+    seed = model_settings.get("seed", 0)
+    state = jax.jit(lambda: nnx.state(LlavaModel(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+class Trainer:
+    """Owns the mesh, the step's static parts and the compiled step; the state is passed around."""
+
+    def __init__(self, settings: TrainSettings, mesh: Mesh | None = None):
+        self.settings = settings
+        defaults = dict(DEFAULT_RULES)
+        defaults.update(dict(settings.mesh.rules))
+        self.rules = tuple(defaults.items())
+        self.mesh = mesh if mesh is not None else make_mesh(settings.mesh.data, settings.mesh.fsdp,
+                                                             settings.mesh.tensor)
+        shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        micro = settings.batch_size // settings.grad_accum
+        if micro % shards:
+            raise ValueError(f"train.batch_size / train.grad_accum = {micro} is not divisible by the "
+                             f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
+        self._compiled: Any = None
+
+    def init_state(self) -> TrainState:
+        """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
+        s = self.settings
+        model = _base_model(s, self.mesh, self.rules)
+        self.model_config = model.config
+        self.plain_graphdef = nnx.graphdef(model)
+        if s.lora.rank:
+            add_lora(model, s.lora, nnx.Rngs(s.seed + 1))
+        regex = re.compile(s.trainable) if s.trainable else None
+
+        def is_trainable(path: tuple[Any, ...], variable: Any) -> bool:
+            if isinstance(variable, LoraParam):
+                return True
+            return isinstance(variable, nnx.Param) and regex is not None and bool(regex.search(dotted(path)))
+
+        graphdef, trainable, keys, frozen = nnx.split(model, is_trainable, LoraDropoutKey, ...)
+        if not jax.tree.leaves(trainable):
+            raise ValueError(f"train.trainable={s.trainable!r} matches no parameter and LoRA is off")
+        trainable = jax.device_put(trainable, state_shardings(trainable, self.mesh, self.rules))
+        base_trainable = nnx.filter_state(trainable, nnx.Not(LoraParam))
+        reference = base_trainable if s.reference in ("lora_off", "frozen_copy") else nnx.State({})
+        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t),
+                            out_shardings=state_shardings(reference, self.mesh, self.rules))(reference)
+        tx, schedules = make_optimizer(s.optim, s.steps, trainable)
+        opt_shardings = state_shardings(jax.eval_shape(tx.init, trainable), self.mesh, self.rules)
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(trainable)
+        vision_trainable = any(dotted(path).startswith("vision_tower.")
+                               for path, _ in jax.tree_util.tree_leaves_with_path(trainable))
+        self.spec = StepSpec(
+            graphdef=graphdef, objective=s.objective, loss=s.loss, layout=s.layout, reference=s.reference,
+            grad_accum=s.grad_accum, tx=tx, schedules=schedules, vision_trainable=vision_trainable,
+            dropout_keys=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), keys),
+        )
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return TrainState(
+            step=jax.device_put(jnp.zeros((), jnp.int32), replicated), trainable=trainable, opt_state=opt_state,
+            rng=jax.device_put(jax.random.PRNGKey(s.seed), replicated), frozen=frozen, reference=reference,
+        )
+
+    # -- sharding of inputs and outputs ---------------------------------------------------
+    def state_shardings(self, state: TrainState) -> Any:
+        return state_shardings(state, self.mesh, self.rules)
+
+    def batch_sharding(self, ndim: int) -> NamedSharding:
+        spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), self.rules)
+        return NamedSharding(self.mesh, spec)
+
+    def device_batch(self, host_batch: dict[str, np.ndarray]) -> Batch:
+        """This process's rows -> global arrays sharded over the data axes."""
+        return {k: jax.make_array_from_process_local_data(self.batch_sharding(v.ndim), v)
+                for k, v in host_batch.items()}
+
+    # -- the step ---------------------------------------------------------------------------
+    def compile(self, state: TrainState, batch: Batch) -> Any:
+        """Lower and compile the step for these shapes once (AOT: memory analysis, HLO text)."""
+        state_sh = self.state_shardings(state)
+        batch_sh = {k: self.batch_sharding(v.ndim) for k, v in batch.items()}
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        jitted = jax.jit(lambda st, b: train_step(self.spec, st, b), in_shardings=(state_sh, batch_sh),
+                         out_shardings=(state_sh, replicated), donate_argnums=0)
+        with axis_rules(self.mesh, self.rules):
+            self._compiled = jitted.lower(state, batch).compile()
+        return self._compiled
+
+    def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        if self._compiled is None:
+            self.compile(state, batch)
+        return self._compiled(state, batch)
+
+    # -- views and export ---------------------------------------------------------------------
+    def policy(self, state: TrainState) -> LlavaModel:
+        """The current policy as a model (LoRA still separate)."""
+        keys = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), self.spec.dropout_keys)
+        return nnx.merge(self.spec.graphdef, state.trainable, keys, state.frozen)
+
+    def merged_policy(self, state: TrainState) -> LlavaModel:
+        """The policy with adapters folded in: a plain LlavaModel."""
+        return nnx.merge(self.plain_graphdef, merged_base_state(self.policy(state)))
+
+    def export(self, state: TrainState, path: str, **kwargs: Any) -> None:
+        hf.save_pretrained(self.merged_policy(state), path, **kwargs)
+
+
+def with_step(state: TrainState, step: int) -> TrainState:
+    return dataclasses.replace(state, step=jnp.asarray(step, jnp.int32))
