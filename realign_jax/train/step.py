@@ -94,6 +94,14 @@ def _loss(spec: StepSpec, state: TrainState, trainable: nnx.State, batch: Batch,
     return get_loss(spec.objective)(policy_rows, ref_rows, spec.loss)
 
 
+def reference_logps(spec: StepSpec, state: TrainState, batch: Batch) -> jax.Array:
+    """The reference's summed log-probs [B, K] for a batch: what `reference='precomputed'` reads
+    from `batch['ref_logps']` (a precompute pass runs this once over the data)."""
+    _, reference = _models(spec, state, state.trainable, state.rng)
+    rows = row_logps(reference, image_states(reference, batch["pixel_values"]), batch, spec.layout)
+    return jnp.stack([rows[kind] for kind in spec.layout.kinds], axis=1)
+
+
 def _micro_batches(batch: Batch, count: int) -> Batch:
     """[B, ...] -> [count, B/count, ...] taking every count-th example, so each micro-batch is
     spread over all data shards instead of living on a few of them."""
@@ -121,7 +129,7 @@ def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainSt
     updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
     trainable = optax.apply_updates(state.trainable, updates)
     metrics = dict(metrics)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = spec.schedules["default"](state.step)
     for name, schedule in spec.schedules.items():
         if name != "default":

@@ -7,7 +7,6 @@ output shardings, and the optimiser state is created the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any
 
@@ -24,7 +23,7 @@ from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_t
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
 from realign_jax.train.optimizer import dotted, make_optimizer
 from realign_jax.train.settings import MODEL_RUNTIME_KEYS, TrainSettings
-from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, train_step
+from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, reference_logps, train_step
 
 
 def _runtime(model: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +59,7 @@ class Trainer:
             raise ValueError(f"train.batch_size / train.grad_accum = {micro} is not divisible by the "
                              f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
         self._compiled: Any = None
+        self._reference_fn: Any = None
 
     def init_state(self) -> TrainState:
         """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
@@ -130,6 +130,13 @@ class Trainer:
             self.compile(state, batch)
         return self._compiled(state, batch)
 
+    def reference_logps(self, state: TrainState, batch: Batch) -> jax.Array:
+        """[B, K] reference log-probs of a batch, for precomputing them once."""
+        if self._reference_fn is None:
+            self._reference_fn = jax.jit(lambda st, b: reference_logps(self.spec, st, b))
+        with axis_rules(self.mesh, self.rules):
+            return self._reference_fn(state, batch)
+
     # -- views and export ---------------------------------------------------------------------
     def policy(self, state: TrainState) -> LlavaModel:
         """The current policy as a model (LoRA still separate)."""
@@ -143,6 +150,3 @@ class Trainer:
     def export(self, state: TrainState, path: str, **kwargs: Any) -> None:
         hf.save_pretrained(self.merged_policy(state), path, **kwargs)
 
-
-def with_step(state: TrainState, step: int) -> TrainState:
-    return dataclasses.replace(state, step=jnp.asarray(step, jnp.int32))

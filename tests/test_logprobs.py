@@ -1,0 +1,208 @@
+"""Vocabulary-chunked log-probs agree with a plain full log-softmax, in value, gradient and
+argmax, and never hold the full [rows, length, vocab] logits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from realign_jax.models.config import preset
+from realign_jax.models.llava import LlavaModel, abstract_model
+from realign_jax.train.logprobs import shifted, token_scores
+from realign_jax.train.rows import RowLayout, argmax_responses, image_states
+
+ROWS, LENGTH, EMBED = 2, 7, 12
+
+
+def _problem(vocab: int, seed: int = 0):
+    """Random hidden/kernel/labels; some labels are the argmax, the first and the last token."""
+    rng = np.random.default_rng(seed)
+    hidden = rng.normal(size=(ROWS, LENGTH, EMBED)).astype(np.float32)
+    kernel = (0.7 * rng.normal(size=(EMBED, vocab))).astype(np.float32)
+    labels = rng.integers(0, vocab, size=(ROWS, LENGTH)).astype(np.int32)
+    top = np.argmax(hidden.astype(np.float64) @ kernel.astype(np.float64), axis=-1)
+    labels[0, :3] = top[0, :3]  # label == argmax: best_other must be the runner-up
+    labels[1, 0], labels[1, 1] = 0, vocab - 1
+    return hidden, kernel, labels
+
+
+def _reference(hidden, kernel, labels):
+    """float64 numpy: label log-prob, best non-label log-prob, argmax."""
+    logits = hidden.astype(np.float64) @ kernel.astype(np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))
+    label = np.take_along_axis(logp, labels[..., None], -1)[..., 0]
+    others = logp.copy()
+    np.put_along_axis(others, labels[..., None], -np.inf, -1)
+    return label, others.max(-1), logp.argmax(-1)
+
+
+@pytest.mark.parametrize("vocab,chunk", [(48, 16), (50, 16), (50, 7), (50, 50), (50, 64), (37, 1)])
+def test_token_scores_match_full_log_softmax(vocab, chunk):
+    hidden, kernel, labels = _problem(vocab)
+    scores = token_scores(jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(labels), chunk)
+    label, best_other, argmax = _reference(hidden, kernel, labels)
+    assert scores.label.shape == scores.best_other.shape == scores.argmax.shape == labels.shape
+    assert scores.argmax.dtype == jnp.int32
+    np.testing.assert_allclose(np.asarray(scores.label), label, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores.best_other), best_other, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(scores.argmax), argmax)
+    # The test data covers both cases of best_other (label is / is not the argmax).
+    assert (argmax == labels).any() and (argmax != labels).any()
+
+
+def test_argmax_ties_across_chunks_pick_the_first_token_like_numpy():
+    hidden, kernel, labels = _problem(50, seed=1)
+    kernel[:, 5] = 3.0 * np.sign(hidden[0, 0]) / np.sqrt(EMBED)  # column 5 wins position (0, 0)...
+    kernel[:, 45] = kernel[:, 5]  # ...tied with column 45 in the last chunk
+    labels[0, 0] = 5
+    scores = token_scores(jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(labels), 16)
+    label, best_other, argmax = _reference(hidden, kernel, labels)
+    assert argmax[0, 0] == 5
+    np.testing.assert_array_equal(np.asarray(scores.argmax), argmax)
+    # label 5 is excluded from best_other, its twin 45 is not.
+    np.testing.assert_allclose(np.asarray(scores.best_other)[0, 0], label[0, 0], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(scores.best_other), best_other, atol=1e-5, rtol=1e-5)
+
+
+def _full_scores(hidden, kernel, labels):
+    logp = jax.nn.log_softmax(jnp.einsum("rle,ev->rlv", hidden, kernel), axis=-1)
+    label = jnp.take_along_axis(logp, labels[..., None], -1)[..., 0]
+    is_label = jnp.arange(kernel.shape[1]) == labels[..., None]
+    return label, jnp.max(jnp.where(is_label, -jnp.inf, logp), axis=-1)
+
+
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_gradients_match_full_log_softmax(chunk):
+    hidden, kernel, labels = (jnp.asarray(a) for a in _problem(50))
+    rng = np.random.default_rng(1)
+    w_label = jnp.asarray(rng.normal(size=labels.shape), jnp.float32)
+    w_other = jnp.asarray(rng.normal(size=labels.shape), jnp.float32)
+
+    def chunked(h, k):
+        s = token_scores(h, k, labels, chunk)
+        return jnp.sum(w_label * s.label), jnp.sum(w_other * s.best_other)
+
+    def full(h, k):
+        label, best_other = _full_scores(h, k, labels)
+        return jnp.sum(w_label * label), jnp.sum(w_other * best_other)
+
+    for which in (0, 1):  # label scores, then best_other scores
+        got = jax.jit(jax.grad(lambda h, k: chunked(h, k)[which], argnums=(0, 1)))(hidden, kernel)
+        want = jax.jit(jax.grad(lambda h, k: full(h, k)[which], argnums=(0, 1)))(hidden, kernel)
+        for g, w in zip(got, want):
+            assert bool(jnp.isfinite(g).all())
+            assert float(jnp.abs(w).max()) > 1e-2  # a real gradient, not zeros on both sides
+            np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, rtol=1e-4)
+
+
+def test_chunked_backward_never_holds_the_full_logits():
+    rows, length, embed, vocab, chunk = 4, 256, 32, 32768, 1024
+    args = (jax.ShapeDtypeStruct((rows, length, embed), jnp.float32),
+            jax.ShapeDtypeStruct((embed, vocab), jnp.float32),
+            jax.ShapeDtypeStruct((rows, length), jnp.int32),
+            jax.ShapeDtypeStruct((rows, length), jnp.float32))
+
+    def chunked(h, k, labels, w):
+        return jnp.sum(w * token_scores(h, k, labels, chunk).label)
+
+    def full(h, k, labels, w):
+        return jnp.sum(w * _full_scores(h, k, labels)[0])
+
+    def temp_bytes(f):
+        compiled = jax.jit(jax.grad(f, argnums=(0, 1))).lower(*args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    logits_bytes = rows * length * vocab * 4
+    assert temp_bytes(full) > logits_bytes  # the measure sees the full logits when they exist
+    assert temp_bytes(chunked) < logits_bytes / 2
+
+
+def test_shifted_moves_labels_and_mask_left_with_zero_padding():
+    ids = jnp.array([[11, 12, 13, 14], [21, 22, 23, 24]], jnp.int32)
+    mask = jnp.array([[0, 1, 1, 0], [1, 1, 1, 1]], jnp.int32)
+    labels, shifted_mask = shifted(ids, mask)
+    np.testing.assert_array_equal(np.asarray(labels), [[12, 13, 14, 0], [22, 23, 24, 0]])
+    assert labels.dtype == ids.dtype
+    assert shifted_mask.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(shifted_mask), [[1, 1, 0, 0], [1, 1, 1, 0]])
+
+
+def _tiny_model(config, seed: int = 0) -> LlavaModel:
+    """A LlavaModel of `config` with numpy-random weights: the structure of LlavaModel(config, rngs=...)
+    without compiling an eager random initialiser for every parameter shape (~10 s on CPU)."""
+    graphdef, state = nnx.split(abstract_model(config))
+    rng = np.random.default_rng(seed)
+
+    def draw(path, x):
+        mean = 1.0 if "'scale'" in jax.tree_util.keystr(path) else 0.0  # norm scales around 1
+        return jnp.asarray(mean + 0.02 * rng.normal(size=x.shape), x.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
+
+
+def _povid_batch(config):
+    """B=2 examples x K=3 rows (chosen, rejected, rejected_noisy), 2 images each; row 1 left-padded."""
+    rng = np.random.default_rng(0)
+    b, k, pad, prompt, response = 2, 3, 2, 3, 6
+    n_img = config.num_image_tokens
+    length = pad + 1 + n_img + prompt + response
+    ids = np.zeros((b, k, length), np.int32)
+    attention = np.ones((b, k, length), np.int32)
+    loss = np.zeros((b, k, length), np.int32)
+    for i in range(b):
+        start = pad if i == 1 else 0
+        attention[i, :, :start] = 0
+        ids[i, :, start] = 1
+        ids[i, :, start + 1:start + 1 + n_img] = config.image_token_id
+        tail = length - (start + 1 + n_img)
+        ids[i, :, start + 1 + n_img:] = rng.integers(3, 200, size=(k, tail))
+        loss[i, :, length - response - (pad if i == 0 else 0):length - (pad if i == 0 else 0)] = 1
+    pixels = rng.normal(size=(b, 2, 3, config.vision.image_size, config.vision.image_size)).astype(np.float32)
+    pixels[:, 1] *= 3.0
+    batch = dict(input_ids=ids, attention_mask=attention, loss_mask=loss, pixel_values=pixels)
+    return {key: jnp.asarray(v) for key, v in batch.items()}
+
+
+def test_argmax_responses_are_teacher_forced_argmax_under_the_alt_image():
+    config = preset("tiny")
+    model = _tiny_model(config)
+    batch = _povid_batch(config)
+    layout = RowLayout.for_objective("povid", noisy_scoring="argmax", vocab_chunk=96)  # 256 = 96+96+64
+    assert layout.kinds.index("chosen") == 0 and layout.num_images == 2
+
+    @nnx.jit
+    def noisy_ids(model, batch):
+        return argmax_responses(model, image_states(model, batch["pixel_values"]), batch, layout)
+
+    @nnx.jit
+    def full_logits(model, ids, pixel_values, attention_mask):
+        return model(ids, pixel_values=pixel_values, attention_mask=attention_mask)
+
+    noisy = np.asarray(noisy_ids(model, batch))
+
+    ids = np.asarray(batch["input_ids"][:, 0])
+    response = np.asarray(batch["loss_mask"][:, 0]).astype(bool)
+    assert noisy.shape == ids.shape and response.any()
+    np.testing.assert_array_equal(noisy[~response], ids[~response])
+
+    def logits_under(slot):
+        return np.asarray(full_logits(model, batch["input_ids"][:, 0], batch["pixel_values"][:, slot],
+                                      batch["attention_mask"][:, 0]), np.float64)
+
+    logits = logits_under(1)
+    rows, cols = np.nonzero(response)
+    previous = logits[rows, cols - 1]  # [n, vocab]: position t's token is predicted at t-1
+    picked = noisy[rows, cols]
+    best = previous.max(-1)
+    # The picked token is a maximiser of the full logits (up to float noise between the two paths)...
+    np.testing.assert_allclose(previous[np.arange(len(picked)), picked], best, atol=1e-5)
+    # ...and exactly the argmax wherever the runner-up is not within that noise.
+    runner_up = np.sort(previous, -1)[:, -2]
+    clear = best - runner_up > 1e-4
+    assert clear.sum() >= len(picked) - 1
+    np.testing.assert_array_equal(picked[clear], previous.argmax(-1)[clear])
+    # Non-vacuous: the argmax replaces the chosen tokens, and it is the alt image's argmax.
+    assert (picked != ids[rows, cols]).mean() > 0.5
+    assert (logits_under(0)[rows, cols - 1].argmax(-1) != picked).any()
