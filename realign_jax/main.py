@@ -33,6 +33,8 @@ def _train(config: Any, workdir: str, xla: bool = False) -> None:
     metrics = outputs["metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
     print(f"step {outputs['step']}: {shown}")
+    if "stopped_at" in outputs:
+        print(f"stopped at step {outputs['stopped_at']} with a checkpoint; run the same command to resume")
     for key in ("export", "profile", "xla"):
         if key in outputs:
             print(f"{key}: {outputs[key]}")

@@ -51,3 +51,59 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.reference=lora_off --config.lora.rank=0", "reference='lora_off' needs lora.rank > 0"),
+    ("--config.loss.name=povid --config.loss.noisy_scoring=argmax --config.reference=precomputed",
+     "cannot go with loss.noisy_scoring='argmax'"),
+    ("--config.loss.name=dpo2", "loss.name='dpo2' is unknown"),
+    ("--config.optim.lr_groups=projector", "optim.lr_groups item 'projector'"),
+    ("--config.train.batch_size=6", "not divisible by the"),
+    ("--config.loss.beta=-1", "loss.beta=-1.0 must be positive"),
+])
+def test_bad_training_config_is_one_line(tmp_path, override, message):
+    result = _cli("--config=configs/dpo_llava.py", f"--workdir={tmp_path}", *override.split())
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "checkpoints")  # rejected before anything was built
+
+
+def test_xla_mode_writes_a_trace_and_the_optimised_hlo(tmp_path, capsys):
+    import dpo_llava
+
+    config = dpo_llava.get_config()
+    config.train.steps = 6
+    config.train.checkpoint_every = 0
+    config.train.export = False
+    cli.run(config, str(tmp_path), xla=True)
+    printed = capsys.readouterr().out
+    hlo = tmp_path / "xla" / "train_step.optimized_hlo.txt"
+    assert str(hlo) in printed and "HloModule" in hlo.read_text()
+    assert "temp" in (tmp_path / "xla" / "train_step.memory.txt").read_text()
+    traces = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "profile") for f in files]
+    assert any(t.endswith(".xplane.pb") for t in traces), traces
+    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 6
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """A preempted run (SIGTERM) writes a checkpoint at the step it reached, and the next run
+    resumes there."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "realign_jax.main", "--config=configs/dpo_llava.py", f"--workdir={tmp_path}",
+            "--config.train.steps=100000", "--config.train.checkpoint_every=0"]
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert len(steps) == 1 and steps[0] == logged[-1] >= 3

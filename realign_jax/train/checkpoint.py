@@ -27,8 +27,8 @@ def _unwrap(tree: Any) -> Any:
 class Checkpointer:
     def __init__(self, directory: str, every: int, keep: int):
         self.directory = os.path.abspath(directory)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every or 2**31 - 1,
-                                               enable_async_checkpointing=True)
+        self.every = every  # 0 = only forced saves (the end, preemption)
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
@@ -37,11 +37,12 @@ class Checkpointer:
     def save(self, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
         """Save if the step is due (or `force`); returns whether a save started."""
         step = int(state.step)
-        if step in self.manager.all_steps():
+        due = force or (self.every > 0 and step % self.every == 0)
+        if not due or step in self.manager.all_steps():
             return False
         return self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_unwrap(state.checkpointed())), data=ocp.args.JsonSave(data_state)),
-            force=force)
+            force=True)
 
     def restore(self, state: TrainState, step: int | None = None) -> tuple[TrainState, dict[str, Any]]:
         """Load into `state`'s layout (shapes, dtypes, shardings); returns it with the data state."""
