@@ -197,3 +197,17 @@ def test_export_is_the_merged_policy(tmp_path):
     adapted = np.asarray(trainer.policy(state)(ids))  # LoRA applied on the fly
     np.testing.assert_allclose(np.asarray(exported(ids)), adapted, rtol=1e-4, atol=1e-5)
     assert np.abs(adapted - initial).max() > 1e-4
+
+
+@pytest.mark.parametrize("reference,lora_rank", [("lora_off", 8), ("frozen_copy", 0)])
+def test_reference_stays_at_the_starting_weights(reference, lora_rank):
+    """Policy and reference agree at step 1 (rewards 0) and drift apart after updates; a reference
+    that followed the policy would keep rewards at 0. Under LoRA the adapters barely move
+    (lr 1e-12) and only the projector trains, so the drift must come from the reference keeping
+    the projector's start values."""
+    config = small_config("dpo", reference=reference, lora__rank=lora_rank,
+                          optim__lr=1e-12 if lora_rank else 1e-2, optim__lr_groups=r"^projector\.=1e-2",
+                          train__trainable=r"^projector\." if lora_rank else r"^(projector|decoder)\.")
+    history, _, _ = run_steps(config, 4, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    assert abs(history[0]["rewards/chosen"]) < 1e-4 and abs(history[0]["rewards/rejected"]) < 1e-4
+    assert abs(history[-1]["rewards/chosen"]) > 1e-3
