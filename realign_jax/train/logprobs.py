@@ -2,7 +2,8 @@
 
 The full [rows, length, vocab] float32 logits of a 32k-vocabulary model are the largest
 tensor of a preference step. Here the vocabulary is walked in chunks with a running
-logsumexp (the chunk body is rematerialised, so the backward pass holds one chunk too),
+logsumexp (the chunk body is rematerialised, so the backward pass holds a few chunk-sized
+buffers rather than the whole logits; measured in tests/test_logprobs.py),
 and only per-position scalars leave the loop: the label's logit, the best logit that is
 not the label (Re-Align's public-code scoring) and the argmax token (POVID's).
 """

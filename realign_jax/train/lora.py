@@ -106,15 +106,18 @@ def _linear_modules(model: nnx.Module, pattern: str) -> Iterator[tuple[nnx.Modul
 
 def add_lora(model: nnx.Module, config: LoraConfig, rngs: nnx.Rngs) -> list[str]:
     """Replace every matching Linear by a LoraLinear in place; returns the adapted paths."""
+    if config.rank < 1:
+        raise ValueError(f"lora.rank={config.rank}: add_lora needs a positive rank")
+    matches = list(_linear_modules(model, config.targets))
+    if any(dotted.endswith("lm_head") for *_, dotted in matches):
+        raise ValueError("lora.targets must not match the LM head (log-probs read its kernel directly)")
     adapted = []
-    for parent, name, module, dotted in list(_linear_modules(model, config.targets)):
-        if dotted.endswith("lm_head"):
-            raise ValueError("lora.targets must not match the LM head (log-probs read its kernel directly)")
+    for parent, name, module, dotted in matches:
         axes = module.kernel.get_metadata()["logical_axes"]
         layers = module.kernel.shape[0] if axes[0] == "layers" else None
         setattr(parent, name, LoraLinear(module, config, layers, rngs))
         adapted.append(dotted)
-    if config.rank and not adapted:
+    if not adapted:
         raise ValueError(f"lora.targets={config.targets!r} matches no Linear module of the model")
     return adapted
 
@@ -136,7 +139,8 @@ def merged_base_state(model: nnx.Module) -> nnx.State:
     Merged into the graph of the model *without* adapters (`nnx.merge(plain_graphdef, ...)`),
     it is a plain LlavaModel that `save_pretrained` exports.
     """
-    state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoraParam)))
+    # Fresh Variable objects (same arrays): setting merged kernels must not touch `model`.
+    state = jax.tree.map(lambda x: x, nnx.state(model, nnx.All(nnx.Param, nnx.Not(LoraParam))))
     for path, module in nnx.iter_modules(model):
         if isinstance(module, LoraLinear):
             node = state
