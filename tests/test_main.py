@@ -84,7 +84,29 @@ def test_xla_mode_writes_a_trace_and_the_optimised_hlo(tmp_path, capsys):
     assert "temp" in (tmp_path / "xla" / "train_step.memory.txt").read_text()
     traces = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "profile") for f in files]
     assert any(t.endswith(".xplane.pb") for t in traces), traces
-    assert len(open(tmp_path / "metrics.jsonl").readlines()) == 6
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in logged] == list(range(1, 7))
+    assert _tensorboard_scalars(tmp_path / "tensorboard", "loss") == pytest.approx([r["loss"] for r in logged])
+
+
+def _tensorboard_scalars(directory, tag):
+    """(step-ordered) values of one scalar, read from the TFRecord event files directly."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    values = {}
+    for name in os.listdir(directory):
+        data = (directory / name).read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = value.simple_value
+    return [values[step] for step in sorted(values)]
 
 
 @pytest.mark.slow
