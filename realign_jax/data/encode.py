@@ -1,0 +1,100 @@
+"""Record -> the arrays of one example in the trainer's layout (see train/rows.py).
+
+Each row kind is the record's conversation plus one answer, tokenised with the checkpoint's
+chat template (image placeholder expanded to the model's image tokens) and right-padded to
+`seq_len`; `loss_mask` marks exactly the answer tokens. Image slot 0 is the record's image,
+slot 1 the rejected image (rDPO, mDPO). Over-long rows are cut from the end of the answer,
+never inside the prompt and so never through the image tokens, or dropped, by config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from realign_jax.data import images as image_ops
+from realign_jax.data.prompting import IMAGE_PLACEHOLDER, encode_prompt_response
+from realign_jax.data.records import BadRecord, Record
+
+# Which answer and which image each row kind uses.
+ROW_ANSWER = {"chosen": "chosen", "rejected": "rejected", "chosen_alt_image": "chosen",
+              "rejected_noisy": "rejected_noisy"}
+TRUNCATION = ("response", "drop")
+
+
+class TooLong(BadRecord):
+    """An example over `seq_len` under `truncation='drop'` (counted apart from broken records)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    kinds: tuple[str, ...]
+    num_images: int  # 1, or 2 when a row or the noisy scoring needs slot 1
+    seq_len: int
+    num_image_tokens: int
+    truncation: str = "response"  # response | drop
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION:
+            raise ValueError(f"data.truncation={self.truncation!r}: choose one of {TRUNCATION}")
+        unknown = [k for k in self.kinds if k not in ROW_ANSWER]
+        if unknown:
+            raise ValueError(f"unknown row kinds {unknown}")
+
+
+class ExampleEncoder:
+    """Turns records into example dicts of numpy arrays; raises BadRecord on unusable input."""
+
+    def __init__(self, tokenizer: Any, image_spec: image_ops.ImageSpec, config: EncoderConfig):
+        self.tokenizer, self.spec, self.config = tokenizer, image_spec, config
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def _image(self, record: Record, slot: int, where: str) -> np.ndarray:
+        field = "image" if slot == 0 else "rejected_image"
+        source = record.image if slot == 0 else record.rejected_image
+        if source is None:
+            raise BadRecord(where, field, "is required by this objective but missing")
+        try:
+            return image_ops.preprocess(image_ops.load_image(source), self.spec)
+        except ValueError as error:
+            raise BadRecord(where, field, str(error)) from None
+
+    def _row(self, record: Record, kind: str, where: str) -> tuple[list[int], list[bool]]:
+        field = ROW_ANSWER[kind]
+        answer = getattr(record, field)
+        if answer is None:
+            raise BadRecord(where, field, "is required by this objective but missing")
+        messages = [*record.messages, {"role": "assistant", "content": answer}]
+        try:
+            encoded = encode_prompt_response(self.tokenizer, messages, IMAGE_PLACEHOLDER, self.config.num_image_tokens)
+        except ValueError as error:
+            raise BadRecord(where, field, str(error)) from None
+        ids, mask = encoded.input_ids, encoded.response_mask
+        if len(ids) > self.config.seq_len:
+            prompt_len = mask.index(True)
+            if self.config.truncation == "drop" or prompt_len + 1 > self.config.seq_len:
+                raise TooLong(where, field, f"{len(ids)} tokens (prompt {prompt_len}) exceed data.seq_len="
+                                            f"{self.config.seq_len}")
+            ids, mask = ids[: self.config.seq_len], mask[: self.config.seq_len]
+        return ids, mask
+
+    def encode(self, record: Record, where: str) -> dict[str, np.ndarray]:
+        k, t = len(self.config.kinds), self.config.seq_len
+        input_ids = np.full((k, t), self.pad_id, np.int32)
+        attention = np.zeros((k, t), np.int32)
+        loss = np.zeros((k, t), np.int32)
+        for row, kind in enumerate(self.config.kinds):
+            ids, mask = self._row(record, kind, where)
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
+            loss[row, : len(ids)] = mask
+        pixels = np.stack([self._image(record, slot, where) for slot in range(self.config.num_images)])
+        example = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss, "pixel_values": pixels}
+        if record.ref_logps is not None:
+            missing = [kind for kind in self.config.kinds if kind not in record.ref_logps]
+            if missing:
+                raise BadRecord(where, "ref_logps", f"has no value for rows {missing}")
+            example["ref_logps"] = np.array([record.ref_logps[kind] for kind in self.config.kinds], np.float32)
+        return example

@@ -1,0 +1,167 @@
+"""Records -> encoded examples -> Grain batches: parity with transformers' LlavaProcessor,
+truncation that keeps the image, bad input under `error` and `skip`, per-process slices and
+exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_prompting import LLAVA_TEMPLATE, build_tokenizer, processor_ids
+from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+from realign_jax.data import images as image_ops
+from realign_jax.data.encode import EncoderConfig, ExampleEncoder, TooLong
+from realign_jax.data.pipeline import BadRecordCounter, dataset, epoch_order
+from realign_jax.data.prompting import IMAGE_PLACEHOLDER, render_conversation
+from realign_jax.data.records import BadRecord, from_json
+from realign_jax.data.sources import JsonlSource
+
+CROP, PATCH, NUM_IMAGE_TOKENS = 64, 16, 16
+SPEC = image_ops.ImageSpec(size=CROP, shortest_edge=CROP)
+KINDS = ("chosen", "rejected", "chosen_alt_image")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(LLAVA_TEMPLATE)
+
+
+def encoder(tokenizer, seq_len=64, truncation="response", kinds=KINDS):
+    config = EncoderConfig(kinds=kinds, num_images=2 if "chosen_alt_image" in kinds else 1, seq_len=seq_len,
+                           num_image_tokens=NUM_IMAGE_TOKENS, truncation=truncation)
+    return ExampleEncoder(tokenizer, SPEC, config)
+
+
+def write_dataset(tmp_path, records, images=4):
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (200, 200, 30)]
+    for i in range(images):
+        Image.new("RGB", (40 + 8 * i, 30), colours[i % 4]).save(tmp_path / f"img{i}.png")
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return str(path)
+
+
+def good_record(i):
+    return {"id": f"r{i}", "image": f"img{i % 4}.png", "rejected_image": f"img{(i + 1) % 4}.png",
+            "question": "What is in the picture?", "chosen": "A red cat sits on a mat.",
+            "rejected": "A blue ball." if i % 2 else "There is no dog."}
+
+
+def test_rows_equal_llava_processor_and_mask_only_answers(tokenizer, tmp_path):
+    path = write_dataset(tmp_path, [good_record(0)])
+    source = JsonlSource(path)
+    example = encoder(tokenizer).encode(source[0], source.where(0))
+    processor = LlavaProcessor(CLIPImageProcessorPil(size={"shortest_edge": CROP},
+                                                     crop_size={"height": CROP, "width": CROP}),
+                               tokenizer, patch_size=PATCH, vision_feature_select_strategy="full")
+    question = {"role": "user", "content": f"{IMAGE_PLACEHOLDER}\nWhat is in the picture?"}
+    for row, answer in enumerate(["A red cat sits on a mat.", "There is no dog.", "A red cat sits on a mat."]):
+        messages = [question, {"role": "assistant", "content": answer}]
+        full = processor_ids(processor, render_conversation(tokenizer, messages, add_generation_prompt=False))
+        prompt = processor_ids(processor, render_conversation(tokenizer, messages[:1], add_generation_prompt=True))
+        n = int(example["attention_mask"][row].sum())
+        assert example["input_ids"][row, :n].tolist() == full
+        assert example["loss_mask"][row, :n].tolist() == [0] * len(prompt) + [1] * (len(full) - len(prompt))
+        assert not example["loss_mask"][row, n:].any() and (example["input_ids"][row, n:] == tokenizer.pad_token_id).all()
+    # Slot 0 is the record's image, slot 1 the rejected image, both as the CLIP processor makes them.
+    for slot, name in enumerate(["img0.png", "img1.png"]):
+        expected = processor.image_processor(Image.open(tmp_path / name), return_tensors="np")["pixel_values"][0]
+        np.testing.assert_allclose(example["pixel_values"][slot], expected, atol=1e-6)
+
+
+def test_over_long_answers_are_cut_at_the_end_never_through_the_image(tokenizer, tmp_path):
+    record = good_record(0) | {"chosen": " ".join(["A red cat sits on a mat."] * 20)}
+    path = write_dataset(tmp_path, [record])
+    source = JsonlSource(path)
+    example = encoder(tokenizer, seq_len=40).encode(source[0], source.where(0))
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    assert example["attention_mask"][0].sum() == 40  # cut to fit
+    assert (example["input_ids"][0] == image_id).sum() == NUM_IMAGE_TOKENS  # image intact
+    assert example["loss_mask"][0].sum() > 0
+    with pytest.raises(TooLong, match="exceed data.seq_len=40"):
+        encoder(tokenizer, seq_len=40, truncation="drop").encode(source[0], source.where(0))
+    with pytest.raises(TooLong, match="prompt"):  # not even one answer token fits after the prompt
+        encoder(tokenizer, seq_len=NUM_IMAGE_TOKENS).encode(source[0], source.where(0))
+
+
+BAD = {
+    "missing image file": (good_record(0) | {"image": "nope.png"}, "image", "not found"),
+    "corrupt image": (good_record(0) | {"image": "corrupt.png"}, "image", "not a readable image"),
+    "empty answer": (good_record(0) | {"chosen": "  "}, "chosen", "non-empty"),
+    "no question": ({k: v for k, v in good_record(0).items() if k != "question"}, "question", "missing"),
+    "chosen equals rejected": (good_record(0) | {"rejected": "A red cat sits on a mat."}, "rejected", "identical"),
+    "missing rejected image": ({k: v for k, v in good_record(0).items() if k != "rejected_image"},
+                               "rejected_image", "required"),
+    "not json": ("{not json", "<json>", "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_record_stops_with_file_record_and_field(tokenizer, tmp_path, case):
+    bad, field, message = BAD[case]
+    path = write_dataset(tmp_path, [good_record(1), bad, good_record(2), good_record(3)])
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
+    source = JsonlSource(path)
+    with pytest.raises(BadRecord) as raised:
+        for i in range(len(source)):
+            encoder(tokenizer).encode(source[i], source.where(i))
+    assert raised.value.field == field and message in str(raised.value)
+    assert f"{path}:record 1" in str(raised.value)
+    # The pipeline under 'error' stops with the same one-line error ...
+    with pytest.raises(BadRecord, match="record 1"):
+        for _ in zip(range(3), dataset(source, encoder(tokenizer), 1, seed=0, on_bad_record="error")):
+            pass
+    # ... and under 'skip' yields only the good records and counts the bad one by field.
+    counter = BadRecordCounter()
+    batches = dataset(source, encoder(tokenizer), 1, seed=0, on_bad_record="skip", counter=counter)
+    seen = [b for _, b in zip(range(6), batches)]
+    assert len(seen) == 6
+    assert counter.counts[field] >= 1 and set(counter.counts) == {field}
+
+
+def test_all_bad_records_under_skip_end_in_one_line(tokenizer, tmp_path):
+    path = write_dataset(tmp_path, [good_record(0) | {"image": "nope.png"}] * 3)
+    with pytest.raises(ValueError, match="all 3 records were skipped"):
+        next(iter(dataset(JsonlSource(path), encoder(tokenizer), 1, seed=0, on_bad_record="skip")))
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_processes_read_disjoint_slices_covering_each_epoch(processes):
+    n = 12
+    per_process = n // processes
+    for epoch in range(3):
+        slices = [[epoch_order(n, 7, p, processes)[epoch * per_process + i] for i in range(per_process)]
+                  for p in range(processes)]
+        flat = [i for s in slices for i in s]
+        assert len(set(flat)) == len(flat) == per_process * processes
+    first = [epoch_order(n, 7, 0, 1)[i] for i in range(n)]
+    second = [epoch_order(n, 7, 0, 1)[n + i] for i in range(n)]
+    assert sorted(first) == sorted(second) == list(range(n)) and first != second  # reshuffled each epoch
+
+
+def test_resumed_iterator_continues_the_exact_order(tokenizer, tmp_path):
+    path = write_dataset(tmp_path, [good_record(i) for i in range(6)])
+    source = JsonlSource(path)
+    iterator = iter(dataset(source, encoder(tokenizer, kinds=("chosen", "rejected")), 2, seed=3))
+    for _ in range(4):
+        next(iterator)
+    state = json.loads(json.dumps(iterator.get_state()))  # as the checkpoint stores it
+    expected = [next(iterator) for _ in range(3)]
+    resumed = iter(dataset(source, encoder(tokenizer, kinds=("chosen", "rejected")), 2, seed=3))
+    resumed.set_state(state)
+    for a, b in zip(expected, [next(resumed) for _ in range(3)]):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_record_schema_accepts_messages_and_rejects_bad_turns():
+    record = from_json({"messages": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Describe it."}], "chosen": "A cat."}, "x:0")
+    assert record.messages[1]["content"].startswith(IMAGE_PLACEHOLDER)  # placeholder added to the first user turn
+    with pytest.raises(BadRecord, match="must end with a user turn"):
+        from_json({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}, "x:1")
+    with pytest.raises(BadRecord, match="image placeholder"):
+        from_json({"question": "Q?", "chosen": "<image> here"}, "x:2")
