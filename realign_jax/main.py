@@ -35,6 +35,8 @@ def _train(config: Any, workdir: str, xla: bool = False) -> None:
     print(f"step {outputs['step']}: {shown}")
     if "stopped_at" in outputs:
         print(f"stopped at step {outputs['stopped_at']} with a checkpoint; run the same command to resume")
+    if "skipped_records" in outputs:
+        print(f"skipped bad records: {outputs['skipped_records']} (data.on_bad_record='skip')")
     for key in ("export", "profile", "xla"):
         if key in outputs:
             print(f"{key}: {outputs[key]}")

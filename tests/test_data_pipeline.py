@@ -165,3 +165,39 @@ def test_record_schema_accepts_messages_and_rejects_bad_turns():
         from_json({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}, "x:1")
     with pytest.raises(BadRecord, match="image placeholder"):
         from_json({"question": "Q?", "chosen": "<image> here"}, "x:2")
+
+
+def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_path):
+    """mode=train on JSONL records with a checkpoint folder that carries the tokenizer; a broken
+    record is skipped and counted in metrics.jsonl."""
+    import os
+    import sys
+
+    from flax import nnx
+
+    from realign_jax.models import hf
+    from realign_jax.models.config import preset
+    from realign_jax.models.llava import LlavaModel
+    from realign_jax.train.loop import train
+    from realign_jax.train.metrics_log import read
+
+    checkpoint = tmp_path / "ckpt"
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+    hf.save_pretrained(LlavaModel(preset("tiny", image_token_id=image_id), rngs=nnx.Rngs(0)), str(checkpoint))
+    tokenizer.save_pretrained(checkpoint)
+    records = [good_record(i) for i in range(8)] + [good_record(0) | {"image": "missing.png"}]
+    path = write_dataset(tmp_path, records)
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+    import dpo_llava
+
+    config = dpo_llava.get_config("loss=rdpo")
+    config.model.path = str(checkpoint)
+    config.data.source, config.data.path, config.data.on_bad_record = "jsonl", path, "skip"
+    config.data.seq_len = 48
+    config.train.steps, config.train.export, config.train.checkpoint_every = 4, False, 0
+    outputs = train(config, str(tmp_path / "work"))
+    logged = read(str(tmp_path / "work" / "metrics.jsonl"))
+    assert [r["step"] for r in logged] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in logged)
+    assert logged[-1]["data/skipped"] >= 1 and outputs["skipped_records"] == {"image": logged[-1]["data/skipped"]}

@@ -40,9 +40,14 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     config.mesh.rules = ""  # overrides, e.g. "embed=fsdp,vocab=" (see models/partitioning.py)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "random"  # random-token pairs: runs anywhere, proves the machinery
+    config.data.source = "random"  # random | jsonl (records + image folder, see data/records.py)
+    config.data.path = ""  # jsonl: the records file
+    config.data.image_root = ""  # jsonl: where relative image paths point; empty = the file's folder
+    config.data.tokenizer = ""  # folder with the tokenizer + chat template; empty = model.path
+    config.data.on_bad_record = "error"  # error: stop with file, record and field | skip: skip and count
+    config.data.truncation = "response"  # response: cut over-long answers at the end | drop
     config.data.seq_len = 40
-    config.data.num_examples = 32
+    config.data.num_examples = 32  # random source only
     config.data.seed = 0
 
     config.loss = ml_collections.ConfigDict()

@@ -16,19 +16,26 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from realign_jax.data import random_pairs
+from realign_jax.data import images as image_ops
+from realign_jax.data import pipeline, prompting, random_pairs
+from realign_jax.data.encode import EncoderConfig, ExampleEncoder
+from realign_jax.data.sources import JsonlSource
 from realign_jax.models.config import LlavaConfig
 from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer
 
-DATA_SOURCES = ("random",)
+DATA_SOURCES = ("random", "jsonl")
 
 
-def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
+def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
+                 counter: pipeline.BadRecordCounter | None = None) -> Any:
+    """The batches of this process for the configured source."""
     if data.source not in DATA_SOURCES:
         raise ValueError(f"data.source={data.source!r} is unknown; available: {DATA_SOURCES}")
+    if data.source == "jsonl":
+        return _jsonl_dataset(data, settings, model, counter)
     spec = random_pairs.RandomPairsSpec(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
@@ -36,6 +43,26 @@ def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
         num_examples=data.num_examples, seed=data.seed)
     return random_pairs.dataset(spec, settings.batch_size, shard_index=jax.process_index(),
                                 shard_count=jax.process_count())
+
+
+def _jsonl_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
+                   counter: pipeline.BadRecordCounter | None) -> Any:
+    folder = data.tokenizer or settings.model.get("path")
+    if not folder:
+        raise ValueError("data.source='jsonl' needs a tokenizer: set data.tokenizer or model.path")
+    tokenizer = prompting.load_tokenizer(folder)
+    image_id = tokenizer.convert_tokens_to_ids(prompting.IMAGE_PLACEHOLDER)
+    if image_id != model.image_token_id:
+        raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
+                         f"model's image_token_id is {model.image_token_id}")
+    spec = image_ops.ImageSpec.from_hf(folder) if os.path.isfile(os.path.join(folder, "preprocessor_config.json")) \
+        else image_ops.ImageSpec(size=model.vision.image_size, shortest_edge=model.vision.image_size)
+    source = JsonlSource(data.path, data.image_root or None)
+    encoder = ExampleEncoder(tokenizer, spec, EncoderConfig(
+        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
+        num_image_tokens=model.num_image_tokens, truncation=data.truncation))
+    return pipeline.dataset(source, encoder, settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record,
+                            counter=counter, shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
 def maybe_initialize_distributed() -> None:
@@ -84,7 +111,8 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     os.makedirs(workdir, exist_ok=True)
     trainer = Trainer(settings)
     state = trainer.init_state()
-    iterator = iter(make_dataset(config.data, settings, trainer.model_config))
+    bad_records = pipeline.BadRecordCounter()
+    iterator = iter(make_dataset(config.data, settings, trainer.model_config, bad_records))
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
                                settings.keep_checkpoints)
     if checkpoints.latest_step() is not None:
@@ -122,6 +150,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 # The first window after a (re)start includes compilation.
                 last["tokens_per_sec"] = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0.0, now
+                last["data/skipped"] = float(bad_records.total)
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
@@ -141,6 +170,8 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         preemption.restore()
         checkpoints.close()
         log.close()
+    if bad_records.total:
+        outputs["skipped_records"] = dict(bad_records.counts)
     outputs["metrics"] = last
     outputs["step"] = step
     return outputs

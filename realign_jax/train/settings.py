@@ -115,6 +115,15 @@ def parse(config: Any) -> TrainSettings:
         raise ValueError(f"train.checkpoint_every={train.checkpoint_every} must be >= 0 (0 = only at the end)")
     if train.profile_steps < 1 or train.profile_start < 1:
         raise ValueError("train.profile_start and train.profile_steps must be >= 1")
+    data = _section(config, "data")
+    if data.source not in ("random", "jsonl"):
+        raise ValueError(f"data.source={data.source!r} is unknown; available: ('random', 'jsonl')")
+    if data.source == "jsonl" and not data.path:
+        raise ValueError("data.source='jsonl' needs data.path (a JSONL file of records)")
+    if data.on_bad_record not in ("error", "skip"):
+        raise ValueError(f"data.on_bad_record={data.on_bad_record!r}: choose error or skip")
+    if data.truncation not in ("response", "drop"):
+        raise ValueError(f"data.truncation={data.truncation!r}: choose response or drop")
     model = config.model.to_dict()
     if not model.get("path") and not model.get("preset"):
         raise ValueError("model.path or model.preset must be set")
