@@ -31,7 +31,8 @@ from realign_jax.train.loop import make_dataset  # noqa: E402
 from realign_jax.train.trainer import Trainer  # noqa: E402
 
 
-def measure(config) -> tuple[object, int]:
+def measure(config) -> tuple[object, int, int]:
+    """XLA's memory analysis of the compiled step, all weight bytes, and trained bytes."""
     settings = train_settings.parse(config)
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = trainer.init_state()
@@ -39,7 +40,8 @@ def measure(config) -> tuple[object, int]:
     if settings.reference == "precomputed":
         host["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
     compiled = trainer.compile(state, trainer.device_batch(host))
-    return compiled.memory_analysis(), sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.frozen)))
+    weights = sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.frozen)))
+    return compiled.memory_analysis(), weights, sum(x.nbytes for x in jax.tree.leaves(state.trainable))
 
 
 def main() -> None:
@@ -70,7 +72,7 @@ def main() -> None:
     print(f"backend {jax.default_backend()}, decoder hidden {args.hidden}, {args.layers} layers, batch {args.batch}")
     print(f"{'step':36s} {'weights MB':>10s} {'args MB':>8s} {'args/w':>7s} {'temp MB':>8s} {'aliased MB':>10s}")
     for name, c in runs.items():
-        memory, weights = measure(c)
+        memory, weights, _ = measure(c)
         print(f"{name:36s} {weights / 1e6:10.1f} {memory.argument_size_in_bytes / 1e6:8.1f} "
               f"{memory.argument_size_in_bytes / weights:7.2f} {memory.temp_size_in_bytes / 1e6:8.1f} "
               f"{memory.alias_size_in_bytes / 1e6:10.1f}")

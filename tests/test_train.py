@@ -20,6 +20,9 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 import dpo_llava  # noqa: E402
 import sft_llava  # noqa: E402
 
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from lora_memory import measure as _memory  # noqa: E402  (the benchmark's measurement, asserted here)
+
 
 def small_config(loss="dpo", **train_overrides):
     config = dpo_llava.get_config(f"loss={loss}") if loss != "sft" else sft_llava.get_config()
@@ -112,19 +115,6 @@ def test_precomputed_reference_gives_the_same_step():
     _, metrics = precomputed.step(state, precomputed.device_batch({**host, "ref_logps": ref}))
     for key in ("loss", "rewards/margins", "visual/rewards/margins", "grad_norm"):
         np.testing.assert_allclose(float(metrics[key]), float(in_step[key]), rtol=1e-5, atol=1e-7, err_msg=key)
-
-
-def _memory(config):
-    settings = train_settings.parse(config)
-    trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
-    state = trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
-    if settings.reference == "precomputed":
-        host["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
-    compiled = trainer.compile(state, trainer.device_batch(host))
-    model_bytes = sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.frozen)))
-    trained_bytes = sum(x.nbytes for x in jax.tree.leaves(state.trainable))
-    return compiled.memory_analysis(), model_bytes, trained_bytes
 
 
 @pytest.fixture
