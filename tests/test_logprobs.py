@@ -208,3 +208,27 @@ def test_argmax_responses_are_teacher_forced_argmax_under_the_alt_image():
     # Non-vacuous: the argmax replaces the chosen tokens, and it is the alt image's argmax.
     assert (picked != ids[rows, cols]).mean() > 0.5
     assert (logits_under(0)[rows, cols - 1].argmax(-1) != picked).any()
+
+
+def test_argmax_noisy_row_takes_the_chosen_rows_masks_and_scores_its_argmax_tokens():
+    """Under noisy_scoring='argmax' the batch's own rejected_noisy row (here a different length)
+    is ignored: the row is y_w's, with the argmax answer, scored under the clean image."""
+    from realign_jax.train.rows import row_logps
+
+    config = preset("tiny")
+    model = _tiny_model(config, std=0.1)
+    batch = _povid_batch(config)
+    batch["loss_mask"] = batch["loss_mask"].at[:, 2].set(0).at[:, 2, -2:].set(1)  # a 2-token "noisy" answer
+    argmax = RowLayout.for_objective("povid", noisy_scoring="argmax", vocab_chunk=96)
+    from_batch = RowLayout.for_objective("povid", vocab_chunk=96)
+
+    def scores(layout):
+        run = nnx.jit(lambda m, b: row_logps(m, image_states(m, b["pixel_values"]), b, layout))
+        return {k: np.asarray(v) for k, v in run(model, batch).items()}
+
+    with_argmax, plain = scores(argmax), scores(from_batch)
+    np.testing.assert_array_equal(with_argmax["length_rejected_noisy"], with_argmax["length_chosen"])
+    assert (plain["length_rejected_noisy"] == 2).all()
+    # The argmax tokens are the likeliest under the noised image, so under the clean image they
+    # score well above y_w's random tokens.
+    assert (with_argmax["rejected_noisy"] > with_argmax["chosen"]).all()

@@ -94,10 +94,15 @@ def argmax_responses(model: LlavaModel, states: jax.Array, batch: dict[str, jax.
 def row_logps(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
               layout: RowLayout) -> dict[str, jax.Array]:
     """Summed response log-probs per kind ([B] each), response lengths and the chosen NLL."""
-    input_ids = batch["input_ids"]
     if layout.noisy_scoring == "argmax":
-        noisy = layout.kinds.index("rejected_noisy")
-        input_ids = input_ids.at[:, noisy].set(argmax_responses(model, states, batch, layout))
+        # The noisy row is y_w's row (ids and masks) with the argmax under the noised image in
+        # place of y_w's answer tokens, whatever the batch carried in that row.
+        noisy, chosen = layout.kinds.index("rejected_noisy"), layout.kinds.index("chosen")
+        batch = dict(batch)
+        batch["input_ids"] = batch["input_ids"].at[:, noisy].set(argmax_responses(model, states, batch, layout))
+        for key in ("attention_mask", "loss_mask"):
+            batch[key] = batch[key].at[:, noisy].set(batch[key][:, chosen])
+    input_ids = batch["input_ids"]
     b, k = input_ids.shape[:2]
     ids = flat_rows(input_ids)
     features = row_features(model, states, layout.image_slots)
