@@ -20,7 +20,8 @@ _XLA = flags.DEFINE_bool("xla", False, "Profiling run: trace a window of steps w
                          "optimised HLO and memory analysis of the step under the work dir.")
 
 
-def _generate(config: Any, workdir: str) -> None:
+def _generate(config: Any, workdir: str, xla: bool = False) -> None:
+    del xla  # --xla profiles training steps
     from realign_jax.eval.captioning import caption
 
     caption(config, workdir)
@@ -43,16 +44,14 @@ def _train(config: Any, workdir: str, xla: bool = False) -> None:
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
 
 
-MODES: dict[str, Callable[..., None]] = {"generate": _generate, "train": _train, "sft": _train}
+MODES: dict[str, Callable[[Any, str, bool], None]] = {"generate": _generate, "train": _train, "sft": _train}
 PLANNED_MODES = ("build_pairs", "eval", "pipeline")
 
 
 def run(config: Any, workdir: str, xla: bool = False) -> None:
     mode = config.get("mode")
-    if mode in ("train", "sft"):
+    if mode in MODES:
         MODES[mode](config, workdir, xla)
-    elif mode in MODES:
-        MODES[mode](config, workdir)
     elif mode in PLANNED_MODES:
         raise SystemExit(f"config.mode={mode!r} is not implemented yet; available now: {sorted(MODES)}")
     else:

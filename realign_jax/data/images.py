@@ -81,6 +81,14 @@ class ImageSpec:
             pad_to_square=fields.flag("do_pad", default=False),
         )
 
+    @classmethod
+    def for_checkpoint(cls, path: str | os.PathLike[str], image_size: int) -> ImageSpec:
+        """The folder's processor config, or plain CLIP preprocessing at the tower's size when it
+        has none (the random checkpoints the project writes)."""
+        if (Path(path) / _CONFIG_NAME).is_file():
+            return cls.from_hf(path)
+        return cls(size=image_size, shortest_edge=image_size)
+
 
 def _read_json_object(config_file: Path) -> dict[str, Any]:
     """Loads a JSON object, turning the usual failures into errors that name the file."""

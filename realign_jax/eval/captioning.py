@@ -49,12 +49,6 @@ def demo_image(size: int = 96) -> Image.Image:
     return image
 
 
-def _image_spec(path: str, image_size: int) -> image_ops.ImageSpec:
-    if os.path.isfile(os.path.join(path, "preprocessor_config.json")):
-        return image_ops.ImageSpec.from_hf(path)
-    return image_ops.ImageSpec(size=image_size, shortest_edge=image_size)
-
-
 def _prompt_ids(path: str, model: LlavaModel, prompt: str) -> tuple[list[int], Any]:
     """Prompt ids with the image expanded; BOS + image tokens when the folder has no tokenizer."""
     if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
@@ -72,7 +66,7 @@ def caption(config: Any, workdir: str) -> list[dict[str, Any]]:
     os.makedirs(workdir, exist_ok=True)
     path = prepare_checkpoint(config.model, workdir)
     model = hf.load_pretrained(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
-    spec = _image_spec(path, model.config.vision.image_size)
+    spec = image_ops.ImageSpec.for_checkpoint(path, model.config.vision.image_size)
     sources: Sequence[str] = [s for s in config.data.images.split(",") if s] if config.data.images else []
     prompt_ids, tokenizer = _prompt_ids(path, model, config.generate.prompt)
     eos = tokenizer.eos_token_id if tokenizer is not None else 2

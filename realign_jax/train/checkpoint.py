@@ -8,6 +8,7 @@ Saves are asynchronous: training continues while the files are written.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -34,13 +35,17 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, state: TrainState, data_state: dict[str, Any], *, force: bool = False) -> bool:
-        """Save if the step is due (or `force`); returns whether a save started."""
-        step = int(state.step)
-        due = force or (self.every > 0 and step % self.every == 0)
-        if not due or step in self.manager.all_steps():
-            return False
-        return self.manager.save(step, args=ocp.args.Composite(
+    def due(self, step: int) -> bool:
+        """Whether `step` is a periodic save step."""
+        return self.every > 0 and step % self.every == 0
+
+    def save(self, step: int, state: TrainState, data_state: dict[str, Any]) -> None:
+        """Start an async save of `state` (after `step` updates) and the data iterator state,
+        unless that step is saved already. The caller passes the step it already knows, so
+        deciding whether to save never waits on the device."""
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_unwrap(state.checkpointed())), data=ocp.args.JsonSave(data_state)),
             force=True)
 
@@ -54,8 +59,7 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
         leaves = jax.tree.leaves(restored.state)
         loaded = jax.tree.unflatten(jax.tree.structure(template), leaves)
-        return TrainState(step=loaded["step"], trainable=loaded["trainable"], opt_state=loaded["opt_state"],
-                          rng=loaded["rng"], frozen=state.frozen, reference=state.reference), restored.data
+        return dataclasses.replace(state, **loaded), restored.data
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -26,14 +26,9 @@ from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer
 
-DATA_SOURCES = ("random", "jsonl")
-
-
 def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
                  counter: pipeline.BadRecordCounter | None = None) -> Any:
-    """The batches of this process for the configured source."""
-    if data.source not in DATA_SOURCES:
-        raise ValueError(f"data.source={data.source!r} is unknown; available: {DATA_SOURCES}")
+    """The batches of this process for the configured source (`settings.parse` checked its name)."""
     if data.source == "jsonl":
         return _jsonl_dataset(data, settings, model, counter)
     spec = random_pairs.RandomPairsSpec(
@@ -55,8 +50,7 @@ def _jsonl_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
     if image_id != model.image_token_id:
         raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
                          f"model's image_token_id is {model.image_token_id}")
-    spec = image_ops.ImageSpec.from_hf(folder) if os.path.isfile(os.path.join(folder, "preprocessor_config.json")) \
-        else image_ops.ImageSpec(size=model.vision.image_size, shortest_edge=model.vision.image_size)
+    spec = image_ops.ImageSpec.for_checkpoint(folder, model.vision.image_size)
     source = JsonlSource(data.path, data.image_root or None)
     encoder = ExampleEncoder(tokenizer, spec, EncoderConfig(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
@@ -155,7 +149,8 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
             stopping = preemption.requested or (stop_after is not None and step >= stop_after)
-            checkpoints.save(state, iterator.get_state(), force=stopping or step == settings.steps)
+            if stopping or step == settings.steps or checkpoints.due(step):
+                checkpoints.save(step, state, iterator.get_state())
             if stopping:
                 outputs["stopped_at"] = step
                 break

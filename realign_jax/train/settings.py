@@ -10,6 +10,8 @@ import dataclasses
 import re
 from typing import Any
 
+from realign_jax.data.encode import TRUNCATION
+from realign_jax.data.pipeline import ON_BAD_RECORD
 from realign_jax.objectives.losses import LOSSES, LossConfig
 from realign_jax.train.lora import LoraConfig
 from realign_jax.train.optimizer import OptimConfig
@@ -17,6 +19,7 @@ from realign_jax.train.rows import RowLayout
 from realign_jax.train.step import REFERENCES
 
 MODEL_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
+DATA_SOURCES = ("random", "jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +119,14 @@ def parse(config: Any) -> TrainSettings:
     if train.profile_steps < 1 or train.profile_start < 1:
         raise ValueError("train.profile_start and train.profile_steps must be >= 1")
     data = _section(config, "data")
-    if data.source not in ("random", "jsonl"):
-        raise ValueError(f"data.source={data.source!r} is unknown; available: ('random', 'jsonl')")
+    if data.source not in DATA_SOURCES:
+        raise ValueError(f"data.source={data.source!r} is unknown; available: {DATA_SOURCES}")
     if data.source == "jsonl" and not data.path:
         raise ValueError("data.source='jsonl' needs data.path (a JSONL file of records)")
-    if data.on_bad_record not in ("error", "skip"):
-        raise ValueError(f"data.on_bad_record={data.on_bad_record!r}: choose error or skip")
-    if data.truncation not in ("response", "drop"):
-        raise ValueError(f"data.truncation={data.truncation!r}: choose response or drop")
+    if data.on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f"data.on_bad_record={data.on_bad_record!r}: choose one of {ON_BAD_RECORD}")
+    if data.truncation not in TRUNCATION:
+        raise ValueError(f"data.truncation={data.truncation!r}: choose one of {TRUNCATION}")
     model = config.model.to_dict()
     if not model.get("path") and not model.get("preset"):
         raise ValueError("model.path or model.preset must be set")

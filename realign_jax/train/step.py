@@ -78,8 +78,9 @@ def _models(spec: StepSpec, state: TrainState, trainable: nnx.State, key: jax.Ar
 def _loss(spec: StepSpec, state: TrainState, trainable: nnx.State, batch: Batch,
           key: jax.Array) -> tuple[jax.Array, Metrics]:
     policy, reference = _models(spec, state, trainable, key)
-    shared = None if spec.vision_trainable else jax.lax.stop_gradient(image_states(policy, batch["pixel_values"]))
-    states = shared if shared is not None else image_states(policy, batch["pixel_values"])
+    states = image_states(policy, batch["pixel_values"])
+    if not spec.vision_trainable:
+        states = jax.lax.stop_gradient(states)  # a frozen tower's features serve the reference too
     policy_rows = row_logps(policy, states, batch, spec.layout)
     if spec.objective == "sft":
         chosen = policy_rows["chosen"]
@@ -89,7 +90,7 @@ def _loss(spec: StepSpec, state: TrainState, trainable: nnx.State, batch: Batch,
     if spec.reference == "precomputed":
         ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(spec.layout.kinds)}
     else:
-        ref_states = shared if shared is not None else image_states(reference, batch["pixel_values"])
+        ref_states = image_states(reference, batch["pixel_values"]) if spec.vision_trainable else states
         ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, spec.layout))
     return get_loss(spec.objective)(policy_rows, ref_rows, spec.loss)
 
