@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 from typing import Any
 
 import grain
@@ -50,12 +51,22 @@ def epoch_order(num_records: int, seed: int, shard_index: int, shard_count: int)
     if per_process == 0:
         raise ValueError(f"{num_records} records cannot be split over {shard_count} processes")
 
+    @functools.lru_cache(maxsize=2)
+    def permutation(epoch: int) -> np.ndarray:
+        return np.random.default_rng((seed, epoch)).permutation(num_records)
+
     def index(i: int) -> int:
         epoch, position = divmod(i, per_process)
-        permutation = np.random.default_rng((seed, epoch)).permutation(num_records)
-        return int(permutation[position * shard_count + shard_index])
+        return int(permutation(epoch)[position * shard_count + shard_index])
 
     return grain.MapDataset.range(2**62).map(index)
+
+
+def per_process_batch(batch_size: int, shard_count: int) -> int:
+    """This process's part of a global batch."""
+    if batch_size % shard_count:
+        raise ValueError(f"train.batch_size={batch_size} does not split over {shard_count} processes")
+    return batch_size // shard_count
 
 
 def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int, on_bad_record: str = "error",
@@ -64,24 +75,28 @@ def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int,
     """Batches of this process's share (`batch_size` is global: each process makes its part)."""
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"data.on_bad_record={on_bad_record!r}: choose one of {ON_BAD_RECORD}")
-    if batch_size % shard_count:
-        raise ValueError(f"train.batch_size={batch_size} does not split over {shard_count} processes")
+    local_batch = per_process_batch(batch_size, shard_count)
     counter = counter if counter is not None else BadRecordCounter()
     good = [0]
 
-    def read(index: int) -> dict[str, np.ndarray] | None:
+    def read(index: int) -> dict[str, np.ndarray] | BadRecord:
         try:
-            example = encoder.encode(source[index], source.where(index))
+            return encoder.encode(source[index], source.where(index))
         except BadRecord as error:
             if on_bad_record == "error":
                 raise
-            counter.add(error)
-            if not good[0] and counter.total >= len(source):
-                raise ValueError(f"all {len(source)} records were skipped as bad, e.g. {counter.examples[0]}") from None
-            return None
-        good[0] += 1
-        return example
+            return error
+
+    def keep(example: dict[str, np.ndarray] | BadRecord) -> bool:
+        """Runs as batches are drawn (after Grain's read-ahead threads), so the counts are of
+        records the run consumed, not of records read ahead."""
+        if not isinstance(example, BadRecord):
+            good[0] += 1
+            return True
+        counter.add(example)
+        if not good[0] and counter.total >= len(source):
+            raise ValueError(f"all {len(source)} records were skipped as bad, e.g. {counter.examples[0]}")
+        return False
 
     examples = epoch_order(len(source), seed, shard_index, shard_count).map(read)
-    return examples.to_iter_dataset().filter(lambda x: x is not None) \
-        .batch(batch_size // shard_count, drop_remainder=True)
+    return examples.to_iter_dataset().filter(keep).batch(local_batch, drop_remainder=True)

@@ -14,6 +14,8 @@ import dataclasses
 import grain
 import numpy as np
 
+from realign_jax.data.pipeline import per_process_batch
+
 BOS = 1
 FIRST_TOKEN = 3  # 0 pad, 1 bos, 2 eos
 
@@ -68,9 +70,8 @@ def make_example(index: int, spec: RandomPairsSpec) -> dict[str, np.ndarray]:
 
 def dataset(spec: RandomPairsSpec, batch_size: int, *, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
     """Shuffled, repeating batches of this process's share of the examples."""
-    if batch_size % shard_count:
-        raise ValueError(f"train.batch_size={batch_size} does not split over {shard_count} processes")
+    local_batch = per_process_batch(batch_size, shard_count)
     examples = grain.MapDataset.range(spec.num_examples).shuffle(seed=spec.seed)
     examples = examples[shard_index::shard_count].repeat()
-    return examples.map(lambda i: make_example(int(i), spec)).batch(batch_size // shard_count, drop_remainder=True) \
+    return examples.map(lambda i: make_example(int(i), spec)).batch(local_batch, drop_remainder=True) \
         .to_iter_dataset()
