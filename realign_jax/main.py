@@ -44,7 +44,33 @@ def _train(config: Any, workdir: str, xla: bool = False) -> None:
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
 
 
-MODES: dict[str, Callable[[Any, str, bool], None]] = {"generate": _generate, "train": _train, "sft": _train}
+def _inspect(config: Any, workdir: str, xla: bool = False) -> None:
+    del workdir, xla  # inspect only reads
+    from realign_jax.train.inspect_data import inspect
+
+    inspect(config)
+
+
+def _convert(config: Any, workdir: str, xla: bool = False) -> None:
+    del workdir, xla  # the output folder is convert.output
+    from realign_jax.data.arrayrecord import convert
+    from realign_jax.data.pipeline import ON_BAD_RECORD
+    from realign_jax.data.sources import open_source
+
+    if not config.convert.output:
+        raise ValueError("convert.output is required: the folder to write the shards to")
+    if config.data.on_bad_record not in ON_BAD_RECORD:
+        raise ValueError(f"data.on_bad_record={config.data.on_bad_record!r}: choose one of {ON_BAD_RECORD}")
+    source = open_source(config.data)
+    result = convert(source, config.convert.output, num_shards=config.convert.num_shards,
+                     on_bad_record=config.data.on_bad_record, overwrite=config.convert.overwrite)
+    print(f"convert: {result['written']} records -> {len(result['shards'])} shard(s) in {config.convert.output}")
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
+
+
+MODES: dict[str, Callable[[Any, str, bool], None]] = {
+    "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert}
 PLANNED_MODES = ("build_pairs", "eval", "pipeline")
 
 
@@ -78,7 +104,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
     try:
         run(_CONFIG.value, _WORKDIR.value, _XLA.value)
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

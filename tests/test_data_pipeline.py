@@ -14,7 +14,7 @@ from transformers import CLIPImageProcessorPil, LlavaProcessor
 
 from realign_jax.data import images as image_ops
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder, TooLong
-from realign_jax.data.pipeline import BadRecordCounter, dataset, epoch_order
+from realign_jax.data.pipeline import BadRecordCounter, dataset, epoch_order, take_bad_records
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER, render_conversation
 from realign_jax.data.records import BadRecord, from_json
 from realign_jax.data.sources import JsonlSource
@@ -116,10 +116,12 @@ def test_bad_record_stops_with_file_record_and_field(tokenizer, tmp_path, case):
             pass
     # ... and under 'skip' yields only the good records and counts the bad one by field.
     counter = BadRecordCounter()
-    batches = dataset(source, encoder(tokenizer), 1, seed=0, on_bad_record="skip", counter=counter)
-    seen = [b for _, b in zip(range(6), batches)]
-    assert len(seen) == 6
-    assert counter.counts[field] >= 1 and set(counter.counts) == {field}
+    batches = dataset(source, encoder(tokenizer), 1, seed=0, on_bad_record="skip")
+    seen = [take_bad_records(b, counter) for _, b in zip(range(6), batches)]
+    assert len(seen) == 6 and all(set(b) == {"input_ids", "attention_mask", "loss_mask", "pixel_values"} for b in seen)
+    # 6 good records consumed from 2 epochs of 3 good + 1 bad: the bad one passed once or twice.
+    assert set(counter.counts) == {field} and 1 <= counter.counts[field] <= 2
+    assert "record 1" in counter.examples[0]
 
 
 def test_all_bad_records_under_skip_end_in_one_line(tokenizer, tmp_path):
@@ -135,10 +137,12 @@ def test_processes_read_disjoint_slices_covering_each_epoch(processes):
     for epoch in range(3):
         slices = [[epoch_order(n, 7, p, processes)[epoch * per_process + i] for i in range(per_process)]
                   for p in range(processes)]
+        assert {e for s in slices for e, _ in s} == {epoch}
+        slices = [[index for _, index in s] for s in slices]
         flat = [i for s in slices for i in s]
         assert len(set(flat)) == len(flat) == per_process * processes
-    first = [epoch_order(n, 7, 0, 1)[i] for i in range(n)]
-    second = [epoch_order(n, 7, 0, 1)[n + i] for i in range(n)]
+    first = [epoch_order(n, 7, 0, 1)[i][1] for i in range(n)]
+    second = [epoch_order(n, 7, 0, 1)[n + i][1] for i in range(n)]
     assert sorted(first) == sorted(second) == list(range(n)) and first != second  # reshuffled each epoch
 
 

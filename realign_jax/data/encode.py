@@ -29,6 +29,18 @@ class TooLong(BadRecord):
 
 
 @dataclasses.dataclass(frozen=True)
+class EncodedRow:
+    kind: str
+    ids: list[int]
+    loss_mask: list[bool]  # True on answer tokens
+    full_length: int  # before truncation
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.ids)
+
+
+@dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     kinds: tuple[str, ...]
     num_images: int  # 1, or 2 when a row or the noisy scoring needs slot 1
@@ -61,7 +73,8 @@ class ExampleEncoder:
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
 
-    def _row(self, record: Record, kind: str, where: str) -> tuple[list[int], list[bool]]:
+    def row(self, record: Record, kind: str, where: str) -> EncodedRow:
+        """One row's tokens and answer mask, cut to seq_len (or TooLong under 'drop')."""
         field = ROW_ANSWER[kind]
         answer = getattr(record, field)
         if answer is None:
@@ -72,24 +85,24 @@ class ExampleEncoder:
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
         ids, mask = encoded.input_ids, encoded.response_mask
-        if len(ids) > self.config.seq_len:
-            prompt_len = mask.index(True)
+        full_length, prompt_len = len(ids), mask.index(True)
+        if full_length > self.config.seq_len:
             if self.config.truncation == "drop" or prompt_len + 1 > self.config.seq_len:
-                raise TooLong(where, field, f"{len(ids)} tokens (prompt {prompt_len}) exceed data.seq_len="
+                raise TooLong(where, field, f"{full_length} tokens (prompt {prompt_len}) exceed data.seq_len="
                                             f"{self.config.seq_len}")
             ids, mask = ids[: self.config.seq_len], mask[: self.config.seq_len]
-        return ids, mask
+        return EncodedRow(kind, ids, mask, full_length)
 
     def encode(self, record: Record, where: str) -> dict[str, np.ndarray]:
         k, t = len(self.config.kinds), self.config.seq_len
         input_ids = np.full((k, t), self.pad_id, np.int32)
         attention = np.zeros((k, t), np.int32)
         loss = np.zeros((k, t), np.int32)
-        for row, kind in enumerate(self.config.kinds):
-            ids, mask = self._row(record, kind, where)
-            input_ids[row, : len(ids)] = ids
-            attention[row, : len(ids)] = 1
-            loss[row, : len(ids)] = mask
+        for i, kind in enumerate(self.config.kinds):
+            row = self.row(record, kind, where)
+            input_ids[i, : len(row.ids)] = row.ids
+            attention[i, : len(row.ids)] = 1
+            loss[i, : len(row.ids)] = row.loss_mask
         pixels = np.stack([self._image(record, slot, where) for slot in range(self.config.num_images)])
         example = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss, "pixel_values": pixels}
         if record.ref_logps is not None:

@@ -1,65 +1,98 @@
 """The Grain pipeline: source -> this process's slice -> seeded shuffle (fresh each epoch) ->
-read + encode (images decoded and preprocessed, chat template, rows, masks) -> batch.
+read + encode (images decoded and preprocessed, chat template, rows, masks) -> batches of
+good examples -> optional worker processes.
 
 Bad records either stop the run with one line naming file, record and field
-(`on_bad_record='error'`) or are skipped and counted (`'skip'`); `BadRecordCounter` holds the
-counts the loop reports. The iterator's state (`get_state`/`set_state`) goes into the Orbax
-checkpoint, so a resumed run continues with the next unseen example.
+(`on_bad_record='error'`) or are skipped (`'skip'`). A skipped record travels with the batch
+that skipped it (`batch[BAD_RECORDS]`), so the counts are of records the run consumed, not of
+records Grain's read-ahead threads touched, and they survive worker processes; the loop moves
+them into a `BadRecordCounter` with `take_bad_records`. The iterator's state
+(`get_state`/`set_state`) goes into the Orbax checkpoint, so a resumed run continues with the
+next unseen example.
+
+Length buckets: batches are padded to `seq_len`; `bucket_length` picks the shortest bucket
+that holds every row of a batch and `trim` cuts the padding off, so short data compiles a
+few small steps instead of running every step at full length.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import functools
+from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from realign_jax.data.encode import ExampleEncoder, TooLong
 from realign_jax.data.records import BadRecord
 
 ON_BAD_RECORD = ("error", "skip")
+BAD_RECORDS = "bad_records"  # batch key: [(reason, message)] of records skipped to make this batch
+EPOCH = "epoch"  # batch key: the epoch (of this process's order) the batch's last example came from
 
 
 @dataclasses.dataclass
 class BadRecordCounter:
-    """Skipped records by reason ('too_long' or the field at fault), and the last few messages."""
+    """Skipped records by reason ('too_long' or the field at fault), and the first few messages."""
 
     counts: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     examples: list[str] = dataclasses.field(default_factory=list)
 
-    def add(self, error: BadRecord) -> None:
-        self.counts["too_long" if isinstance(error, TooLong) else error.field] += 1
+    def add(self, reason: str, message: str) -> None:
+        self.counts[reason] += 1
         if len(self.examples) < 5:
-            self.examples.append(str(error))
+            self.examples.append(message)
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
+    def state(self) -> dict[str, Any]:
+        return {"counts": dict(self.counts), "examples": list(self.examples)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.counts = collections.Counter(state.get("counts", {}))
+        self.examples = list(state.get("examples", []))
+
+
+def take_bad_records(batch: dict[str, Any], counter: BadRecordCounter) -> dict[str, np.ndarray]:
+    """The batch's arrays, with the records it skipped moved into `counter`."""
+    for reason, message in batch.get(BAD_RECORDS, ()):
+        counter.add(reason, message)
+    return {k: v for k, v in batch.items() if k not in (BAD_RECORDS, EPOCH)}
+
+
+class _EpochOrder:
+    """position -> (epoch, record index); a class so worker processes can unpickle it."""
+
+    def __init__(self, num_records: int, seed: int, shard_index: int, shard_count: int):
+        self.num_records, self.seed, self.shard_index, self.shard_count = num_records, seed, shard_index, shard_count
+        self.per_process = num_records // shard_count
+        self._cached: tuple[int, np.ndarray] | None = None  # the current epoch's permutation
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != epoch:
+            self._cached = (epoch, np.random.default_rng((self.seed, epoch)).permutation(self.num_records))
+        return self._cached[1]
+
+    def __call__(self, i: int) -> tuple[int, int]:
+        epoch, position = divmod(i, self.per_process)
+        return epoch, int(self.permutation(epoch)[position * self.shard_count + self.shard_index])
+
 
 def epoch_order(num_records: int, seed: int, shard_index: int, shard_count: int) -> grain.MapDataset:
-    """Record indices of this process, reshuffled every epoch, repeating forever.
+    """(epoch, record index) of this process, reshuffled every epoch, repeating forever.
 
     Processes take interleaved slices of one global permutation per epoch, so in every epoch
     their records are disjoint and together cover the whole dataset (the remainder that
     does not split evenly is dropped for that epoch).
     """
-    per_process = num_records // shard_count
-    if per_process == 0:
+    if num_records // shard_count == 0:
         raise ValueError(f"{num_records} records cannot be split over {shard_count} processes")
-
-    @functools.lru_cache(maxsize=2)
-    def permutation(epoch: int) -> np.ndarray:
-        return np.random.default_rng((seed, epoch)).permutation(num_records)
-
-    def index(i: int) -> int:
-        epoch, position = divmod(i, per_process)
-        return int(permutation(epoch)[position * shard_count + shard_index])
-
-    return grain.MapDataset.range(2**62).map(index)
+    return grain.MapDataset.range(2**62).map(_EpochOrder(num_records, seed, shard_index, shard_count))
 
 
 def per_process_batch(batch_size: int, shard_count: int) -> int:
@@ -69,34 +102,118 @@ def per_process_batch(batch_size: int, shard_count: int) -> int:
     return batch_size // shard_count
 
 
+@dataclasses.dataclass(frozen=True)
+class _Skipped:
+    """A bad record in flight (picklable, unlike BadRecord, for worker processes)."""
+
+    reason: str
+    message: str
+
+
+class _GoodBatchesIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, num_records: int):
+        super().__init__(parent)
+        self._batch_size, self._num_records = batch_size, num_records
+        self._bad_in_a_row = 0
+
+    def __next__(self) -> dict[str, Any]:
+        examples: list[dict[str, np.ndarray]] = []
+        skipped: list[tuple[str, str]] = []
+        epoch = 0
+        while len(examples) < self._batch_size:
+            epoch, item = next(self._parent)
+            if isinstance(item, _Skipped):
+                skipped.append((item.reason, item.message))
+                self._bad_in_a_row += 1
+                if self._bad_in_a_row >= self._num_records:
+                    raise ValueError(f"all {self._num_records} records were skipped as bad, e.g. {item.message}")
+                continue
+            self._bad_in_a_row = 0
+            examples.append(item)
+        batch: dict[str, Any] = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch[BAD_RECORDS] = skipped
+        batch[EPOCH] = epoch
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._parent.set_state(state)
+
+
+class _GoodBatches(grain.IterDataset):
+    """Batches of `batch_size` good examples; the skipped records ride along in the batch."""
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int, num_records: int):
+        super().__init__(parent)
+        self._batch_size, self._num_records = batch_size, num_records
+
+    def __iter__(self) -> _GoodBatchesIterator:
+        return _GoodBatchesIterator(self._parent.__iter__(), self._batch_size, self._num_records)
+
+
+class _Reader:
+    """record index -> encoded example, or `_Skipped` under on_bad_record='skip' (a class, not
+    a closure, so worker processes can unpickle it)."""
+
+    def __init__(self, source: Any, encoder: ExampleEncoder, on_bad_record: str):
+        self.source, self.encoder, self.on_bad_record = source, encoder, on_bad_record
+
+    def __call__(self, item: tuple[int, int]) -> tuple[int, dict[str, np.ndarray] | _Skipped]:
+        epoch, index = item
+        try:
+            return epoch, self.encoder.encode(self.source[index], self.source.where(index))
+        except BadRecord as error:
+            if self.on_bad_record == "error":
+                raise
+            return epoch, _Skipped("too_long" if isinstance(error, TooLong) else error.field, str(error))
+
+
 def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int, on_bad_record: str = "error",
-            counter: BadRecordCounter | None = None, shard_index: int = 0,
-            shard_count: int = 1) -> grain.IterDataset:
-    """Batches of this process's share (`batch_size` is global: each process makes its part)."""
+            shard_index: int = 0, shard_count: int = 1, workers: int = 0,
+            read_threads: int = 4) -> grain.IterDataset:
+    """Batches of this process's share (`batch_size` is global: each process makes its part).
+
+    `read_threads` threads read and encode ahead in this process; `workers > 0` moves the whole
+    pipeline into that many worker processes (images and tokenisation then use more cores).
+    """
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"data.on_bad_record={on_bad_record!r}: choose one of {ON_BAD_RECORD}")
     local_batch = per_process_batch(batch_size, shard_count)
-    counter = counter if counter is not None else BadRecordCounter()
-    good = [0]
+    examples = epoch_order(len(source), seed, shard_index, shard_count).map(_Reader(source, encoder, on_bad_record))
+    options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
+    batches: grain.IterDataset = _GoodBatches(examples.to_iter_dataset(options), local_batch, len(source))
+    if workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside an absl app use defaults
+            flags.FLAGS.mark_as_parsed()
+        batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    return batches
 
-    def read(index: int) -> dict[str, np.ndarray] | BadRecord:
+
+def parse_buckets(spec: str, seq_len: int) -> tuple[int, ...]:
+    """'auto' -> quarters of seq_len; '' -> seq_len only; '128,256' -> those (seq_len added)."""
+    if spec == "auto":
+        lengths = {max(8, -(-seq_len * q // 4) // 8 * 8) for q in (1, 2, 3)}
+    elif spec:
         try:
-            return encoder.encode(source[index], source.where(index))
-        except BadRecord as error:
-            if on_bad_record == "error":
-                raise
-            return error
+            lengths = {int(x) for x in spec.split(",")}
+        except ValueError:
+            raise ValueError(f"data.length_buckets={spec!r}: give 'auto', '' or comma-separated lengths") from None
+        if min(lengths) <= 0 or max(lengths) > seq_len:
+            raise ValueError(f"data.length_buckets={spec!r}: lengths must be in 1..data.seq_len={seq_len}")
+    else:
+        lengths = set()
+    return tuple(sorted(lengths | {seq_len}))
 
-    def keep(example: dict[str, np.ndarray] | BadRecord) -> bool:
-        """Runs as batches are drawn (after Grain's read-ahead threads), so the counts are of
-        records the run consumed, not of records read ahead."""
-        if not isinstance(example, BadRecord):
-            good[0] += 1
-            return True
-        counter.add(example)
-        if not good[0] and counter.total >= len(source):
-            raise ValueError(f"all {len(source)} records were skipped as bad, e.g. {counter.examples[0]}")
-        return False
 
-    examples = epoch_order(len(source), seed, shard_index, shard_count).map(read)
-    return examples.to_iter_dataset().filter(keep).batch(local_batch, drop_remainder=True)
+def bucket_length(batch: dict[str, np.ndarray], buckets: Sequence[int]) -> int:
+    """The shortest bucket that holds every (right-padded) row of the batch."""
+    longest = int(batch["attention_mask"].sum(-1).max())
+    return next(b for b in buckets if b >= longest)
+
+
+def trim(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
+    """Cut the token arrays ([..., T]) to `length`; images and reference log-probs are kept."""
+    token_keys = ("input_ids", "attention_mask", "loss_mask")
+    return {k: (v[..., :length] if k in token_keys else v) for k, v in batch.items()}

@@ -1,4 +1,7 @@
-"""Random-access record sources for Grain: `len(source)` and `source[i] -> Record`.
+"""Random-access record sources for Grain: `len(source)`, `source[i] -> Record` and
+`source.where(i)` (the file and record an error names). `RECORD_SOURCES` maps
+`data.source` to them: JSONL, ArrayRecord shards (data/arrayrecord.py), TFDS
+(data/tfds_source.py) and the public preference datasets' layouts (data/adapters.py).
 
 JSONL + an image folder is the hand-written format: the file is indexed once (byte offset of
 every non-empty line) so any record can be read without holding the file in memory, and a
@@ -10,7 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from realign_jax.data.adapters import PovidSource, RlaifVSource, VLFeedbackSource
+from realign_jax.data.arrayrecord import ArrayRecordSource
 from realign_jax.data.records import BadRecord, Record, from_json
 
 
@@ -53,3 +60,42 @@ class JsonlSource:
         if isinstance(image, str) and not os.path.isabs(image):
             return os.path.join(self.image_root, image)
         return image
+
+
+def open_source(data: Mapping[str, Any]) -> Any:
+    """The record source of a config's `data` section: `data.source` over `data.path`
+    (`data.image_root` for relative image paths; TFDS also reads `data.split`,
+    `data.tfds_data_dir` and `data.tfds_fields`)."""
+    source, path = data["source"], data["path"]
+    if source not in RECORD_SOURCES:
+        raise ValueError(f"data.source={source!r} is not a record source; available: {sorted(RECORD_SOURCES)}")
+    if not path:
+        raise ValueError(f"data.source={source!r} needs data.path")
+    return RECORD_SOURCES[source](data)
+
+
+def _tfds(data: Mapping[str, Any]) -> Any:
+    from realign_jax.data.tfds_source import TfdsSource
+
+    fields = {}
+    for item in filter(None, data.get("tfds_fields", "").split(",")):
+        key, sep, feature = item.partition("=")
+        if not sep:
+            raise ValueError(f"data.tfds_fields: {item!r} is not record_field=feature")
+        fields[key.strip()] = feature.strip()
+    return TfdsSource(data["path"], data.get("split", "train"), data.get("tfds_data_dir") or None, fields)
+
+
+def _with_root(cls: Callable[[str, str | None], Any]) -> Callable[[Mapping[str, Any]], Any]:
+    return lambda data: cls(data["path"], data.get("image_root") or None)
+
+
+# data.source -> factory taking the `data` section. Adapters read public datasets' own layouts.
+RECORD_SOURCES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "jsonl": _with_root(JsonlSource),
+    "arrayrecord": lambda data: ArrayRecordSource(data["path"]),  # the images are inside the shards
+    "tfds": _tfds,
+    "rlaif_v": lambda data: RlaifVSource(data["path"]),  # the images are inside the parquet files
+    "povid": _with_root(PovidSource),
+    "vlfeedback": _with_root(VLFeedbackSource),
+}

@@ -19,7 +19,7 @@ def parse_arg(arg: str | None) -> dict[str, str]:
 
 def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.mode = mode  # train | sft
+    config.mode = mode  # train | sft | inspect (print the data as the model sees it; nothing trains)
     config.seed = 0
     config.reference = "lora_off" if mode == "train" else "none"  # lora_off | frozen_copy | precomputed | none
 
@@ -40,15 +40,26 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     config.mesh.rules = ""  # overrides, e.g. "embed=fsdp,vocab=" (see models/partitioning.py)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "random"  # random | jsonl (records + image folder, see data/records.py)
-    config.data.path = ""  # jsonl: the records file
+    # random (smoke test) | jsonl (records + image folder) | arrayrecord (convert's shards) | tfds
+    # | rlaif_v | povid | vlfeedback (the public datasets' own files)
+    config.data.source = "random"
+    config.data.path = ""  # the records: a JSONL file, a folder of shards, ...
+    config.data.split = "train"  # tfds only
+    config.data.tfds_data_dir = ""  # tfds only; empty = TFDS_DATA_DIR or ~/tensorflow_datasets
+    config.data.tfds_fields = ""  # tfds only: record_field=feature overrides, e.g. "question=query,image=img"
     config.data.image_root = ""  # jsonl: where relative image paths point; empty = the file's folder
     config.data.tokenizer = ""  # folder with the tokenizer + chat template; empty = model.path
     config.data.on_bad_record = "error"  # error: stop with file, record and field | skip: skip and count
     config.data.truncation = "response"  # response: cut over-long answers at the end | drop
     config.data.seq_len = 40
+    config.data.length_buckets = "auto"  # pad each batch to the shortest of these; auto = quarters of seq_len
+    config.data.workers = 0  # worker processes decoding images and tokenising; 0 = threads in this process
     config.data.num_examples = 32  # random source only
     config.data.seed = 0
+
+    config.inspect = ml_collections.ConfigDict()
+    config.inspect.examples = 3  # decoded examples printed by mode=inspect
+    config.inspect.max_records = 2000  # records read for the length histogram and bad-record counts
 
     config.loss = ml_collections.ConfigDict()
     config.loss.name = loss  # dpo | ipo | hinge | rdpo | mdpo | povid | povid_weighted

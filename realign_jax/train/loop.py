@@ -16,47 +16,12 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
-from realign_jax.data import images as image_ops
-from realign_jax.data import pipeline, prompting, random_pairs
-from realign_jax.data.encode import EncoderConfig, ExampleEncoder
-from realign_jax.data.sources import JsonlSource
-from realign_jax.models.config import LlavaConfig
+from realign_jax.data import pipeline
 from realign_jax.train.checkpoint import Checkpointer
+from realign_jax.train.inputs import make_dataset, to_bucket
 from realign_jax.train.metrics_log import MetricsLog
-from realign_jax.train.settings import TrainSettings, parse
+from realign_jax.train.settings import parse
 from realign_jax.train.trainer import Trainer
-
-def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
-                 counter: pipeline.BadRecordCounter | None = None) -> Any:
-    """The batches of this process for the configured source (`settings.parse` checked its name)."""
-    if data.source == "jsonl":
-        return _jsonl_dataset(data, settings, model, counter)
-    spec = random_pairs.RandomPairsSpec(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
-        vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
-        num_image_tokens=model.num_image_tokens, image_size=model.vision.image_size,
-        num_examples=data.num_examples, seed=data.seed)
-    return random_pairs.dataset(spec, settings.batch_size, shard_index=jax.process_index(),
-                                shard_count=jax.process_count())
-
-
-def _jsonl_dataset(data: Any, settings: TrainSettings, model: LlavaConfig,
-                   counter: pipeline.BadRecordCounter | None) -> Any:
-    folder = data.tokenizer or settings.model.get("path")
-    if not folder:
-        raise ValueError("data.source='jsonl' needs a tokenizer: set data.tokenizer or model.path")
-    tokenizer = prompting.load_tokenizer(folder)
-    image_id = tokenizer.convert_tokens_to_ids(prompting.IMAGE_PLACEHOLDER)
-    if image_id != model.image_token_id:
-        raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
-                         f"model's image_token_id is {model.image_token_id}")
-    spec = image_ops.ImageSpec.for_checkpoint(folder, model.vision.image_size)
-    source = JsonlSource(data.path, data.image_root or None)
-    encoder = ExampleEncoder(tokenizer, spec, EncoderConfig(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
-        num_image_tokens=model.num_image_tokens, truncation=data.truncation))
-    return pipeline.dataset(source, encoder, settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record,
-                            counter=counter, shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
 def maybe_initialize_distributed() -> None:
@@ -106,24 +71,35 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     trainer = Trainer(settings)
     state = trainer.init_state()
     bad_records = pipeline.BadRecordCounter()
-    iterator = iter(make_dataset(config.data, settings, trainer.model_config, bad_records))
+    iterator = iter(make_dataset(config.data, settings, trainer.model_config))
+    # The random smoke-test pairs always run at seq_len; record sources pad to length buckets.
+    buckets = pipeline.parse_buckets(config.data.length_buckets if config.data.source != "random" else "",
+                                     config.data.seq_len)
     checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
                                settings.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state, data_state = checkpoints.restore(state)
-        iterator.set_state(data_state)
+        iterator.set_state(data_state["iterator"])
+        bad_records.restore(data_state["skipped"])
     step = int(state.step)
     log = MetricsLog(workdir, resume_step=step)
     preemption = _Preemption()
     outputs: dict[str, Any] = {"workdir": workdir, "resumed_from": step or None}
     last: dict[str, float] = {}
     profiling = False
+    epoch = 0
     window_tokens, window_start = 0.0, time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, desc=settings.objective, unit="step",
                disable=jax.process_index() != 0)
     try:
         while step < settings.steps:
-            host_batch = next(iterator)
+            raw = next(iterator)
+            host_batch = to_bucket(pipeline.take_bad_records(raw, bad_records), buckets)
+            if raw.get(pipeline.EPOCH, epoch) > epoch:
+                if bad_records.total:
+                    bar.write(f"epoch {epoch} done: {bad_records.total} bad records skipped so far "
+                              f"{dict(bad_records.counts)}, e.g. {bad_records.examples[0]}")
+                epoch = raw[pipeline.EPOCH]
             batch = trainer.device_batch(host_batch)
             if xla and step + 1 == settings.profile_start:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
@@ -131,7 +107,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             state, metrics = trainer.step(state, batch)
             step += 1
             if xla and "xla" not in outputs:
-                outputs["xla"] = _write_xla_artifacts(trainer._compiled, workdir)
+                outputs["xla"] = _write_xla_artifacts(trainer.compiled(state, batch), workdir)
             if profiling and step + 1 == settings.profile_start + settings.profile_steps:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()
@@ -150,7 +126,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             bar.update(1)
             stopping = preemption.requested or (stop_after is not None and step >= stop_after)
             if stopping or step == settings.steps or checkpoints.due(step):
-                checkpoints.save(step, state, iterator.get_state())
+                checkpoints.save(step, state, {"iterator": iterator.get_state(), "skipped": bad_records.state()})
             if stopping:
                 outputs["stopped_at"] = step
                 break
@@ -162,6 +138,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         if profiling:
             jax.profiler.stop_trace()
         bar.close()
+        iterator.close()  # stops Grain's read-ahead threads and worker processes
         preemption.restore()
         checkpoints.close()
         log.close()

@@ -11,7 +11,8 @@ import re
 from typing import Any
 
 from realign_jax.data.encode import TRUNCATION
-from realign_jax.data.pipeline import ON_BAD_RECORD
+from realign_jax.data.pipeline import ON_BAD_RECORD, parse_buckets
+from realign_jax.data.sources import RECORD_SOURCES
 from realign_jax.objectives.losses import LOSSES, LossConfig
 from realign_jax.train.lora import LoraConfig
 from realign_jax.train.optimizer import OptimConfig
@@ -19,7 +20,7 @@ from realign_jax.train.rows import RowLayout
 from realign_jax.train.step import REFERENCES
 
 MODEL_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
-DATA_SOURCES = ("random", "jsonl")
+DATA_SOURCES = ("random", *RECORD_SOURCES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,8 +122,11 @@ def parse(config: Any) -> TrainSettings:
     data = _section(config, "data")
     if data.source not in DATA_SOURCES:
         raise ValueError(f"data.source={data.source!r} is unknown; available: {DATA_SOURCES}")
-    if data.source == "jsonl" and not data.path:
-        raise ValueError("data.source='jsonl' needs data.path (a JSONL file of records)")
+    if data.source != "random" and not data.path:
+        raise ValueError(f"data.source={data.source!r} needs data.path (the records: file, folder or pattern)")
+    if data.workers < 0:
+        raise ValueError(f"data.workers={data.workers} must be >= 0 (0 = threads in the training process)")
+    parse_buckets(data.length_buckets, data.seq_len)
     if data.on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"data.on_bad_record={data.on_bad_record!r}: choose one of {ON_BAD_RECORD}")
     if data.truncation not in TRUNCATION:

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from realign_jax.models import hf
-from realign_jax.models.config import preset
+from realign_jax.models.config import LlavaConfig, preset
 from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, state_shardings
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
@@ -28,6 +28,13 @@ from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, referen
 
 def _runtime(model: dict[str, Any]) -> dict[str, Any]:
     return {k: model[k] for k in MODEL_RUNTIME_KEYS if k in model}
+
+
+def model_config(settings: TrainSettings) -> LlavaConfig:
+    """The model's config without its weights (what the data side needs: image tokens, size)."""
+    if settings.model.get("path"):
+        return hf.config_from_hf(settings.model["path"], **_runtime(settings.model))
+    return preset(settings.model["preset"], **_runtime(settings.model))
 
 
 def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any) -> LlavaModel:
@@ -58,7 +65,7 @@ class Trainer:
         if micro % shards:
             raise ValueError(f"train.batch_size / train.grad_accum = {micro} is not divisible by the "
                              f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
-        self._compiled: Any = None
+        self._compiled: dict[tuple, Any] = {}  # batch shapes -> executable (one per length bucket)
         self._reference_fn: Any = None
 
     def init_state(self) -> TrainState:
@@ -114,21 +121,30 @@ class Trainer:
                 for k, v in host_batch.items()}
 
     # -- the step ---------------------------------------------------------------------------
+    @staticmethod
+    def _shapes(batch: Batch) -> tuple:
+        return tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
+
     def compile(self, state: TrainState, batch: Batch) -> Any:
-        """Lower and compile the step for these shapes once (AOT: memory analysis, HLO text)."""
+        """Lower and compile the step for these batch shapes once (AOT: memory analysis, HLO
+        text); each length bucket gets its own executable."""
         state_sh = self.state_shardings(state)
         batch_sh = {k: self.batch_sharding(v.ndim) for k, v in batch.items()}
         replicated = NamedSharding(self.mesh, PartitionSpec())
         jitted = jax.jit(lambda st, b: train_step(self.spec, st, b), in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, replicated), donate_argnums=0)
         with axis_rules(self.mesh, self.rules):
-            self._compiled = jitted.lower(state, batch).compile()
-        return self._compiled
+            compiled = jitted.lower(state, batch).compile()
+        self._compiled[self._shapes(batch)] = compiled
+        return compiled
+
+    def compiled(self, state: TrainState, batch: Batch) -> Any:
+        """The step's executable for this batch's shapes, compiling it on first use."""
+        executable = self._compiled.get(self._shapes(batch))
+        return executable if executable is not None else self.compile(state, batch)
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        if self._compiled is None:
-            self.compile(state, batch)
-        return self._compiled(state, batch)
+        return self.compiled(state, batch)(state, batch)
 
     def reference_logps(self, state: TrainState, batch: Batch) -> jax.Array:
         """[B, K] reference log-probs of a batch, for precomputing them once."""

@@ -1,0 +1,59 @@
+"""The configured data as the step wants it: source + encoder + Grain pipeline for record
+sources, or the random smoke-test pairs (`data.source='random'`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from realign_jax.data import images as image_ops
+from realign_jax.data import pipeline, prompting, random_pairs
+from realign_jax.data.encode import EncoderConfig, ExampleEncoder
+from realign_jax.data.sources import open_source
+from realign_jax.models.config import LlavaConfig
+from realign_jax.train.settings import TrainSettings
+
+
+def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
+    """Records -> the rows the objective reads, with the checkpoint's tokenizer and image
+    preprocessing (checked against the model: the image token must be the model's)."""
+    folder = data.tokenizer or settings.model.get("path")
+    if not folder:
+        raise ValueError(f"data.source={data.source!r} needs a tokenizer: set data.tokenizer or model.path")
+    tokenizer = prompting.load_tokenizer(folder)
+    image_id = tokenizer.convert_tokens_to_ids(prompting.IMAGE_PLACEHOLDER)
+    if image_id != model.image_token_id:
+        raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
+                         f"model's image_token_id is {model.image_token_id}")
+    spec = image_ops.ImageSpec.for_checkpoint(folder, model.vision.image_size)
+    return ExampleEncoder(tokenizer, spec, EncoderConfig(
+        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
+        num_image_tokens=model.num_image_tokens, truncation=data.truncation))
+
+
+def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
+    """The batches of this process for the configured source (`settings.parse` checked its name)."""
+    if data.source != "random":
+        return pipeline.dataset(
+            open_source(data), make_encoder(data, settings, model),
+            settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record, shard_index=jax.process_index(),
+            shard_count=jax.process_count(), workers=data.workers)
+    spec = random_pairs.RandomPairsSpec(
+        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
+        vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
+        num_image_tokens=model.num_image_tokens, image_size=model.vision.image_size,
+        num_examples=data.num_examples, seed=data.seed)
+    return random_pairs.dataset(spec, settings.batch_size, shard_index=jax.process_index(),
+                                shard_count=jax.process_count())
+
+
+def to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Trim the batch to its length bucket; every process takes the longest any of them needs,
+    so the global arrays agree in shape."""
+    length = pipeline.bucket_length(batch, buckets)
+    if jax.process_count() > 1:
+        length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
+    return pipeline.trim(batch, length)
