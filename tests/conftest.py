@@ -65,3 +65,11 @@ def hf_checkpoint(request, tmp_path_factory):
     path = str(tmp_path_factory.mktemp(request.param))
     model = build_hf_llava(path, request.param)
     return path, model, request.param
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A small BPE tokenizer with `<image>` and LLaVA-1.5's chat template (see test_prompting)."""
+    from test_prompting import LLAVA_TEMPLATE, build_tokenizer
+
+    return build_tokenizer(LLAVA_TEMPLATE)

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
-from test_prompting import LLAVA_TEMPLATE, build_tokenizer, processor_ids
+from test_prompting import processor_ids
 from transformers import CLIPImageProcessorPil, LlavaProcessor
 
 from realign_jax.data import images as image_ops
@@ -22,11 +22,6 @@ from realign_jax.data.sources import JsonlSource
 CROP, PATCH, NUM_IMAGE_TOKENS = 64, 16, 16
 SPEC = image_ops.ImageSpec(size=CROP, shortest_edge=CROP)
 KINDS = ("chosen", "rejected", "chosen_alt_image")
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_tokenizer(LLAVA_TEMPLATE)
 
 
 def encoder(tokenizer, seq_len=64, truncation="response", kinds=KINDS):

@@ -22,13 +22,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from test_prompting import LLAVA_TEMPLATE, build_tokenizer
-
-    return build_tokenizer(LLAVA_TEMPLATE)
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tokenizer, tmp_path_factory):
     """A tiny random LLaVA in Hugging Face format whose folder carries the tokenizer."""
     from realign_jax.models import hf

@@ -3,17 +3,20 @@
 Each row kind is the record's conversation plus one answer, tokenised with the checkpoint's
 chat template (image placeholder expanded to the model's image tokens) and right-padded to
 `seq_len`; `loss_mask` marks exactly the answer tokens. Image slot 0 is the record's image,
-slot 1 the rejected image (rDPO, mDPO). Over-long rows are cut from the end of the answer,
+slot 1 the rejected image (rDPO, mDPO) or, for POVID's argmax scoring, the record's image
+with diffusion noise (data/image_noise.py). Over-long rows are cut from the end of the answer,
 never inside the prompt and so never through the image tokens, or dropped, by config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
 
+from realign_jax.data import image_noise
 from realign_jax.data import images as image_ops
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER, encode_prompt_response
 from realign_jax.data.records import BadRecord, Record
@@ -22,6 +25,7 @@ from realign_jax.data.records import BadRecord, Record
 ROW_ANSWER = {"chosen": "chosen", "rejected": "rejected", "chosen_alt_image": "chosen",
               "rejected_noisy": "rejected_noisy"}
 TRUNCATION = ("response", "drop")
+SECOND_IMAGE = ("rejected_image", "noised")
 
 
 class TooLong(BadRecord):
@@ -47,10 +51,13 @@ class EncoderConfig:
     seq_len: int
     num_image_tokens: int
     truncation: str = "response"  # response | drop
+    second_image: str = "rejected_image"  # slot 1: rejected_image (rDPO, mDPO) | noised (POVID's argmax)
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
             raise ValueError(f"data.truncation={self.truncation!r}: choose one of {TRUNCATION}")
+        if self.second_image not in SECOND_IMAGE:
+            raise ValueError(f"second_image={self.second_image!r}: choose one of {SECOND_IMAGE}")
         unknown = [k for k in self.kinds if k not in ROW_ANSWER]
         if unknown:
             raise ValueError(f"unknown row kinds {unknown}")
@@ -63,13 +70,19 @@ class ExampleEncoder:
         self.tokenizer, self.spec, self.config = tokenizer, image_spec, config
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def _image(self, record: Record, slot: int, where: str) -> np.ndarray:
-        field = "image" if slot == 0 else "rejected_image"
-        source = record.image if slot == 0 else record.rejected_image
+    def _image(self, record: Record, slot: int, where: str, rng: np.random.Generator | None) -> np.ndarray:
+        noised = slot == 1 and self.config.second_image == "noised"
+        field = "image" if slot == 0 or noised else "rejected_image"
+        source = getattr(record, field)
         if source is None:
             raise BadRecord(where, field, "is required by this objective but missing")
+        perturb = None
+        if noised:
+            noise = record.image_noise or image_noise.DEFAULT_NOISE
+            generator = rng if rng is not None else np.random.default_rng()
+            perturb = functools.partial(image_noise.diffuse, t=noise["t"], rng=generator)
         try:
-            return image_ops.preprocess(image_ops.load_image(source), self.spec)
+            return image_ops.preprocess(image_ops.load_image(source), self.spec, perturb)
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
 
@@ -93,7 +106,8 @@ class ExampleEncoder:
             ids, mask = ids[: self.config.seq_len], mask[: self.config.seq_len]
         return EncodedRow(kind, ids, mask, full_length)
 
-    def encode(self, record: Record, where: str) -> dict[str, np.ndarray]:
+    def encode(self, record: Record, where: str, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """The example's arrays; `rng` draws POVID's image noise (fresh from the OS if None)."""
         k, t = len(self.config.kinds), self.config.seq_len
         input_ids = np.full((k, t), self.pad_id, np.int32)
         attention = np.zeros((k, t), np.int32)
@@ -103,7 +117,7 @@ class ExampleEncoder:
             input_ids[i, : len(row.ids)] = row.ids
             attention[i, : len(row.ids)] = 1
             loss[i, : len(row.ids)] = row.loss_mask
-        pixels = np.stack([self._image(record, slot, where) for slot in range(self.config.num_images)])
+        pixels = np.stack([self._image(record, slot, where, rng) for slot in range(self.config.num_images)])
         example = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss, "pixel_values": pixels}
         if record.ref_logps is not None:
             missing = [kind for kind in self.config.kinds if kind not in record.ref_logps]

@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,25 +251,31 @@ def centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
-def normalise(pixels: np.ndarray, spec: ImageSpec) -> np.ndarray:
+def normalise(pixels: np.ndarray, spec: ImageSpec,
+              perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [3, H, W], scaled to [0, 1] then standardised per channel.
 
+    `perturb` acts on the [0, 1] pixels before standardisation (POVID's diffusion noise).
     The float64 rescale followed by float32 arithmetic mirrors transformers bit for bit.
     """
     scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32).transpose(2, 0, 1)
+    if perturb is not None:
+        scaled = perturb(scaled).astype(np.float32)
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
     return (scaled - mean) / std
 
 
-def preprocess(image: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """One image -> float32 [3, size, size], equal to CLIPImageProcessor's ``pixel_values[0]``."""
+def preprocess(image: Image.Image, spec: ImageSpec,
+               perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """One image -> float32 [3, size, size], equal to CLIPImageProcessor's ``pixel_values[0]``
+    (when `perturb` is None; see `normalise`)."""
     image = to_rgb(image)
     if spec.pad_to_square:
         image = expand_to_square(image, spec.pad_color)
     width, height = image.size
     image = image.resize(resized_shape(width, height, spec.shortest_edge), resample=spec.resample)
-    return normalise(np.asarray(centre_crop(image, spec.size)), spec)
+    return normalise(np.asarray(centre_crop(image, spec.size)), spec, perturb)
 
 
 def preprocess_batch(images: Sequence[Image.Image], spec: ImageSpec) -> np.ndarray:

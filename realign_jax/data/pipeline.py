@@ -157,13 +157,14 @@ class _Reader:
     """record index -> encoded example, or `_Skipped` under on_bad_record='skip' (a class, not
     a closure, so worker processes can unpickle it)."""
 
-    def __init__(self, source: Any, encoder: ExampleEncoder, on_bad_record: str):
-        self.source, self.encoder, self.on_bad_record = source, encoder, on_bad_record
+    def __init__(self, source: Any, encoder: ExampleEncoder, on_bad_record: str, seed: int):
+        self.source, self.encoder, self.on_bad_record, self.seed = source, encoder, on_bad_record, seed
 
     def __call__(self, item: tuple[int, int]) -> tuple[int, dict[str, np.ndarray] | _Skipped]:
         epoch, index = item
+        rng = np.random.default_rng((self.seed, epoch, index))  # image noise: fresh per epoch, same on resume
         try:
-            return epoch, self.encoder.encode(self.source[index], self.source.where(index))
+            return epoch, self.encoder.encode(self.source[index], self.source.where(index), rng)
         except BadRecord as error:
             if self.on_bad_record == "error":
                 raise
@@ -181,7 +182,8 @@ def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int,
     if on_bad_record not in ON_BAD_RECORD:
         raise ValueError(f"data.on_bad_record={on_bad_record!r}: choose one of {ON_BAD_RECORD}")
     local_batch = per_process_batch(batch_size, shard_count)
-    examples = epoch_order(len(source), seed, shard_index, shard_count).map(_Reader(source, encoder, on_bad_record))
+    reader = _Reader(source, encoder, on_bad_record, seed)
+    examples = epoch_order(len(source), seed, shard_index, shard_count).map(reader)
     options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
     batches: grain.IterDataset = _GoodBatches(examples.to_iter_dataset(options), local_batch, len(source))
     if workers > 0:

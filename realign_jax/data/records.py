@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from realign_jax.data import image_noise
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 
 Message = Mapping[str, str]
@@ -113,8 +114,9 @@ def from_json(obj: Any, where: str) -> Record:
                                   not all(isinstance(v, (int, float)) for v in ref_logps.values())):
         raise BadRecord(where, "ref_logps", "must map row kinds to numbers")
     noise = obj.get("image_noise")
-    if noise is not None and not isinstance(noise, Mapping):
-        raise BadRecord(where, "image_noise", "must be an object such as {\"kind\": \"diffusion\", \"t\": 500}")
+    problem = image_noise.check(noise) if noise is not None else None
+    if problem:
+        raise BadRecord(where, "image_noise", problem)
     record = Record(
         id=str(obj.get("id", where)), messages=_messages(obj, where), image=_image_ref(obj, "image", where),
         chosen=_optional_text(obj, "chosen", where), rejected=_optional_text(obj, "rejected", where),

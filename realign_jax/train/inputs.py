@@ -31,7 +31,8 @@ def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> Exam
     spec = image_ops.ImageSpec.for_checkpoint(folder, model.vision.image_size)
     return ExampleEncoder(tokenizer, spec, EncoderConfig(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
-        num_image_tokens=model.num_image_tokens, truncation=data.truncation))
+        num_image_tokens=model.num_image_tokens, truncation=data.truncation,
+        second_image="noised" if settings.layout.noisy_scoring == "argmax" else "rejected_image"))
 
 
 def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:

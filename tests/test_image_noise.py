@@ -1,0 +1,71 @@
+"""POVID's diffusion noise: the schedule of METHODS.md, applied to [0, 1] pixels before
+standardisation, fresh per epoch and reproducible on resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_data_pipeline import SPEC, encoder, good_record, write_dataset
+
+from realign_jax.data import image_noise, pipeline
+from realign_jax.data.encode import EncoderConfig, ExampleEncoder
+from realign_jax.data.records import BadRecord, from_json
+from realign_jax.data.sources import JsonlSource
+
+
+def test_schedule_matches_the_formula():
+    steps = np.arange(1000)
+    betas = [1 / (1 + np.exp(-(-6 + 12 * i / 999))) * (5e-3 - 1e-5) + 1e-5 for i in steps]
+    expected = np.cumprod(1 - np.array(betas))
+    np.testing.assert_allclose(image_noise.alphas_cumprod(), expected, rtol=1e-12)
+    assert 0 < image_noise.alphas_cumprod()[500] < image_noise.alphas_cumprod()[0] < 1
+
+
+def test_diffuse_has_the_forward_process_statistics():
+    x0 = np.full((3, 200, 200), 0.5, np.float32)
+    abar = image_noise.alphas_cumprod()[500]
+    noisy = image_noise.diffuse(x0, 500, np.random.default_rng(0))
+    assert noisy.dtype == np.float32
+    assert noisy.mean() == pytest.approx(np.sqrt(abar) * 0.5, abs=0.01)
+    assert noisy.std() == pytest.approx(np.sqrt(1 - abar), rel=0.02)
+
+
+def test_noise_spec_is_validated_naming_the_record():
+    base = {"question": "Q?", "chosen": "A.", "rejected": "B."}
+    assert from_json(base | {"image_noise": {"kind": "diffusion", "t": 999}}, "x:0").image_noise["t"] == 999
+    for bad in ({"kind": "gaussian", "t": 5}, {"kind": "diffusion", "t": 1000}, {"kind": "diffusion", "t": 2.5}, 3):
+        with pytest.raises(BadRecord, match="x:1: field 'image_noise'"):
+            from_json(base | {"image_noise": bad}, "x:1")
+
+
+def test_povid_second_image_is_the_noised_first_image(tokenizer, tmp_path):
+    """Slot 1 under POVID's argmax scoring: slot 0's pixels in [0, 1] with the forward process
+    at the record's t, then standardised; fresh in every epoch, the same for the same
+    (seed, epoch, record)."""
+    path = write_dataset(tmp_path, [good_record(i) | {"image_noise": {"kind": "diffusion", "t": 300}}
+                                    for i in range(2)])
+    config = EncoderConfig(kinds=("chosen", "rejected"), num_images=2, seq_len=64, num_image_tokens=16,
+                           second_image="noised")
+    noisy_encoder = ExampleEncoder(tokenizer, SPEC, config)
+    record = JsonlSource(path)[0]
+    a = noisy_encoder.encode(record, "r", np.random.default_rng(1))["pixel_values"]
+    b = noisy_encoder.encode(record, "r", np.random.default_rng(1))["pixel_values"]
+    c = noisy_encoder.encode(record, "r", np.random.default_rng(2))["pixel_values"]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a[1], c[1])
+    clean = encoder(tokenizer, kinds=("chosen", "rejected")).encode(record, "r")["pixel_values"][0]
+    np.testing.assert_array_equal(a[0], clean)
+    mean = np.asarray(SPEC.mean, np.float32)[:, None, None]
+    std = np.asarray(SPEC.std, np.float32)[:, None, None]
+    x0, xt = clean * std + mean, a[1] * std + mean  # back to [0, 1] pixels
+    abar = image_noise.alphas_cumprod()[300]
+    residual = xt - np.sqrt(abar) * x0
+    assert residual.std() == pytest.approx(np.sqrt(1 - abar), rel=0.05) and abs(residual.mean()) < 0.02
+    # Through the pipeline: the noise differs between epochs of the same record.
+    batches = iter(pipeline.dataset(JsonlSource(path), noisy_encoder, 1, seed=0))
+    seen: dict[int, list[np.ndarray]] = {}
+    for _ in range(4):
+        batch = next(batches)
+        seen.setdefault(int(np.round(batch["input_ids"].sum())), []).append(batch["pixel_values"][0, 1])
+    for versions in seen.values():
+        assert all(not np.array_equal(versions[0], v) for v in versions[1:])
