@@ -1,0 +1,72 @@
+"""`WorldConfig`: every size and rate of the synthetic world in one frozen dataclass.
+
+The same config and seed always give byte-identical files, so the config written to
+`world.json` is the full recipe of a world.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from realign_jax.synthetic.layout import MAX_OBJECTS
+from realign_jax.synthetic.render import auto_supersample
+from realign_jax.synthetic.scenes import SamplingSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    num_train_images: int = 6000
+    num_eval_images: int = 500
+    image_size: int = 32  # the `tiny` model preset's vision.image_size; 64-256 for clearer glyphs
+    supersample: int = 0  # drawing resolution factor; 0 picks one from image_size
+    min_objects: int = 1
+    max_objects: int = 4
+    # P(companion present | anchor present): strong in train (the prior), weak in eval (the probe).
+    companion_probability: float = 0.9
+    eval_companion_absent_rate: float = 0.5  # eval: P(companion absent | anchor present)
+    companion_weight: float = 0.5  # a companion picked on its own, relative to other categories
+    duplicate_probability: float = 0.15  # a non-anchor object comes twice
+    captions_per_image: int = 1  # caption records per image (each with a prompt variant)
+    attribute_probability: float = 0.5  # a caption gives an object's colour (half as often size, position)
+    relation_probability: float = 0.4  # a caption adds one spatial relation
+    absent_companion_question_rate: float = 0.5  # "no" existence questions about a missing companion
+    tokenizer_vocab_size: int = 256  # the `tiny` preset's text.vocab_size; '<image>' is the last id
+
+    def __post_init__(self) -> None:
+        if self.num_train_images < 1 or self.num_eval_images < 1:
+            raise ValueError(f"num_train_images and num_eval_images must be positive, got "
+                             f"{self.num_train_images} and {self.num_eval_images}")
+        if self.image_size < 16:
+            raise ValueError(f"image_size={self.image_size}: glyphs need at least 16 pixels")
+        if self.supersample < 0:
+            raise ValueError(f"supersample={self.supersample} must be >= 0 (0 = automatic)")
+        if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}")
+        for name in ("companion_probability", "eval_companion_absent_rate", "duplicate_probability",
+                     "attribute_probability", "relation_probability", "absent_companion_question_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if self.captions_per_image < 0:
+            raise ValueError(f"captions_per_image={self.captions_per_image} must be >= 0")
+        if self.tokenizer_vocab_size < 64:
+            raise ValueError(f"tokenizer_vocab_size={self.tokenizer_vocab_size}: the alphabet alone needs ~70 ids")
+        self.sampling("train")  # validates the sampling knobs too
+
+    @property
+    def resolved_supersample(self) -> int:
+        return self.supersample or auto_supersample(self.image_size)
+
+    def sampling(self, split: str) -> SamplingSpec:
+        """Scene sampling for a split: eval flips the companion rate to probe the prior."""
+        probability = self.companion_probability if split == "train" else 1.0 - self.eval_companion_absent_rate
+        return SamplingSpec(self.min_objects, self.max_objects, probability, self.duplicate_probability,
+                            self.companion_weight)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> WorldConfig:
+        return cls(**obj)

@@ -1,0 +1,36 @@
+"""Ground truth -> SFT records in the project schema (data/records.py): one caption record
+per prompt variant drawn, then the image's QA, each with the image path relative to the
+JSONL and a `provenance` saying which task and object it is about (for analysis and for the
+evaluators that need labels, e.g. yes/no)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from realign_jax.synthetic.captions import CAPTION_PROMPTS, caption
+from realign_jax.synthetic.language import pick
+from realign_jax.synthetic.questions import questions
+from realign_jax.synthetic.truth import ImageTruth
+
+
+def image_records(truth: ImageTruth, rng: np.random.Generator, captions_per_image: int,
+                  attribute_probability: float, relation_probability: float,
+                  absent_companion_rate: float) -> list[dict[str, Any]]:
+    """The JSON records of one image (question + chosen; no rejected: this is SFT data)."""
+    records = []
+    for k in range(captions_per_image):
+        records.append({
+            "id": f"{truth.id}-caption{k}", "image": truth.image, "question": pick(rng, CAPTION_PROMPTS),
+            "chosen": caption(truth, rng, attribute_probability, relation_probability),
+            "provenance": {"world": "synthetic", "image_id": truth.id, "task": "caption"},
+        })
+    seen: dict[str, int] = {}
+    for qa in questions(truth, rng, absent_companion_rate):
+        k = seen[qa.task] = seen.get(qa.task, -1) + 1
+        records.append({
+            "id": f"{truth.id}-{qa.task}{k}", "image": truth.image, "question": qa.question, "chosen": qa.answer,
+            "provenance": {"world": "synthetic", "image_id": truth.id, "task": qa.task, **qa.meta},
+        })
+    return records
