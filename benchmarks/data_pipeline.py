@@ -45,26 +45,21 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import jax
 import numpy as np
 from PIL import Image
 
+# Only the data side here: Grain's worker processes re-import this script, so the test tokenizer
+# (its module imports torch) and the trainer are imported in the functions that use them.
+from realign_jax.data import images as image_ops
+from realign_jax.data.arrayrecord import ArrayRecordSource, convert
+from realign_jax.data.encode import EncoderConfig, ExampleEncoder
+from realign_jax.data.pipeline import dataset
+from realign_jax.data.sources import JsonlSource
+from realign_jax.models.config import PRESETS
+from realign_jax.train.rows import RowLayout
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "configs"), os.path.join(ROOT, "tests")]
-
-import dpo_llava  # noqa: E402
-from test_prompting import LLAVA_TEMPLATE, build_tokenizer  # noqa: E402
-
-from realign_jax.data import images as image_ops  # noqa: E402
-from realign_jax.data.arrayrecord import ArrayRecordSource, convert  # noqa: E402
-from realign_jax.data.encode import EncoderConfig, ExampleEncoder  # noqa: E402
-from realign_jax.data.pipeline import dataset  # noqa: E402
-from realign_jax.data.sources import JsonlSource  # noqa: E402
-from realign_jax.models.config import PRESETS  # noqa: E402
-from realign_jax.train import settings as train_settings  # noqa: E402
-from realign_jax.train.inputs import make_dataset  # noqa: E402
-from realign_jax.train.rows import RowLayout  # noqa: E402
-from realign_jax.train.trainer import Trainer  # noqa: E402
+sys.path[:0] = [os.path.join(ROOT, "configs"), os.path.join(ROOT, "tests")]  # dpo_llava, test_prompting
 
 PHOTO_SIZE = (640, 480)  # COCO's most common size
 LAYOUTS = ("dpo", "rdpo")  # rows (chosen, rejected), 1 image | (chosen, rejected, chosen_alt_image), 2 images
@@ -101,6 +96,7 @@ CONFIGS = (
     PipelineConfig("(c) jsonl, 1 worker", "jsonl", 1),
     PipelineConfig("(c) jsonl, 2 workers", "jsonl", 2),
 )
+GROUPS = ((LLAVA, "dpo"), (LLAVA, "rdpo"), (TINY, "dpo"))  # (shapes, layout) measured
 
 
 # -- the synthetic dataset ----------------------------------------------------------------------
@@ -168,6 +164,13 @@ def write_dataset(folder: str, count: int, seed: int) -> tuple[str, float]:
 
 # -- measuring ------------------------------------------------------------------------------------
 
+def test_tokenizer() -> Any:
+    """The tests' Llama-like BPE with LLaVA-1.5's chat template."""
+    from test_prompting import LLAVA_TEMPLATE, build_tokenizer
+
+    return build_tokenizer(LLAVA_TEMPLATE)
+
+
 def make_encoder(tokenizer: Any, shapes: Shapes, layout: str) -> ExampleEncoder:
     rows = RowLayout.for_objective(layout)
     return ExampleEncoder(tokenizer, shapes.spec, EncoderConfig(
@@ -175,9 +178,16 @@ def make_encoder(tokenizer: Any, shapes: Shapes, layout: str) -> ExampleEncoder:
         num_image_tokens=shapes.num_image_tokens))
 
 
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    rate: float  # examples/s once warm
+    start_s: float  # to the first batch: threads, or worker processes, starting
+    close_s: float  # iterator.close(): threads and worker processes stopping
+
+
 def examples_per_second(batches: Iterator[dict[str, Any]], batch_size: int, warmup: int,
                         min_seconds: float) -> float:
-    """Steady-state rate: `warmup` batches first (start-up), then at least `min_seconds`."""
+    """Steady-state rate: `warmup` batches first, then at least 3 batches and `min_seconds`."""
     for _ in range(warmup):
         next(batches)
     count, start = 0, time.perf_counter()
@@ -187,19 +197,24 @@ def examples_per_second(batches: Iterator[dict[str, Any]], batch_size: int, warm
     return count * batch_size / (time.perf_counter() - start)
 
 
-def pipeline_rate(source: Any, encoder: ExampleEncoder, config: PipelineConfig, args: argparse.Namespace) -> float:
-    batches = iter(dataset(source, encoder, args.batch_size, seed=0, workers=config.workers))
+def measure(source: Any, encoder: ExampleEncoder, workers: int, args: argparse.Namespace) -> Measurement:
+    start = time.perf_counter()
+    batches = iter(dataset(source, encoder, args.batch_size, seed=0, workers=workers))
     try:
-        return examples_per_second(batches, args.batch_size, warmup=2, min_seconds=args.seconds)
+        next(batches)
+        first = time.perf_counter() - start
+        rate = examples_per_second(batches, args.batch_size, warmup=2, min_seconds=args.seconds)
     finally:
-        batches.close()  # stops the read-ahead threads and worker processes
+        closing = time.perf_counter()
+        batches.close()
+    return Measurement(rate, first, time.perf_counter() - closing)
 
 
-def mean_seconds(fn: Callable[[int], Any], count: int) -> float:
+def mean_ms(fn: Callable[[int], Any], count: int) -> float:
     start = time.perf_counter()
     for i in range(count):
         fn(i)
-    return (time.perf_counter() - start) / count
+    return 1e3 * (time.perf_counter() - start) / count
 
 
 def stage_costs(source: JsonlSource, encoder: ExampleEncoder, count: int) -> dict[str, float]:
@@ -207,35 +222,97 @@ def stage_costs(source: JsonlSource, encoder: ExampleEncoder, count: int) -> dic
     records = [source[i] for i in range(count)]
     paths = [[r.image, r.rejected_image][: encoder.config.num_images] for r in records]
     decoded = [[image_ops.load_image(p) for p in ps] for ps in paths]
-    stages = {
+    stages: dict[str, Callable[[int], Any]] = {
         "read record": lambda i: source[i],
         "decode JPEG": lambda i: [image_ops.load_image(p) for p in paths[i]],
         "preprocess": lambda i: [image_ops.preprocess(image, encoder.spec) for image in decoded[i]],
         "tokenise rows": lambda i: [encoder.row(records[i], kind, "") for kind in encoder.config.kinds],
     }
-    return {name: 1e3 * mean_seconds(fn, count) for name, fn in stages.items()}
+    return {name: mean_ms(fn, count) for name, fn in stages.items()}
 
 
-def train_step_seconds(steps: int) -> tuple[float, int]:
-    """Seconds per step of the default config after compilation, and its batch size."""
+def train_step_seconds(steps: int) -> tuple[float, int, str]:
+    """Seconds per step of the default config after compilation, its batch size, the backend."""
+    import dpo_llava
+    import jax
+
+    from realign_jax.train import settings as train_settings
+    from realign_jax.train.inputs import make_dataset
+    from realign_jax.train.trainer import Trainer
+
     config = dpo_llava.get_config()
     settings = train_settings.parse(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
     host = next(iter(make_dataset(config.data, settings, trainer.model_config)))  # random pairs: plain arrays
-    state, metrics = trainer.step(state, trainer.device_batch(host))
+    state, metrics = trainer.step(state, trainer.device_batch(host))  # compiles
     jax.block_until_ready((state, metrics))
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = trainer.step(state, trainer.device_batch(host))
     jax.block_until_ready((state, metrics))
-    return (time.perf_counter() - start) / steps, settings.batch_size
+    return (time.perf_counter() - start) / steps, settings.batch_size, jax.default_backend()
 
 
-# -- report ---------------------------------------------------------------------------------------
+# -- the run --------------------------------------------------------------------------------------
 
-def print_row(shapes: str, layout: str, config: str, rate: float, baseline: float) -> None:
-    print(f"{shapes:30s} {layout:5s} {config:26s} {rate:10.1f} {1e3 / rate:11.1f} {rate / baseline:7.2f}")
+def make_sources(folder: str, count: int) -> dict[str, Any]:
+    """The synthetic records as JSONL + images and as ArrayRecord shards."""
+    start = time.perf_counter()
+    path, jpeg_bytes = write_dataset(folder, count, seed=0)
+    jsonl = JsonlSource(path)
+    convert(jsonl, os.path.join(folder, "shards"), num_shards=2)
+    print(f"dataset: {count} records, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs of {jpeg_bytes / 1e3:.0f} KB on average, "
+          f"written and converted in {time.perf_counter() - start:.0f} s")
+    return {"jsonl": jsonl, "arrayrecord": ArrayRecordSource(os.path.join(folder, "shards"))}
+
+
+def print_stage_costs(tokenizer: Any, source: JsonlSource, count: int) -> None:
+    names = ("read record", "decode JPEG", "preprocess", "tokenise rows")
+    print("\nstage costs, ms per example, serially on one core:")
+    print(f"{'shapes':30s} {'layout':6s} " + " ".join(f"{name:>13s}" for name in names))
+    for shapes, layout in GROUPS:
+        costs = stage_costs(source, make_encoder(tokenizer, shapes, layout), count)
+        print(f"{shapes.name:30s} {layout:6s} " + " ".join(f"{costs[name]:13.2f}" for name in names))
+
+
+def print_throughput(tokenizer: Any, sources: dict[str, Any], configs: tuple[PipelineConfig, ...],
+                     args: argparse.Namespace) -> dict[tuple[Shapes, str], float]:
+    """The pipeline table; returns the best examples/s of each (shapes, layout)."""
+    print(f"\n{'shapes':30s} {'layout':6s} {'config':26s} {'examples/s':>10s} {'ms/example':>10s} {'vs (a)':>6s} "
+          f"{'start s':>7s} {'close s':>7s}")
+    best = {}
+    for shapes, layout in GROUPS:
+        encoder = make_encoder(tokenizer, shapes, layout)
+        baseline = None
+        for config in configs:
+            m = measure(sources[config.source], encoder, config.workers, args)
+            baseline = baseline or m.rate
+            print(f"{shapes.name:30s} {layout:6s} {config.label:26s} {m.rate:10.1f} {1e3 / m.rate:10.1f} "
+                  f"{m.rate / baseline:6.2f} {m.start_s:7.1f} {m.close_s:7.1f}", flush=True)
+            best[shapes, layout] = max(best.get((shapes, layout), 0.0), m.rate)
+    return best
+
+
+def print_feeding(best: dict[tuple[Shapes, str], float], args: argparse.Namespace) -> None:
+    step_seconds, step_batch, backend = train_step_seconds(args.steps)
+    step_rate = step_batch / step_seconds
+    pipeline = best[TINY, "dpo"]
+    print(f"\ndefault train step (configs/dpo_llava.py: tiny random model, data.source=random, batch {step_batch}, "
+          f"{backend}): {1e3 * step_seconds:.1f} ms = {step_rate:.1f} examples/s")
+    print(f"best pipeline at that model's shapes ({TINY.name}, dpo): {pipeline:.1f} examples/s = "
+          f"{pipeline / step_rate:.2f} x the step's: {'keeps it fed' if pipeline >= step_rate else 'does NOT keep it fed'}"
+          " (each measured alone; in a run they share the cores)")
+    if args.step_seconds is None:
+        print("LLaVA-1.5 shapes: pass --step_seconds (a measured step time for --batch_size examples) to see the "
+              "examples/s a step needs")
+        return
+    needed = args.batch_size / args.step_seconds
+    print(f"LLaVA-1.5 shapes: a step of {args.batch_size} examples in {args.step_seconds:g} s needs {needed:.1f} "
+          "examples/s;")
+    for layout in LAYOUTS:
+        rate = best[LLAVA, layout]
+        print(f"  {layout:5s} best pipeline {rate:.1f} examples/s = {rate / needed:.2f} x that")
 
 
 def main() -> None:
@@ -246,57 +323,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="train steps timed after compilation")
     parser.add_argument("--step_seconds", type=float, default=None,
                         help="a LLaVA-1.5 train step's time (s) for --batch_size examples on this host")
-    parser.add_argument("--quick", action="store_true", help="a run under a minute: fewer records, shorter timings")
+    parser.add_argument("--quick", action="store_true",
+                        help="under a minute: 48 records, 1 s per configuration, 3 steps, no worker processes")
     args = parser.parse_args()
+    configs = CONFIGS
     if args.quick:
         args.records, args.seconds, args.steps = 48, 1.0, 3
+        configs = tuple(c for c in CONFIGS if not c.workers)
 
-    tokenizer = build_tokenizer(LLAVA_TEMPLATE)
     print(f"{os.cpu_count()} CPU cores, batch {args.batch_size}, >= {args.seconds:g} s timed per configuration")
+    tokenizer = test_tokenizer()
     with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as folder:
-        start = time.perf_counter()
-        jsonl_path, jpeg_bytes = write_dataset(folder, args.records, seed=0)
-        sources = {"jsonl": JsonlSource(jsonl_path)}
-        convert(sources["jsonl"], os.path.join(folder, "shards"), num_shards=2)
-        sources["arrayrecord"] = ArrayRecordSource(os.path.join(folder, "shards"))
-        print(f"dataset: {args.records} records, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs of {jpeg_bytes / 1e3:.0f} KB "
-              f"on average, written and converted in {time.perf_counter() - start:.0f} s\n")
-
-        print("stage costs, ms per example, serially on one core:")
-        print(f"{'shapes':30s} {'layout':5s} " + " ".join(f"{s:>13s}" for s in
-                                                           ("read record", "decode JPEG", "preprocess", "tokenise rows")))
-        for shapes in (LLAVA, TINY):
-            for layout in LAYOUTS if shapes is LLAVA else ("dpo",):
-                costs = stage_costs(sources["jsonl"], make_encoder(tokenizer, shapes, layout), min(32, args.records))
-                print(f"{shapes.name:30s} {layout:5s} " + " ".join(f"{c:13.2f}" for c in costs.values()))
-
-        print(f"\n{'shapes':30s} {'layout':5s} {'config':26s} {'examples/s':>10s} {'ms/example':>11s} {'vs (a)':>7s}")
-        best: dict[tuple[str, str], float] = {}
-        for shapes in (LLAVA, TINY):
-            for layout in LAYOUTS if shapes is LLAVA else ("dpo",):
-                encoder = make_encoder(tokenizer, shapes, layout)
-                rates = [pipeline_rate(sources[c.source], encoder, c, args) for c in CONFIGS]
-                for config, rate in zip(CONFIGS, rates):
-                    print_row(shapes.name, layout, config.label, rate, rates[0])
-                best[shapes.name, layout] = max(rates)
-
-    step_seconds, step_batch = train_step_seconds(args.steps)
-    step_rate = step_batch / step_seconds
-    pipeline = best[TINY.name, "dpo"]
-    print(f"\ndefault train step (configs/dpo_llava.py, tiny random model, data.source=random, batch {step_batch}): "
-          f"{1e3 * step_seconds:.1f} ms/step = {step_rate:.1f} examples/s on {jax.default_backend()}")
-    print(f"best pipeline at its shapes ({TINY.name}, dpo): {pipeline:.1f} examples/s = {pipeline / step_rate:.2f} x "
-          f"the step's rate: {'keeps it fed' if pipeline >= step_rate else 'does NOT keep it fed'} "
-          "(measured apart; in a run both share the cores)")
-    if args.step_seconds is None:
-        print("LLaVA-1.5 shapes: pass --step_seconds (the measured step time for --batch_size examples) "
-              "to see the examples/s a step needs")
-        return
-    needed = args.batch_size / args.step_seconds
-    print(f"LLaVA-1.5 step of {args.batch_size} examples in {args.step_seconds:g} s needs {needed:.1f} examples/s:")
-    for layout in LAYOUTS:
-        rate = best[LLAVA.name, layout]
-        print(f"  {layout:5s} best pipeline {rate:.1f} examples/s = {rate / needed:.2f} x what it needs")
+        sources = make_sources(folder, args.records)
+        print_stage_costs(tokenizer, sources["jsonl"], min(32, args.records))
+        best = print_throughput(tokenizer, sources, configs, args)
+    print_feeding(best, args)
 
 
 if __name__ == "__main__":

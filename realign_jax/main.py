@@ -27,9 +27,24 @@ def _generate(config: Any, workdir: str, xla: bool = False) -> None:
     caption(config, workdir)
 
 
+def _prepare_world(config: Any, workdir: str) -> None:
+    """Configs with a `world` section train on the synthetic world: generate it once and point
+    the data (records and tokenizer) at it unless the config names other data."""
+    if "world" not in config or config.data.path:
+        return
+    from realign_jax.synthetic.config import WorldConfig
+    from realign_jax.synthetic.world import ensure_world
+
+    folder = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k != "dir"}),
+                          config.world.dir or os.path.join(workdir, "world"))
+    config.data.path = os.path.join(folder, "train", "sft.jsonl")
+    config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
+
+
 def _train(config: Any, workdir: str, xla: bool = False) -> None:
     from realign_jax.train.loop import train
 
+    _prepare_world(config, workdir)
     outputs = train(config, workdir, xla=xla)
     metrics = outputs["metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
@@ -69,9 +84,16 @@ def _convert(config: Any, workdir: str, xla: bool = False) -> None:
         print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
 
 
+def _eval(config: Any, workdir: str, xla: bool = False) -> None:
+    del xla  # --xla profiles training steps
+    from realign_jax.eval.suite import evaluate
+
+    evaluate(config, workdir)
+
+
 MODES: dict[str, Callable[[Any, str, bool], None]] = {
-    "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert}
-PLANNED_MODES = ("build_pairs", "eval", "pipeline")
+    "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert, "eval": _eval}
+PLANNED_MODES = ("build_pairs", "pipeline")
 
 
 def run(config: Any, workdir: str, xla: bool = False) -> None:

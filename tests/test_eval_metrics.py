@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from realign_jax.eval import amber, chair, metrics, pope
+from realign_jax.eval import amber, chair, pope
 
 # --- POPE -------------------------------------------------------------------------------
 
@@ -378,10 +378,3 @@ def test_amber_strict_matches_official_and_type_names():
     with pytest.raises(ValueError):
         amber.amber_metrics(answers, labels, types[:-1])
 
-
-def test_registry():
-    assert metrics.get_metric("pope") is pope.pope_metrics
-    assert metrics.get_metric("chair") is chair.chair
-    assert metrics.get_metric("amber") is amber.amber_metrics
-    with pytest.raises(KeyError, match="known"):
-        metrics.get_metric("mmhal")

@@ -192,3 +192,17 @@ def generate_world(config: WorldConfig, out_dir: str | os.PathLike[str], *, over
     result.update(world=str(out / "world.json"), synonyms=str(out / "synonyms.txt"), tokenizer=str(out / "tokenizer"),
                   tokenizer_info=tokenizer_info, stats=stats, seconds=time.perf_counter() - start)
     return result
+
+
+def ensure_world(config: WorldConfig, out_dir: str | os.PathLike[str]) -> str:
+    """The world folder: generated unless the same world (same config) is already there."""
+    meta = Path(out_dir) / "world.json"
+    if meta.is_file():
+        existing = json.loads(meta.read_text())["config"]
+        if existing != config.to_json():
+            changed = sorted(k for k in existing if existing[k] != config.to_json().get(k))
+            raise ValueError(f"{out_dir} holds a different world (keys {changed} differ); delete it or point "
+                             "world.dir elsewhere")
+        return str(out_dir)
+    generate_world(config, out_dir)
+    return str(out_dir)

@@ -133,7 +133,8 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         checkpoints.wait()
         if step == settings.steps and settings.export:
             outputs["export"] = os.path.join(workdir, "export")
-            trainer.export(state, outputs["export"], copy_side_files_from=settings.model.get("path") or None)
+            side_files = settings.model.get("path") or config.data.get("tokenizer") or None  # tokenizer etc.
+            trainer.export(state, outputs["export"], copy_side_files_from=side_files)
     finally:
         if profiling:
             jax.profiler.stop_trace()

@@ -1,0 +1,129 @@
+"""`mode=eval`: run the chosen hallucination benchmarks on one checkpoint and report.
+
+Each benchmark is a registered unit (`BENCHMARKS`): it builds its questions or prompts from
+the ground truth (the synthetic world's eval split, or the real benchmark's files), asks the
+`Answerer`, writes every answer as JSON lines under `<workdir>/eval/` and returns its
+scores. `results.json` collects all scores; a table is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from realign_jax.eval import amber, chair, pope
+from realign_jax.eval.answering import Answerer
+from realign_jax.synthetic import benchmarks as world_benchmarks
+
+
+def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def run_pope(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+    """POPE per split: built from the world's object lists, or read from the real files."""
+    if spec.pope_file:
+        sets = {os.path.splitext(os.path.basename(spec.pope_file))[0]: pope.read_pope_file(spec.pope_file,
+                                                                                          spec.image_folder)}
+    else:
+        images = world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+        sets = {split: pope.build_questions(images, split, seed=spec.seed, per_image=spec.pope_per_image)
+                for split in pope.SPLITS}
+    scores = {}
+    for name, questions in sets.items():
+        answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=spec.answer_tokens,
+                                  desc=f"pope/{name}")
+        _write_jsonl(os.path.join(out, f"pope_{name}.jsonl"),
+                     [q | {"answer": a, "prediction": pope.parse_answer(a)} for q, a in zip(questions, answers)])
+        scores[name] = pope.pope_metrics(answers, [q["label"] for q in questions])
+    return scores
+
+
+def run_chair(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+    """CHAIR on captions of the world's eval images, or of COCO images with their instances."""
+    if spec.coco_instances:
+        synonyms = chair.load_synonyms(spec.synonyms) if spec.synonyms else {}
+        truth = chair.coco_ground_truth(spec.coco_instances, synonyms=synonyms or None)
+        images = [{"image": os.path.join(spec.image_folder, name), "objects": objects}
+                  for name, objects in truth.items()][: spec.max_images or None]
+    else:
+        synonyms = chair.load_synonyms(os.path.join(spec.world, "synonyms.txt"))
+        images = world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+    captions = answerer.answer([(i["image"], spec.caption_prompt) for i in images], max_new_tokens=spec.caption_tokens,
+                               desc="chair")
+    scores = chair.chair([{"image": i["image"], "text": c} for i, c in zip(images, captions)],
+                         {i["image"]: i["objects"] for i in images}, synonyms)
+    _write_jsonl(os.path.join(out, "chair.jsonl"), [{"image": i["image"], "text": c} | details for i, c, details
+                                                    in zip(images, captions, scores.pop("captions"))])
+    return scores
+
+
+def run_amber(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+    """AMBER-style yes/no probes by type with "No" as the positive class (world only)."""
+    if not spec.world:
+        raise ValueError("eval.benchmarks=amber needs eval.world (the AMBER files are not read yet)")
+    questions = world_benchmarks.amber_questions(spec.world, seed=spec.seed)
+    images = {q["image"] for q in questions}
+    if spec.max_images:
+        kept = sorted(images)[: spec.max_images]
+        questions = [q for q in questions if q["image"] in set(kept)]
+    answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=spec.answer_tokens,
+                              desc="amber")
+    _write_jsonl(os.path.join(out, "amber.jsonl"), [q | {"answer": a} for q, a in zip(questions, answers)])
+    return amber.amber_metrics(answers, [q["label"] for q in questions], [q["type"] for q in questions])
+
+
+BENCHMARKS: dict[str, Callable[[Answerer, Any, str], dict[str, Any]]] = {
+    "pope": run_pope, "chair": run_chair, "amber": run_amber}
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    """One line per benchmark split with its headline numbers."""
+    lines = []
+    for name, split_scores in results.get("pope", {}).items():
+        s = split_scores
+        lines.append(f"POPE {name:<12} acc {s['accuracy']:.3f}  prec {s['precision']:.3f}  rec {s['recall']:.3f}  "
+                     f"F1 {s['f1']:.3f}  yes-ratio {s['yes_ratio']:.3f}")
+    if "chair" in results:
+        s = results["chair"]
+        lines.append(f"CHAIR              CHAIR_s {s['chair_s']:.3f}  CHAIR_i {s['chair_i']:.3f}  "
+                     f"recall {s['recall']:.3f}  mean length {s['mean_length']:.1f}")
+    if "amber" in results:
+        for name, s in [("overall", results["amber"]["overall"]), *results["amber"]["by_type"].items()]:
+            lines.append(f"AMBER {name:<12} acc {s['accuracy']:.3f}  prec {s['precision']:.3f}  rec {s['recall']:.3f}"
+                         f"  F1 {s['f1']:.3f}  (No positive)")
+    return lines
+
+
+def evaluate(config: Any, workdir: str) -> dict[str, Any]:
+    spec = config.eval
+    names = [n.strip() for n in spec.benchmarks.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown or not names:
+        raise ValueError(f"eval.benchmarks={spec.benchmarks!r}: choose from {sorted(BENCHMARKS)}")
+    if not config.model.path:
+        raise ValueError("model.path is required: a Hugging Face LLaVA folder with its tokenizer (e.g. the "
+                         "export/ of configs/sft_world.py)")
+    if not spec.world and not (spec.pope_file or spec.coco_instances):
+        raise ValueError("eval.world (a synthetic world folder) or the real benchmark files "
+                         "(eval.pope_file / eval.coco_instances + eval.image_folder) are required")
+    out = os.path.join(workdir, "eval")
+    os.makedirs(out, exist_ok=True)
+    answerer = Answerer(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                        batch_size=spec.batch_size)
+    began = time.perf_counter()
+    results: dict[str, Any] = {"model": config.model.path, "world": spec.world or None}
+    for name in names:
+        results[name] = BENCHMARKS[name](answerer, spec, out)
+    results["seconds"] = round(time.perf_counter() - began, 1)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    for line in table(results):
+        print(line)
+    print(f"answers and results.json: {out} ({results['seconds']} s)")
+    return results
