@@ -8,28 +8,35 @@ Nothing is downloaded. A temporary folder gets a COCO-like synthetic dataset: `-
 640x480 JPEG photos of smooth random content (Pillow, quality 90, ~90 KB each) and JSONL
 preference records (a question, chosen and rejected answers of a few sentences, a rejected
 image for rDPO), plus the same records as ArrayRecord shards written by `convert`. The Grain
-pipeline (`realign_jax.data.pipeline.dataset`) then runs in each configuration, is warmed up
-(worker start-up included) and timed over at least `--seconds`.
+pipeline (`realign_jax.data.pipeline.dataset`, default read threads) then runs in each
+configuration: (a) JSONL, no worker processes; (b) ArrayRecord, no worker processes; (c) JSONL
+with 1 and 2 worker processes. Shapes and layouts: LLaVA-1.5's (336 px, shortest edge 336,
+pad-to-square, 576 image tokens, seq_len 1024) for plain DPO (rows chosen, rejected; 1 image)
+and rDPO (rows chosen, rejected, chosen_alt_image; 2 images), and the tiny preset's image size
+for DPO. `--quick` (under a minute) uses 48 records, 1 s per configuration, 3 steps and no
+worker processes.
 
 The figures:
-- stage costs: one example's read, JPEG decode, image preprocessing and tokenisation, run
-  serially in this process (one core), to show where the pipeline's time goes;
-- examples/s: examples the pipeline yields per second of wall-clock time once warm, using
-  every core it can; ms/example = 1000 / examples/s; "vs (a)" divides by configuration (a)
-  (JSONL, read threads in this process, no worker processes) of the same shapes and layout,
-  measured in the same run;
+- stage costs: one example's record read, JPEG decode, image preprocessing (pad, resize, crop,
+  normalise) and tokenisation of its rows, run serially in this process (one core);
+- examples/s: examples the pipeline yields per second of wall-clock time once warm (first
+  batch and 2 more skipped, then at least `--seconds`), using every core it can;
+  ms/example = 1000 / examples/s; "vs (a)" divides by configuration (a) of the same shapes and
+  layout, measured in the same run; "start s" is the time to the first batch (worker
+  processes start and import this script) and "close s" the time `close()` takes (Grain
+  joins each worker process for up to 25 s, then kills it);
 - the train step of the default config (configs/dpo_llava.py: tiny random model,
-  `data.source=random`), timed after compilation, and whether the pipeline's best
-  configuration at that model's image size keeps it fed (pipeline examples/s over step
-  examples/s; above 1 it does). Both compete for the same cores in a real run, so the ratio
-  is an upper bound;
-- for LLaVA-1.5's shapes (336 px pad-to-square, 576 image tokens, seq_len 1024), the examples/s
-  a step of `--batch_size` examples taking `--step_seconds` needs, against the best
-  configuration of each layout.
+  `data.source=random`), timed after compilation, and the best pipeline configuration at that
+  model's image size over the step's examples/s: above 1 the pipeline keeps the step fed.
+  Both were measured alone; in a run they share the cores, so the ratio is an upper bound;
+- for LLaVA-1.5's shapes, the examples/s a step of `--batch_size` examples taking
+  `--step_seconds` (measured by you; nothing is assumed) needs, against the best configuration
+  of each layout.
 
 The tokenizer is the tests' Llama-like BPE with LLaVA's chat template (tests/test_prompting.py):
 its small vocabulary spends ~3.5 tokens a word where Llama's spends ~1.3, so rows are longer
-than real ones (the tiny shapes therefore use seq_len 512 rather than the step's 40).
+than real ones, and the tiny shapes use seq_len 512 rather than the step's 40 so that real
+questions fit (the pipeline's cost hardly depends on seq_len).
 """
 
 from __future__ import annotations
@@ -164,7 +171,7 @@ def write_dataset(folder: str, count: int, seed: int) -> tuple[str, float]:
 
 # -- measuring ------------------------------------------------------------------------------------
 
-def test_tokenizer() -> Any:
+def tokenizer_with_llava_template() -> Any:
     """The tests' Llama-like BPE with LLaVA-1.5's chat template."""
     from test_prompting import LLAVA_TEMPLATE, build_tokenizer
 
@@ -281,7 +288,7 @@ def print_throughput(tokenizer: Any, sources: dict[str, Any], configs: tuple[Pip
     """The pipeline table; returns the best examples/s of each (shapes, layout)."""
     print(f"\n{'shapes':30s} {'layout':6s} {'config':26s} {'examples/s':>10s} {'ms/example':>10s} {'vs (a)':>6s} "
           f"{'start s':>7s} {'close s':>7s}")
-    best = {}
+    best: dict[tuple[Shapes, str], float] = {}
     for shapes, layout in GROUPS:
         encoder = make_encoder(tokenizer, shapes, layout)
         baseline = None
@@ -301,8 +308,8 @@ def print_feeding(best: dict[tuple[Shapes, str], float], args: argparse.Namespac
     print(f"\ndefault train step (configs/dpo_llava.py: tiny random model, data.source=random, batch {step_batch}, "
           f"{backend}): {1e3 * step_seconds:.1f} ms = {step_rate:.1f} examples/s")
     print(f"best pipeline at that model's shapes ({TINY.name}, dpo): {pipeline:.1f} examples/s = "
-          f"{pipeline / step_rate:.2f} x the step's: {'keeps it fed' if pipeline >= step_rate else 'does NOT keep it fed'}"
-          " (each measured alone; in a run they share the cores)")
+          f"{pipeline / step_rate:.2f} x the step's: {'keeps' if pipeline >= step_rate else 'does NOT keep'} it fed "
+          "(each measured alone; in a run they share the cores)")
     if args.step_seconds is None:
         print("LLaVA-1.5 shapes: pass --step_seconds (a measured step time for --batch_size examples) to see the "
               "examples/s a step needs")
@@ -332,7 +339,7 @@ def main() -> None:
         configs = tuple(c for c in CONFIGS if not c.workers)
 
     print(f"{os.cpu_count()} CPU cores, batch {args.batch_size}, >= {args.seconds:g} s timed per configuration")
-    tokenizer = test_tokenizer()
+    tokenizer = tokenizer_with_llava_template()
     with tempfile.TemporaryDirectory(prefix="pipeline_bench_") as folder:
         sources = make_sources(folder, args.records)
         print_stage_costs(tokenizer, sources["jsonl"], min(32, args.records))

@@ -33,20 +33,20 @@ HF_VARIANTS = {
 }
 
 
-def build_hf_llava(path: str, variant: str, seed: int = 0):
+def build_hf_llava(path: str, variant: str, seed: int = 0, vocab_size: int = 128, image_token_id: int = IMAGE_TOKEN_ID):
     """Write a tiny random LlavaForConditionalGeneration with transformers; return it (eval mode)."""
     import torch
     import transformers
 
     spec = HF_VARIANTS[variant]
-    text_kwargs = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, vocab_size=128,
+    text_kwargs = dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, vocab_size=vocab_size,
                        max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     text_kwargs.update({k: v for k, v in spec["text"].items() if k != "model_type"})
     text_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[spec["text"]["model_type"]]
     vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                                            num_attention_heads=4, image_size=32, patch_size=8)
     config = transformers.LlavaConfig(vision_config=vision, text_config=text_class(**text_kwargs),
-                                      image_token_id=IMAGE_TOKEN_ID,
+                                      image_token_id=image_token_id,
                                       tie_word_embeddings=text_kwargs.get("tie_word_embeddings", False),
                                       **spec["llava"])
     torch.manual_seed(seed)
