@@ -69,3 +69,16 @@ def test_povid_second_image_is_the_noised_first_image(tokenizer, tmp_path):
         seen.setdefault(int(np.round(batch["input_ids"].sum())), []).append(batch["pixel_values"][0, 1])
     for versions in seen.values():
         assert all(not np.array_equal(versions[0], v) for v in versions[1:])
+
+
+def test_preprocessed_pixels_are_c_contiguous_with_and_without_noise():
+    """Grain's worker processes pass only C-contiguous arrays through shared memory; anything
+    else is pickled through a pipe (slow, and it stalls the workers' shutdown)."""
+    from PIL import Image
+
+    from realign_jax.data import images as image_ops
+
+    picture = Image.new("RGB", (50, 40), (10, 120, 200))
+    clean = image_ops.preprocess(picture, SPEC)
+    noisy = image_ops.preprocess(picture, SPEC, lambda x: image_noise.diffuse(x, 10, np.random.default_rng(0)))
+    assert clean.flags.c_contiguous and noisy.flags.c_contiguous and clean.dtype == noisy.dtype == np.float32

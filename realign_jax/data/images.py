@@ -8,6 +8,7 @@ importing torch or transformers. The data pipeline can then run in plain worker 
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -251,19 +252,31 @@ def centre_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+@functools.lru_cache(maxsize=8)
+def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[3, 256] float32: every uint8 value of every channel through the rescale + standardise."""
+    scaled = (np.arange(256, dtype=np.float64) * _RESCALE).astype(np.float32)
+    return (scaled[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
+
+
 def normalise(pixels: np.ndarray, spec: ImageSpec,
               perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
-    """uint8 [H, W, 3] -> float32 [3, H, W], scaled to [0, 1] then standardised per channel.
+    """uint8 [H, W, 3] -> C-contiguous float32 [3, H, W], scaled to [0, 1] then standardised.
 
     `perturb` acts on the [0, 1] pixels before standardisation (POVID's diffusion noise).
-    The float64 rescale followed by float32 arithmetic mirrors transformers bit for bit.
+    The float64 rescale followed by float32 arithmetic mirrors transformers bit for bit;
+    without `perturb` a 256-entry table per channel gives the same values ~8x faster.
+    C-contiguous output matters: Grain's worker processes share only such arrays through
+    shared memory and pickle the rest through a pipe.
     """
+    if perturb is None:
+        table = _normalise_table(tuple(spec.mean), tuple(spec.std))
+        return np.stack([table[c][pixels[..., c]] for c in range(3)])
     scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32).transpose(2, 0, 1)
-    if perturb is not None:
-        scaled = perturb(scaled).astype(np.float32)
+    scaled = perturb(scaled).astype(np.float32)
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
     std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
-    return (scaled - mean) / std
+    return np.ascontiguousarray((scaled - mean) / std)
 
 
 def preprocess(image: Image.Image, spec: ImageSpec,

@@ -136,7 +136,7 @@ def _check_config(config: LlavaConfig) -> None:
         raise ValueError(f"vision.hidden_act={vision.hidden_act!r}: expected 'quick_gelu' or 'gelu'")
 
 
-# Named shapes. `tiny` is what tests and the synthetic default use; the others are the
+# Named shapes. `tiny` is what tests use, `world` the synthetic world's base model; the others are the
 # published LLaVA-1.5 checkpoints (CLIP ViT-L/14-336 + Vicuna-7B/13B).
 PRESETS: dict[str, LlavaConfig] = {
     "tiny": LlavaConfig(
@@ -145,6 +145,18 @@ PRESETS: dict[str, LlavaConfig] = {
         ),
         text=TextConfig(
             vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+            max_position_embeddings=512,
+        ),
+        image_token_id=255,
+    ),
+    # The synthetic world's base model: 4-pixel patches resolve its small glyphs (64 image
+    # tokens), and a wider decoder; still minutes of SFT on 2 CPU cores.
+    "world": LlavaConfig(
+        vision=VisionConfig(
+            hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, image_size=32, patch_size=4
+        ),
+        text=TextConfig(
+            vocab_size=256, hidden_size=128, intermediate_size=256, num_layers=3, num_heads=4, num_kv_heads=2,
             max_position_embeddings=512,
         ),
         image_token_id=255,
