@@ -96,9 +96,24 @@ MODES: dict[str, Callable[[Any, str, bool], None]] = {
 PLANNED_MODES = ("build_pairs", "pipeline")
 
 
+# The config sections each mode reads, and a config that has them.
+MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "generate": (("model", "data", "generate"), "configs/generate_llava.py"),
+    "train": (("model", "data", "train"), "configs/dpo_llava.py"),
+    "sft": (("model", "data", "train"), "configs/sft_llava.py"),
+    "inspect": (("model", "data", "train", "inspect"), "configs/dpo_llava.py"),
+    "convert": (("data", "convert"), "configs/convert_data.py"),
+    "eval": (("model", "eval"), "configs/eval_world.py"),
+}
+
+
 def run(config: Any, workdir: str, xla: bool = False) -> None:
     mode = config.get("mode")
     if mode in MODES:
+        sections, example = MODE_SECTIONS[mode]
+        missing = [name for name in sections if name not in config]
+        if missing:
+            raise SystemExit(f"config.mode={mode!r} needs the config sections {missing}; start from {example}")
         MODES[mode](config, workdir, xla)
     elif mode in PLANNED_MODES:
         raise SystemExit(f"config.mode={mode!r} is not implemented yet; available now: {sorted(MODES)}")

@@ -166,7 +166,7 @@ def test_record_schema_accepts_messages_and_rejects_bad_turns():
         from_json({"question": "Q?", "chosen": "<image> here"}, "x:2")
 
 
-def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_path):
+def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_path, capsys):
     """mode=train on JSONL records with a checkpoint folder that carries the tokenizer; a broken
     record is skipped and counted in metrics.jsonl."""
     import os
@@ -203,3 +203,6 @@ def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_pat
     # Counted as consumed: 4 steps x 8 good records pass at most 5 copies of the 1 bad in 9
     # (records Grain reads ahead in its threads are not counted).
     assert logged[-1]["data/skipped"] <= 5
+    # 32 examples from 8 good records span 4 epochs; each finished epoch reports the counts.
+    out = capsys.readouterr().out
+    assert "epoch 0 done: " in out and "bad records skipped so far {'image':" in out

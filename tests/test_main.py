@@ -44,7 +44,8 @@ def _cli(*args):
     ("--config.generate.foo=1", "unknown config key"),
     ("--config.generate.max_new_tokens=abc", "max_new_tokens"),
     ("--config.generate.top_p=0", "top_p"),
-    ("--config.mode=eval", "not implemented yet"),
+    ("--config.mode=pipeline", "not implemented yet"),
+    ("--config.mode=eval", "needs the config sections ['eval']; start from configs/eval_world.py"),
 ])
 def test_bad_config_is_one_line(tmp_path, override, message):
     result = _cli("--config=configs/generate_llava.py", f"--workdir={tmp_path}", override)
