@@ -69,13 +69,8 @@ def _inspect(config: Any, workdir: str, xla: bool = False) -> None:
 def _convert(config: Any, workdir: str, xla: bool = False) -> None:
     del workdir, xla  # the output folder is convert.output
     from realign_jax.data.arrayrecord import convert
-    from realign_jax.data.pipeline import ON_BAD_RECORD
     from realign_jax.data.sources import open_source
 
-    if not config.convert.output:
-        raise ValueError("convert.output is required: the folder to write the shards to")
-    if config.data.on_bad_record not in ON_BAD_RECORD:
-        raise ValueError(f"data.on_bad_record={config.data.on_bad_record!r}: choose one of {ON_BAD_RECORD}")
     source = open_source(config.data)
     result = convert(source, config.convert.output, num_shards=config.convert.num_shards,
                      on_bad_record=config.data.on_bad_record, overwrite=config.convert.overwrite)

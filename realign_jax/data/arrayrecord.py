@@ -17,7 +17,6 @@ import dataclasses
 import glob
 import os
 import shutil
-from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -26,7 +25,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from tqdm import tqdm
 
 from realign_jax.data import images as image_ops
-from realign_jax.data.records import BadRecord, Record, from_json
+from realign_jax.data.records import BadRecord, Record, check_on_bad_record, from_json
 
 SUFFIX = ".arrayrecord"
 IMAGE_FIELDS = ("image", "rejected_image")
@@ -97,16 +96,6 @@ class ArrayRecordSource:
         self.__init__(state["path"])
 
 
-def _records(source: Any, on_bad_record: str, skipped: list[str]) -> Iterator[tuple[int, Record]]:
-    for index in range(len(source)):
-        try:
-            yield index, source[index]
-        except BadRecord as error:
-            if on_bad_record == "error":
-                raise
-            skipped.append(str(error))
-
-
 def convert(source: Any, output: str, *, num_shards: int = 1, on_bad_record: str = "error",
             overwrite: bool = False) -> dict[str, Any]:
     """Write every record of `source` into `num_shards` ArrayRecord shards under `output`.
@@ -114,8 +103,11 @@ def convert(source: Any, output: str, *, num_shards: int = 1, on_bad_record: str
     Records go to shards round-robin, so shards are balanced and a shard's order is the
     source's. Returns the counts and the shard paths.
     """
+    if not output:
+        raise ValueError("convert.output is required: the folder to write the shards to")
     if num_shards < 1:
         raise ValueError(f"convert.num_shards={num_shards} must be >= 1")
+    check_on_bad_record(on_bad_record)
     if os.path.exists(output) and not overwrite:
         raise FileExistsError(f"convert.output={output!r} already exists; choose another folder or set "
                               "convert.overwrite=True")
@@ -127,11 +119,9 @@ def convert(source: Any, output: str, *, num_shards: int = 1, on_bad_record: str
     skipped: list[str] = []
     written = 0
     try:
-        for index, record in tqdm(_records(source, on_bad_record, skipped), total=len(source), desc="convert",
-                                  unit="record"):
-            where = source.where(index)
+        for index in tqdm(range(len(source)), desc="convert", unit="record"):
             try:
-                entry = encode(record, where)
+                entry = encode(source[index], source.where(index))
             except BadRecord as error:
                 if on_bad_record == "error":
                     raise

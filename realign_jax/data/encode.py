@@ -31,6 +31,10 @@ SECOND_IMAGE = ("rejected_image", "noised")
 class TooLong(BadRecord):
     """An example over `seq_len` under `truncation='drop'` (counted apart from broken records)."""
 
+    @property
+    def reason(self) -> str:
+        return "too_long"
+
 
 @dataclasses.dataclass(frozen=True)
 class EncodedRow:
@@ -108,12 +112,17 @@ class ExampleEncoder:
 
     def encode(self, record: Record, where: str, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """The example's arrays; `rng` draws POVID's image noise (fresh from the OS if None)."""
+        return self.encode_with_rows(record, where, rng)[0]
+
+    def encode_with_rows(self, record: Record, where: str,
+                         rng: np.random.Generator | None = None) -> tuple[dict[str, np.ndarray], list[EncodedRow]]:
+        """`encode`'s arrays plus the rows they were built from (what `mode=inspect` shows)."""
         k, t = len(self.config.kinds), self.config.seq_len
         input_ids = np.full((k, t), self.pad_id, np.int32)
         attention = np.zeros((k, t), np.int32)
         loss = np.zeros((k, t), np.int32)
-        for i, kind in enumerate(self.config.kinds):
-            row = self.row(record, kind, where)
+        rows = [self.row(record, kind, where) for kind in self.config.kinds]
+        for i, row in enumerate(rows):
             input_ids[i, : len(row.ids)] = row.ids
             attention[i, : len(row.ids)] = 1
             loss[i, : len(row.ids)] = row.loss_mask
@@ -124,4 +133,4 @@ class ExampleEncoder:
             if missing:
                 raise BadRecord(where, "ref_logps", f"has no value for rows {missing}")
             example["ref_logps"] = np.array([record.ref_logps[kind] for kind in self.config.kinds], np.float32)
-        return example
+        return example, rows

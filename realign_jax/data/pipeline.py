@@ -26,10 +26,9 @@ import grain
 import numpy as np
 from absl import flags
 
-from realign_jax.data.encode import ExampleEncoder, TooLong
-from realign_jax.data.records import BadRecord
+from realign_jax.data.encode import ExampleEncoder
+from realign_jax.data.records import BadRecord, check_on_bad_record
 
-ON_BAD_RECORD = ("error", "skip")
 BAD_RECORDS = "bad_records"  # batch key: [(reason, message)] of records skipped to make this batch
 EPOCH = "epoch"  # batch key: the epoch (of this process's order) the batch's last example came from
 
@@ -168,7 +167,7 @@ class _Reader:
         except BadRecord as error:
             if self.on_bad_record == "error":
                 raise
-            return epoch, _Skipped("too_long" if isinstance(error, TooLong) else error.field, str(error))
+            return epoch, _Skipped(error.reason, str(error))
 
 
 def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int, on_bad_record: str = "error",
@@ -179,8 +178,7 @@ def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int,
     `read_threads` threads read and encode ahead in this process; `workers > 0` moves the whole
     pipeline into that many worker processes (images and tokenisation then use more cores).
     """
-    if on_bad_record not in ON_BAD_RECORD:
-        raise ValueError(f"data.on_bad_record={on_bad_record!r}: choose one of {ON_BAD_RECORD}")
+    check_on_bad_record(on_bad_record)
     local_batch = per_process_batch(batch_size, shard_count)
     reader = _Reader(source, encoder, on_bad_record, seed)
     examples = epoch_order(len(source), seed, shard_index, shard_count).map(reader)

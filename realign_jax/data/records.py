@@ -28,6 +28,12 @@ from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 
 Message = Mapping[str, str]
 ANSWER_FIELDS = ("chosen", "rejected", "rejected_noisy")
+ON_BAD_RECORD = ("error", "skip")  # data.on_bad_record: stop with one line, or skip and count
+
+
+def check_on_bad_record(value: str) -> None:
+    if value not in ON_BAD_RECORD:
+        raise ValueError(f"data.on_bad_record={value!r}: choose one of {ON_BAD_RECORD}")
 
 
 class BadRecord(ValueError):
@@ -36,6 +42,11 @@ class BadRecord(ValueError):
     def __init__(self, where: str, field: str, problem: str):
         self.where, self.field, self.problem = where, field, problem
         super().__init__(f"{where}: field '{field}': {problem}")
+
+    @property
+    def reason(self) -> str:
+        """What skip counts file it under: the field at fault."""
+        return self.field
 
 
 @dataclasses.dataclass(frozen=True)

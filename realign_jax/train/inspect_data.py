@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from realign_jax.data import pipeline
-from realign_jax.data.encode import EncodedRow, TooLong
+from realign_jax.data.encode import EncodedRow
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.data.records import BadRecord
 from realign_jax.data.sources import open_source
@@ -91,10 +91,9 @@ def inspect(config: Any, out: TextIO = sys.stdout) -> DataReport:
         where = source.where(index)
         try:
             record = source[index]
-            encoder.encode(record, where)  # images decoded and preprocessed, as training does
-            rows = [encoder.row(record, kind, where) for kind in settings.layout.kinds]
+            _, rows = encoder.encode_with_rows(record, where)  # images decoded and preprocessed, as in training
         except BadRecord as error:
-            report.bad["too_long" if isinstance(error, TooLong) else error.field] += 1
+            report.bad[error.reason] += 1
             if len(report.bad_examples) < 5:
                 report.bad_examples.append(str(error))
             continue

@@ -11,7 +11,8 @@ import re
 from typing import Any
 
 from realign_jax.data.encode import TRUNCATION
-from realign_jax.data.pipeline import ON_BAD_RECORD, parse_buckets
+from realign_jax.data.pipeline import parse_buckets
+from realign_jax.data.records import check_on_bad_record
 from realign_jax.data.sources import RECORD_SOURCES
 from realign_jax.objectives.losses import LOSSES, LossConfig
 from realign_jax.train.lora import LoraConfig
@@ -127,8 +128,7 @@ def parse(config: Any) -> TrainSettings:
     if data.workers < 0:
         raise ValueError(f"data.workers={data.workers} must be >= 0 (0 = threads in the training process)")
     parse_buckets(data.length_buckets, data.seq_len)
-    if data.on_bad_record not in ON_BAD_RECORD:
-        raise ValueError(f"data.on_bad_record={data.on_bad_record!r}: choose one of {ON_BAD_RECORD}")
+    check_on_bad_record(data.on_bad_record)
     if data.truncation not in TRUNCATION:
         raise ValueError(f"data.truncation={data.truncation!r}: choose one of {TRUNCATION}")
     model = config.model.to_dict()
