@@ -43,9 +43,11 @@ class Answerer:
                 from None
         self.spec = image_ops.ImageSpec.for_checkpoint(path, self.model.config.vision.image_size)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        # POPE asks several questions per image: preprocess each image once (per Answerer, so
+        # the cache goes away with it).
+        self._pixels = functools.lru_cache(maxsize=4096)(self._preprocess)
 
-    @functools.lru_cache(maxsize=4096)
-    def _pixels(self, image: str) -> np.ndarray:
+    def _preprocess(self, image: str) -> np.ndarray:
         return image_ops.preprocess(image_ops.load_image(image), self.spec)
 
     def answer(self, items: Sequence[tuple[str, str]], *, max_new_tokens: int, desc: str = "answering") -> list[str]:

@@ -25,13 +25,18 @@ def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+def _world_images(spec: Any) -> list[dict[str, Any]]:
+    """The world's eval images with their object lists, the first `eval.max_images` (0 = all)."""
+    return world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+
+
 def run_pope(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
     """POPE per split: built from the world's object lists, or read from the real files."""
     if spec.pope_file:
         sets = {os.path.splitext(os.path.basename(spec.pope_file))[0]: pope.read_pope_file(spec.pope_file,
                                                                                           spec.image_folder)}
     else:
-        images = world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+        images = _world_images(spec)
         sets = {split: pope.build_questions(images, split, seed=spec.seed, per_image=spec.pope_per_image)
                 for split in pope.SPLITS}
     scores = {}
@@ -53,7 +58,7 @@ def run_chair(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
                   for name, objects in truth.items()][: spec.max_images or None]
     else:
         synonyms = chair.load_synonyms(os.path.join(spec.world, "synonyms.txt"))
-        images = world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+        images = _world_images(spec)
     captions = answerer.answer([(i["image"], spec.caption_prompt) for i in images], max_new_tokens=spec.caption_tokens,
                                desc="chair")
     scores = chair.chair([{"image": i["image"], "text": c} for i, c in zip(images, captions)],
@@ -68,10 +73,9 @@ def run_amber(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
     if not spec.world:
         raise ValueError("eval.benchmarks=amber needs eval.world (the AMBER files are not read yet)")
     questions = world_benchmarks.amber_questions(spec.world, seed=spec.seed)
-    images = {q["image"] for q in questions}
     if spec.max_images:
-        kept = sorted(images)[: spec.max_images]
-        questions = [q for q in questions if q["image"] in set(kept)]
+        kept = set(sorted({q["image"] for q in questions})[: spec.max_images])
+        questions = [q for q in questions if q["image"] in kept]
     answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=spec.answer_tokens,
                               desc="amber")
     _write_jsonl(os.path.join(out, "amber.jsonl"), [q | {"answer": a} for q, a in zip(questions, answers)])
