@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -22,15 +21,16 @@ from realign_jax.data import prompting
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.sources import JsonlSource
 from realign_jax.models import hf
+from realign_jax.train.logprobs import shifted, token_scores
 
 
 def answer_nll(model, batch: dict[str, np.ndarray], pixels: np.ndarray) -> float:
-    """Mean NLL per answer token (next-token prediction on the loss-masked positions)."""
-    logits = model(jnp.asarray(batch["input_ids"]), jnp.asarray(pixels), jnp.asarray(batch["attention_mask"]))
-    logps = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32))
-    targets = jnp.take_along_axis(logps, jnp.asarray(batch["input_ids"][:, 1:])[..., None], -1)[..., 0]
-    mask = batch["loss_mask"][:, 1:]
-    return float(-(targets * mask).sum() / mask.sum())
+    """Mean NLL per answer token, scored as the trainer scores rows (train/logprobs.py)."""
+    ids = jnp.asarray(batch["input_ids"])
+    hidden = model.hidden_states(ids, jnp.asarray(pixels), jnp.asarray(batch["attention_mask"]))
+    labels, mask = shifted(ids, jnp.asarray(batch["loss_mask"]))
+    scores = token_scores(hidden, model.decoder.output_kernel(), labels)
+    return float(-(scores.label * mask).sum() / mask.sum())
 
 
 def main() -> None:
