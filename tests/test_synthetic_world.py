@@ -19,9 +19,9 @@ from realign_jax.data.sources import JsonlSource
 from realign_jax.models.config import preset
 from realign_jax.synthetic import WorldConfig, generate_world
 from realign_jax.synthetic.render import object_masks
-from realign_jax.synthetic.scenes import SceneObject, anchors_without_companion, sample_categories
+from realign_jax.synthetic.scenes import SceneObject, anchors_without_companion, sample_categories, sample_scene
 from realign_jax.synthetic.tokenizer import LLAVA_CHAT_TEMPLATE
-from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS, COMPANIONS, SIZES
+from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS, COMPANIONS, SIZES, TYPICAL_COLORS
 
 CONFIG = WorldConfig(seed=3, num_train_images=200, num_eval_images=80)
 TINY = preset("tiny")
@@ -167,6 +167,22 @@ def test_eval_absent_rate_is_controllable(absent_rate: float) -> None:
     assert probes == (has_anchor if absent_rate == 1.0 else 0)
 
 
+def test_objects_usually_have_their_typical_colour(world: Path) -> None:
+    """The configured share of objects wears its category's typical colour, the rest any colour
+    (so colour questions still need the image); companions never share their anchor's."""
+    objects = [o for a in read_jsonl(world / "train" / "annotations.jsonl") for o in a["objects"]]
+    typical = np.mean([o["color"] == TYPICAL_COLORS[o["name"]] for o in objects])
+    # An object not drawn typical still gets its typical colour 1 time in len(COLORS).
+    expected = CONFIG.typical_color_probability + (1 - CONFIG.typical_color_probability) / len(COLORS)
+    assert abs(typical - expected) < 4 * np.sqrt(expected * (1 - expected) / len(objects)), typical
+    assert len({o["color"] for o in objects}) == len(COLORS)
+    assert all(TYPICAL_COLORS[a] != TYPICAL_COLORS[c] for a, c in COMPANIONS)
+    never = dataclasses.replace(CONFIG, typical_color_probability=0.0).sampling("train")
+    rng = np.random.default_rng(0)
+    drawn = [o for _ in range(300) for o in sample_scene(rng, never).objects]
+    assert abs(np.mean([o.color == TYPICAL_COLORS[o.name] for o in drawn]) - 1 / len(COLORS)) < 0.05
+
+
 def test_train_split_carries_the_prior_and_eval_probes_it(world: Path) -> None:
     stats = json.loads((world / "world.json").read_text())["stats"]
     train, eval_ = stats["train"], stats["eval"]
@@ -282,3 +298,5 @@ def test_config_rejects_bad_values() -> None:
         WorldConfig(max_objects=6)
     with pytest.raises(ValueError, match="image_size"):
         WorldConfig(image_size=8)
+    with pytest.raises(ValueError, match="typical_color_probability"):
+        WorldConfig(typical_color_probability=-0.1)

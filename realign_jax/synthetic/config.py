@@ -28,6 +28,7 @@ class WorldConfig:
     eval_companion_absent_rate: float = 0.5  # eval: P(companion absent | anchor present)
     companion_weight: float = 0.5  # a companion picked on its own, relative to other categories
     duplicate_probability: float = 0.15  # a non-anchor object comes twice
+    typical_color_probability: float = 0.85  # an object has its category's typical colour (else any colour)
     captions_per_image: int = 1  # caption records per image (each with a prompt variant)
     attribute_probability: float = 0.5  # a caption gives an object's colour (half as often size, position)
     relation_probability: float = 0.4  # a caption adds one spatial relation
@@ -45,6 +46,7 @@ class WorldConfig:
         if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
             raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}")
         for name in ("companion_probability", "eval_companion_absent_rate", "duplicate_probability",
+                     "typical_color_probability",
                      "attribute_probability", "relation_probability", "absent_companion_question_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
@@ -62,7 +64,7 @@ class WorldConfig:
         """Scene sampling for a split: eval flips the companion rate to probe the prior."""
         probability = self.companion_probability if split == "train" else 1.0 - self.eval_companion_absent_rate
         return SamplingSpec(self.min_objects, self.max_objects, probability, self.duplicate_probability,
-                            self.companion_weight)
+                            self.companion_weight, self.typical_color_probability)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,5 +1,6 @@
 """What one image shows, sampled before anything is drawn: categories with the world's
-co-occurrence structure, a colour, size and slot per object, and a background.
+co-occurrence structure, a colour (usually the category's typical one), size and slot per
+object, and a background.
 
 The co-occurrence rule is exact: whenever an anchor is picked its companion is added with
 probability `companion_probability`, and nothing else can bring the companion in (it leaves
@@ -16,7 +17,7 @@ import numpy as np
 
 from realign_jax.synthetic.backgrounds import Background, sample_background
 from realign_jax.synthetic.layout import MAX_OBJECTS, place
-from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS
+from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS, TYPICAL_COLORS
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SamplingSpec:
     companion_probability: float = 0.9
     duplicate_probability: float = 0.15  # a non-anchor object comes twice (counting questions)
     companion_weight: float = 0.5  # how often a companion is picked on its own, relative to the others
+    typical_color_probability: float = 0.85  # an object has its category's typical colour, else any colour
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects <= MAX_OBJECTS:
@@ -35,7 +37,7 @@ class SamplingSpec:
                              f"{self.min_objects}, {self.max_objects}")
         if self.max_objects < 2:
             raise ValueError("max_objects must be at least 2 so that an anchor can come with its companion")
-        for name in ("companion_probability", "duplicate_probability"):
+        for name in ("companion_probability", "duplicate_probability", "typical_color_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.companion_weight < 0:
@@ -89,7 +91,8 @@ def sample_scene(rng: np.random.Generator, spec: SamplingSpec) -> Scene:
     names = sample_categories(rng, spec)
     names = [names[i] for i in rng.permutation(len(names))]
     color_names = list(COLORS)
-    colors = [color_names[int(rng.integers(len(color_names)))] for _ in names]
+    colors = [TYPICAL_COLORS[name] if rng.random() < spec.typical_color_probability
+              else color_names[int(rng.integers(len(color_names)))] for name in names]
     placements = place(rng, len(names))
     objects = tuple(SceneObject(name, color, p.size, p.position, p.cx, p.cy, p.side)
                     for name, color, p in zip(names, colors, placements, strict=True))

@@ -1,5 +1,5 @@
 """The world's nouns and adjectives: object categories with synonyms, companion pairs,
-colours, sizes and positions.
+colours (and each category's typical colour), sizes and positions.
 
 Everything text-side (captions, QA, the CHAIR synonym table, the tokenizer's corpus) reads
 the words from here, so a category is added in one place. Companion pairs are the
@@ -133,6 +133,20 @@ COLORS: dict[str, RGB] = {
     "black": (15, 15, 15),
     "white": (245, 245, 245),
 }
+# Each category's usual colour, as real objects have one (apples are red). A from-scratch vision
+# tower trained for minutes tells ten colours apart long before it tells 34 glyph shapes apart,
+# so colour carries most of what the base model sees; shape only has to separate the 3-5
+# categories that share a colour. An anchor and its companion never share one, so seeing an
+# absent companion is never a colour confusion: saying it is there comes from the prior.
+TYPICAL_COLORS: dict[str, str] = {
+    "cup": "white", "saucer": "blue", "dog": "brown", "leash": "red", "car": "orange",
+    "traffic light": "black", "key": "yellow", "lock": "purple", "fork": "black", "knife": "white",
+    "flower": "pink", "vase": "blue", "cake": "brown", "candle": "yellow", "umbrella": "purple",
+    "cloud": "white", "racket": "pink", "ball": "green", "boat": "blue", "lighthouse": "red",
+    "bird": "yellow", "cage": "black", "pencil": "orange", "book": "green", "moon": "yellow",
+    "star": "orange", "tree": "green", "house": "red", "apple": "red", "hat": "black",
+    "clock": "white", "bottle": "green", "chair": "brown", "bell": "purple",
+}
 SIZES: tuple[str, ...] = ("small", "large")
 POSITIONS: tuple[str, ...] = ("left", "right", "top", "bottom", "center")
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
@@ -151,7 +165,13 @@ def synonym_lines() -> list[str]:
 
 
 def check_vocabulary() -> None:
-    """Every surface form names one category only (else CHAIR's mapping would be ambiguous)."""
+    """Every surface form names one category only (else CHAIR's mapping would be ambiguous), and
+    every category has a typical colour that its companion does not share."""
+    for category in CATEGORIES:
+        if TYPICAL_COLORS.get(category.name) not in COLORS:
+            raise ValueError(f"{category.name} needs a typical colour from {sorted(COLORS)}")
+        if category.partner and TYPICAL_COLORS[category.name] == TYPICAL_COLORS[category.partner]:
+            raise ValueError(f"{category.name} and its partner {category.partner} share their typical colour")
     seen: dict[str, str] = {}
     for category in CATEGORIES:
         for word in category.words:

@@ -198,9 +198,9 @@ def ensure_world(config: WorldConfig, out_dir: str | os.PathLike[str]) -> str:
     """The world folder: generated unless the same world (same config) is already there."""
     meta = Path(out_dir) / "world.json"
     if meta.is_file():
-        existing = json.loads(meta.read_text())["config"]
-        if existing != config.to_json():
-            changed = sorted(k for k in existing if existing[k] != config.to_json().get(k))
+        existing, wanted = json.loads(meta.read_text())["config"], config.to_json()
+        if existing != wanted:
+            changed = sorted(k for k in existing.keys() | wanted.keys() if existing.get(k) != wanted.get(k))
             raise ValueError(f"{out_dir} holds a different world (keys {changed} differ); delete it or point "
                              "world.dir elsewhere")
         return str(out_dir)
