@@ -110,6 +110,12 @@ def test_cli_convert_then_inspect(tokenizer, checkpoint, tmp_path, capsys):
     run(config, str(tmp_path))
     assert "6 good of 6 read" in capsys.readouterr().out
 
+    # An SFT config (no reference model) inspects as the sft objective: chosen rows only.
+    config.reference = "none"
+    run(config, str(tmp_path))
+    out = capsys.readouterr().out
+    assert "objective sft reads rows chosen" in out and "\nrejected: " not in out
+
 
 def test_worker_processes_resume_exactly_and_carry_skip_counts(tokenizer, tmp_path):
     records = [good_record(i) for i in range(6)] + [good_record(1) | {"image": "missing.png"}]

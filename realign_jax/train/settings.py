@@ -80,7 +80,8 @@ def parse(config: Any) -> TrainSettings:
     """ConfigDict -> TrainSettings, raising ValueError('<key>...') on the first bad value."""
     mode = config.mode
     loss_cfg, train, optim, lora, mesh = (_section(config, n) for n in ("loss", "train", "optim", "lora", "mesh"))
-    objective = "sft" if mode == "sft" else loss_cfg.name
+    # `inspect` shows the rows of the config it is pointed at: an SFT config (no reference) inspects as sft.
+    objective = "sft" if mode == "sft" or (mode == "inspect" and config.reference == "none") else loss_cfg.name
     if objective != "sft" and objective not in LOSSES:
         raise ValueError(f"loss.name={objective!r} is unknown; choose one of {sorted(LOSSES)}")
     reference = config.reference
