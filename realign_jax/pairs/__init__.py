@@ -1,0 +1,1 @@
+"""Preference-pair builders (Re-Align retrieval, POVID, BDHS) and the sentence embedder their filters use."""
