@@ -1,0 +1,165 @@
+"""realign_jax.pairs.image_index: vision-tower embeddings and the ScaNN neighbour index."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import build_hf_llava
+
+from realign_jax.data import images as image_ops
+from realign_jax.models import hf
+from realign_jax.models.partitioning import make_mesh
+from realign_jax.pairs.image_index import (
+    ImageEmbedder,
+    ImageIndex,
+    exact_search,
+    recall_at_k,
+    search_params,
+)
+from realign_jax.synthetic.config import WorldConfig
+from realign_jax.synthetic.world import generate_world
+
+
+def unit_rows(array: np.ndarray) -> np.ndarray:
+    return (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(n: int, dim: int, clusters: int, seed: int) -> np.ndarray:
+    """Unit vectors around random centres: structured like image embeddings, unlike uniform noise
+    (in which no partition of 32-d space finds neighbours, whatever the index)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, dim))
+    return unit_rows(centres[rng.integers(0, clusters, n)] + 0.35 * rng.normal(size=(n, dim)))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    """13 synthetic-world images (a ragged last batch for any power-of-two batch size)."""
+    out = tmp_path_factory.mktemp("world")
+    generate_world(WorldConfig(seed=5, num_train_images=13, num_eval_images=1), out, progress=False)
+    folder = out / "train" / "images"
+    return sorted(str(folder / name) for name in os.listdir(folder))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("hf_llava"))
+    build_hf_llava(path, "llama_gqa")
+    return path
+
+
+@pytest.fixture(scope="module")
+def single_device(checkpoint) -> ImageEmbedder:
+    return ImageEmbedder.from_checkpoint(checkpoint, mesh=make_mesh(data=1, devices=jax.devices()[:1]), batch_size=16)
+
+
+def test_embeddings_are_unit_vectors_equal_to_an_unjitted_reference(checkpoint, images, single_device):
+    model = hf.load_pretrained(checkpoint)
+    spec = image_ops.ImageSpec.for_checkpoint(checkpoint, model.config.vision.image_size)
+    pixels = image_ops.preprocess_batch([image_ops.load_image(p) for p in images[:4]], spec)
+    pooled = np.asarray(model.vision_features(jnp.asarray(pixels))).mean(axis=1)
+    reference = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    embeddings = single_device.embed_images(images[:4], progress=False)
+    assert embeddings.dtype == np.float32 and embeddings.shape == (4, 32)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(embeddings, reference, atol=1e-5)
+    from_bytes = single_device.embed_images([open(p, "rb").read() for p in images[:4]], progress=False)
+    np.testing.assert_array_equal(from_bytes, embeddings)  # records may carry encoded images
+    assert np.abs(embeddings[0] - embeddings[1]).max() > 1e-2  # different images, different vectors
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (2, 2, 2)])
+def test_sharded_embedding_equals_single_device(checkpoint, images, single_device, mesh_shape):
+    """13 images in batches of 8: the ragged last batch is padded to the batch shards and cut back."""
+    sharded = ImageEmbedder.from_checkpoint(checkpoint, mesh=make_mesh(*mesh_shape), batch_size=8)
+    assert sharded.mesh.devices.size == jax.device_count() == 8
+    together = single_device.embed_images(images, progress=False)
+    np.testing.assert_allclose(sharded.embed_images(images, progress=False), together, atol=1e-6)
+    assert sharded.embed_images([], progress=False).shape == (0, 32)
+
+
+def test_scann_brute_force_equals_exact_search():
+    vectors = unit_rows(np.random.default_rng(0).normal(size=(500, 16)))
+    index = ImageIndex.build([f"img{i}" for i in range(500)], vectors)
+    assert not index.params.tree  # small indexes are searched exhaustively
+    positions, similarities = index.search(vectors[:50], 10)
+    exact_positions, exact_similarities = exact_search(vectors, vectors[:50], 10)
+    np.testing.assert_array_equal(positions, exact_positions)
+    np.testing.assert_allclose(similarities, exact_similarities, atol=1e-5)
+    assert (positions[:, 0] == np.arange(50)).all()  # a raw search finds the query itself first
+
+    neighbours = index.neighbours_batch(list(range(50)), k=10)
+    expected = exact_search(vectors, vectors[:50], 11)[0][:, 1:]  # the exact top-11 less the query
+    assert [[n.position for n in row] for row in neighbours] == expected.tolist()
+
+
+def test_tree_ah_configuration_keeps_recall():
+    vectors = clustered(3000, 32, clusters=60, seed=1)
+    params = search_params(len(vectors), brute_force_below=0)
+    assert params.tree and params.num_leaves == 55 and 1 <= params.num_leaves_to_search < params.num_leaves
+    index = ImageIndex.build([f"img{i}" for i in range(len(vectors))], vectors, params)
+    assert recall_at_k(index, vectors, k=10) >= 0.95
+
+
+def test_query_image_and_its_duplicates_are_excluded(images, single_device, tmp_path):
+    duplicate = str(tmp_path / "copy_of_first.png")
+    shutil.copy(images[0], duplicate)
+    paths = [*images, duplicate]
+    index = ImageIndex.build(paths, single_device.embed_images(paths, progress=False))
+    ranked = exact_search(index.embeddings, index.embeddings[:1], len(paths))[0][0]
+    assert set(ranked[:2].tolist()) == {0, len(paths) - 1}  # the copy is as similar as the image itself
+
+    # A ceiling just under 1 leaves distinct images of this random tower, removes only the copy.
+    expected = [p for p in ranked.tolist() if p not in (0, len(paths) - 1)][:5]
+    for query in (images[0], 0, duplicate, index.embeddings[0]):
+        found = index.neighbours(query, k=5, ceiling=0.9999)
+        assert [n.position for n in found] == expected, query if isinstance(query, str) else type(query)
+        assert all(n.similarity <= 0.9999 and n.key == paths[n.position] for n in found)
+
+
+def test_a_cluster_of_near_duplicates_is_skipped_by_fetching_more():
+    rng = np.random.default_rng(2)
+    base = unit_rows(rng.normal(size=(100, 16)))
+    near_copies = unit_rows(base[:1] + 0.01 * rng.normal(size=(30, 16)))  # similarity > 0.99 to image 0
+    vectors = np.concatenate([base, near_copies])
+    index = ImageIndex.build([f"img{i}" for i in range(len(vectors))], vectors)
+    found = index.neighbours(0, k=5)  # 2k + 1 = 11 candidates at first: all near-copies or itself
+    similarities = vectors @ vectors[0]
+    expected = [p for p in np.argsort(-similarities).tolist() if similarities[p] <= 0.98][:5]
+    assert [n.position for n in found] == expected and all(p < 100 for p in expected)
+    assert len(index.neighbours(0, k=200)) == 99  # only the distinct images remain to give
+
+
+def test_save_load_round_trip_gives_identical_neighbours(tmp_path):
+    vectors = clustered(1500, 32, clusters=30, seed=3)
+    keys = [f"images/{i:06d}.png" for i in range(len(vectors))]
+    index = ImageIndex.build(keys, vectors, search_params(len(vectors), brute_force_below=0))
+    index.save(str(tmp_path / "index"))
+    os.rename(tmp_path / "index", tmp_path / "moved")  # the saved paths are relative to the folder
+    loaded = ImageIndex.load(str(tmp_path / "moved"))
+    assert loaded.keys == keys and loaded.params == index.params
+    np.testing.assert_array_equal(loaded.embeddings, vectors)
+    queries = list(range(0, len(vectors), 7))
+    assert loaded.neighbours_batch(queries) == index.neighbours_batch(queries)
+
+    meta = json.loads((tmp_path / "moved" / "index.json").read_text())
+    meta["keys"] = keys[:-1]
+    (tmp_path / "moved" / "index.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="moved: 1499 keys but embeddings of shape"):
+        ImageIndex.load(str(tmp_path / "moved"))
+
+
+def test_unreadable_image_error_names_the_file(images, single_device, tmp_path):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(open(images[0], "rb").read()[:60])  # a truncated PNG
+    with pytest.raises(ValueError, match="corrupt.png: not a readable image"):
+        single_device.embed_images([images[0], str(corrupt)], progress=False)
+    with pytest.raises(ValueError, match="absent.png: image file not found"):
+        single_device.embed_images([str(tmp_path / "absent.png")], progress=False)
