@@ -1,0 +1,572 @@
+"""POVID's textual hallucination injection, rule-based (shared/METHODS.md section 3).
+
+POVID has GPT-4V rewrite a ground-truth answer with plausible hallucinations. Here no hosted
+model is needed: `InjectionStats` learns from the chosen answers of the data set itself which
+objects are mentioned together and which colour, size, relation and number words it uses;
+`inject` then adds (or swaps in) an absent object that co-occurs with the mentioned ones more
+often than chance (the mistake a language prior makes), swaps an attribute or a relation,
+changes a count, or flips a yes/no verdict. Objects are recognised through a CHAIR synonym
+table (canonical name -> surface words, `eval.chair.load_synonyms`), so any data set's text
+works, and CHAIR counts the injected objects exactly as the builder meant them.
+
+`inject_records` turns SFT-style records into preference records, deterministic in
+(seed, record id) so a rerun or a resumed run writes the same pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from realign_jax.eval.chair import singularize, tokenize
+from realign_jax.synthetic.language import with_article
+from realign_jax.synthetic.vocabulary import plural
+
+BUILDER = "povid_injection"
+KINDS: tuple[str, ...] = ("object", "attribute", "relation", "count", "verdict")
+
+# English word classes an edit stays within; which members a data set uses is learnt from its text.
+COLOR_WORDS = frozenset(("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
+                         "gray", "grey", "silver", "gold", "beige"))
+SIZE_WORDS = frozenset(("small", "large", "big", "little", "tiny", "huge", "giant"))
+NUMBER_VALUES: dict[str, int] = {w: i for i, w in enumerate(
+    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"))}
+NUMBER_VALUES["no"] = 0  # "there are no cups" is a count of zero
+_OPPOSITE_PAIRS = (("to the left of", "to the right of"), ("on the left of", "on the right of"),
+                   ("left of", "right of"), ("above", "below"), ("on top of", "under"), ("in front of", "behind"),
+                   ("inside", "outside"), ("on the left", "on the right"), ("at the top", "at the bottom"))
+OPPOSITE: dict[str, str] = {**dict(_OPPOSITE_PAIRS), **{b: a for a, b in _OPPOSITE_PAIRS}}
+_CENTRE = ("in the center", "in the centre", "in the middle")  # no opposite: swapped for a side
+_SIDES = ("on the left", "on the right", "at the top", "at the bottom")
+_RELATION_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted([*OPPOSITE, *_CENTRE], key=len,
+                                                                             reverse=True)) + r")\b", re.IGNORECASE)
+_WORD_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.IGNORECASE)  # chair.tokenize's words, with their offsets
+_VERDICT_RE = re.compile(r"\s*(yes|no)\b(?=\s*(?:[,.!;:]|$))", re.IGNORECASE)
+_VERBS = {"is": "are", "are": "is", "was": "were", "were": "was"}
+_NOT_A_COUNT_AFTER = frozenset(("the", "no", "this", "that", "each", "every", "any", "which"))  # "the one", "no one"
+_DETERMINERS = frozenset(("a", "an", "the", "some", *NUMBER_VALUES))
+_ATTRIBUTES = COLOR_WORDS | SIZE_WORDS
+
+_Piece = tuple[int, int, str]  # replace text[start:end] of the original answer
+
+
+@dataclasses.dataclass(frozen=True)
+class Edit:
+    """One change, for provenance: `before` is "" for an inserted object."""
+
+    kind: str
+    before: str
+    after: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "from": self.before, "to": self.after}
+
+
+@dataclasses.dataclass(frozen=True)
+class Injection:
+    text: str  # the rejected answer
+    edits: tuple[Edit, ...]
+
+
+class _Token(NamedTuple):
+    word: str  # lower case
+    start: int
+    end: int
+
+
+class _Mention(NamedTuple):
+    name: str  # canonical object
+    first: int  # token indices [first, last)
+    last: int
+    det: int | None  # token index of the noun phrase's determiner ("a", "the", "two", "no", ...)
+
+
+class _Lexicon:
+    """The synonym table as lookups: surface phrase -> object, and noun inflection."""
+
+    def __init__(self, synonyms: Mapping[str, Sequence[str]]):
+        self.inverse: dict[str, str] = {}
+        surfaces = []
+        for canonical, names in synonyms.items():
+            for name in (canonical, *names):
+                self.inverse[_singular_phrase(name)] = canonical  # a later line wins, as in chair.py
+                surfaces.append(" ".join(tokenize(name)))
+        self.longest = max((k.count(" ") + 1 for k in self.inverse), default=1)
+        # The table's own plurals ("person, people") beat the rule-based ones ("persons").
+        self.plural_of = {s: plural(s) for s in surfaces if _singular_phrase(s) == s}
+        self.plural_of.update({_singular_phrase(s): s for s in surfaces if _singular_phrase(s) != s})
+        self.singular_of = {p: s for s, p in self.plural_of.items() if p != s}
+
+    def mentions(self, tokens: Sequence[_Token]) -> list[tuple[str, int, int]]:
+        """Greedy longest match on singularised words, as `chair.mentioned_objects` (no COCO rules)."""
+        words = [singularize(t.word) for t in tokens]
+        found, i = [], 0
+        while i < len(words):
+            for n in range(min(self.longest, len(words) - i), 0, -1):
+                name = self.inverse.get(" ".join(words[i:i + n]))
+                if name is not None:
+                    found.append((name, i, i + n))
+                    i += n
+                    break
+            else:
+                i += 1
+        return found
+
+    def is_plural(self, noun: str) -> bool:
+        noun = noun.lower()
+        if noun in self.singular_of or noun in self.plural_of:
+            return noun in self.singular_of
+        last = noun.rpartition(" ")[2]
+        return singularize(last) != last
+
+    def inflect(self, noun: str, to_plural: bool) -> str:
+        key = noun.lower()
+        if to_plural:
+            return self.plural_of.get(key) or plural(noun)
+        head, _, last = noun.rpartition(" ")
+        return self.singular_of.get(key) or (f"{head} {singularize(last)}" if head else singularize(last))
+
+
+def _singular_phrase(text: str) -> str:
+    return " ".join(singularize(w) for w in tokenize(text))
+
+
+@dataclasses.dataclass(frozen=True)
+class InjectionStats:
+    """What the injector may say, learnt from a data set's chosen answers (never from a world's
+    config): object frequencies and co-occurrence (objects mentioned in one answer, negated
+    ones left out), and the colour, size, relation and count words in use."""
+
+    synonyms: dict[str, list[str]]
+    objects: dict[str, int]
+    cooccurrence: dict[str, dict[str, int]]
+    colors: dict[str, int]
+    sizes: dict[str, int]
+    relations: dict[str, int]
+    numbers: dict[str, int]
+    num_answers: int
+
+    @functools.cached_property
+    def lexicon(self) -> _Lexicon:
+        return _Lexicon(self.synonyms)
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]],
+                     synonyms: Mapping[str, Sequence[str]]) -> InjectionStats:
+        """Counts over the records' `chosen` answers; `synonyms` as `chair.load_synonyms` reads it."""
+        lexicon = _Lexicon(synonyms)
+        objects: Counter[str] = Counter()
+        pairs: dict[str, Counter[str]] = {}
+        colors: Counter[str] = Counter()
+        sizes: Counter[str] = Counter()
+        relations: Counter[str] = Counter()
+        numbers: Counter[str] = Counter()
+        num_answers = 0
+        for record in records:
+            if not record.get("chosen"):
+                continue
+            num_answers += 1
+            doc = _Text(record["chosen"], lexicon)
+            present = sorted({m.name for m in doc.mentions if not doc.negated(m)})
+            objects.update(present)
+            for a in present:
+                pairs.setdefault(a, Counter()).update(b for b in present if b != a)
+            for i in doc.attribute_positions():
+                (colors if doc.tokens[i].word in COLOR_WORDS else sizes)[doc.tokens[i].word] += 1
+            relations.update(m.group().lower() for m in doc.relation_matches())
+            numbers.update(doc.tokens[i].word for i in doc.count_positions())
+        return cls({k: list(v) for k, v in synonyms.items()}, dict(objects),
+                   {a: dict(c) for a, c in pairs.items()}, dict(colors), dict(sizes), dict(relations),
+                   dict(numbers), num_answers)
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(dataclasses.asdict(self), f, indent=1)
+
+    @classmethod
+    def load(cls, path: str) -> InjectionStats:
+        with open(path, encoding="utf-8") as f:
+            return cls(**json.load(f))
+
+
+class _Text:
+    """An answer's word tokens with their offsets, and the objects it mentions."""
+
+    def __init__(self, text: str, lexicon: _Lexicon):
+        self.text = text
+        self.tokens = [_Token(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
+        self.mentions = [_Mention(name, a, b, self._determiner(a)) for name, a, b in lexicon.mentions(self.tokens)]
+        self._in_mention = {i for m in self.mentions for i in range(m.first, m.last)}
+
+    def adjacent(self, i: int) -> bool:
+        """Tokens i and i+1 are separated by whitespace only (same phrase, no punctuation)."""
+        return 0 <= i < len(self.tokens) - 1 and self.text[self.tokens[i].end:self.tokens[i + 1].start].isspace()
+
+    def source(self, i: int) -> str:
+        return self.text[self.tokens[i].start:self.tokens[i].end]
+
+    def _determiner(self, first: int) -> int | None:
+        k = first - 1
+        while k >= 0 and self.tokens[k].word in _ATTRIBUTES and self.adjacent(k):
+            k -= 1
+        return k if k >= 0 and self.adjacent(k) and self.tokens[k].word in _DETERMINERS else None
+
+    def negated(self, m: _Mention) -> bool:
+        return m.det is not None and NUMBER_VALUES.get(self.tokens[m.det].word, 1) == 0
+
+    def indefinite(self, m: _Mention) -> bool:
+        """'a cup', 'two cups': the phrases that list what is there."""
+        return m.det is not None and (self.tokens[m.det].word in ("a", "an", "some")
+                                      or NUMBER_VALUES.get(self.tokens[m.det].word, 0) > 0)
+
+    def attribute_positions(self) -> list[int]:
+        return [i for i, t in enumerate(self.tokens) if t.word in _ATTRIBUTES and i not in self._in_mention]
+
+    def relation_matches(self) -> list[re.Match[str]]:
+        spans = [(self.tokens[m.first].start, self.tokens[m.last - 1].end) for m in self.mentions]
+        return [r for r in _RELATION_RE.finditer(self.text) if not _overlaps(((r.start(), r.end()),), spans)]
+
+    def count_positions(self) -> list[int]:
+        """Number words that count the noun after them ('two cups', 'are no cups'; not 'one of')."""
+        out = []
+        for i, t in enumerate(self.tokens):
+            if t.word not in NUMBER_VALUES or not self.adjacent(i) or self.tokens[i + 1].word == "of":
+                continue
+            before = self.tokens[i - 1].word if i and self.adjacent(i - 1) else None
+            if before in _NOT_A_COUNT_AFTER or (t.word == "no" and before not in _VERBS):
+                continue
+            out.append(i)
+        return out
+
+    def noun_after(self, i: int) -> tuple[int, int] | None:
+        """Token range of the noun that a number at i counts (an object, else the next word)."""
+        j = i + 1
+        while j < len(self.tokens) and self.tokens[j].word in _ATTRIBUTES and self.adjacent(j - 1):
+            j += 1
+        if j >= len(self.tokens) or not self.adjacent(j - 1):
+            return None
+        return next(((m.first, m.last) for m in self.mentions if m.first == j), (j, j + 1))
+
+
+class _Site(NamedTuple):
+    """A place an edit can go: the spans it touches, and how to make it (None when it cannot)."""
+
+    spans: tuple[tuple[int, int], ...]
+    make: Callable[[], tuple[list[_Piece], Edit] | None]
+    preferred: bool = False
+
+
+def _overlaps(spans: Iterable[tuple[int, int]], used: Sequence[tuple[int, int]]) -> bool:
+    return any(a < d and c < b for a, b in spans for c, d in used)
+
+
+def _cased(like: str, word: str) -> str:
+    return word[:1].upper() + word[1:] if like[:1].isupper() else word
+
+
+def _article_piece(doc: _Text, i: int, next_word: str) -> _Piece:
+    """Token i ('a'/'an') made to agree with the word that now follows it."""
+    return doc.tokens[i].start, doc.tokens[i].end, _cased(doc.source(i), with_article(next_word).split(" ")[0])
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _sample_object(stats: InjectionStats, context: Sequence[str], taken: set[str],
+                   rng: np.random.Generator) -> str | None:
+    """An unmentioned object drawn in proportion to its association with the mentioned ones: the
+    companion a language prior would add (by plain frequency when nothing is associated)."""
+    names = [n for n in sorted(stats.objects) if n not in taken]
+    if not names:
+        return None
+    weights = np.array([sum(_association(stats, m, n) for m in context) for n in names])
+    if not weights.any():
+        weights = np.array([stats.objects[n] for n in names], float)
+    return names[int(rng.choice(len(names), p=weights / weights.sum()))]
+
+
+def _association(stats: InjectionStats, a: str, b: str) -> float:
+    """Local mutual information, count * log(observed / expected), kept where positive. Raw
+    counts would favour whatever is frequent (COCO's 'person' co-occurs with everything) over
+    the pairs seen together more often than chance (cup and saucer)."""
+    together = stats.cooccurrence.get(a, {}).get(b, 0)
+    if not together:
+        return 0.0
+    return together * max(0.0, math.log(together * stats.num_answers / (stats.objects[a] * stats.objects[b])))
+
+
+def _object_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator, taken: set[str]) -> list[_Site]:
+    live = [m for m in doc.mentions if not doc.negated(m)]
+    context = sorted({m.name for m in live})
+    sites = [_replace_site(doc, stats, rng, m, context, taken) for m in live]
+    listed = [m for m in live if doc.indefinite(m)]
+    if listed:
+        sites.insert(0, _add_site(doc, stats, rng, listed[-1], context, taken))
+    return sites
+
+
+def _add_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, last: _Mention,
+              context: Sequence[str], taken: set[str]) -> _Site:
+    """A new item at the end of the list that holds `last`: 'a cup and a saucer' -> 'a cup, a saucer and a knife'."""
+    end = doc.tokens[last.last - 1].end
+    d = last.det
+    conj = d - 1 if d is not None and d >= 2 and doc.tokens[d - 1].word == "and" and doc.adjacent(d - 1) else None
+    join = None if conj is None else (doc.tokens[conj - 1].end, doc.tokens[conj].end)  # " and" or ", and"
+    oxford = join is not None and "," in doc.text[join[0]:join[1]]
+
+    def make() -> tuple[list[_Piece], Edit] | None:
+        name = _sample_object(stats, context, taken, rng)
+        if name is None:
+            return None
+        taken.add(name)
+        phrase = with_article(name)
+        pieces: list[_Piece] = [(end, end, f"{',' if oxford else ''} and {phrase}")]
+        if join is not None:
+            pieces.append((*join, ","))
+        return pieces, Edit("object", "", phrase)
+
+    return _Site(((end, end),) if join is None else (join, (end, end)), make, preferred=True)
+
+
+def _replace_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, m: _Mention,
+                  context: Sequence[str], taken: set[str]) -> _Site:
+    """The mentioned noun swapped for an absent, co-occurring object (in the same number)."""
+    start, end = doc.tokens[m.first].start, doc.tokens[m.last - 1].end
+    article = m.det if m.det == m.first - 1 and doc.tokens[m.first - 1].word in ("a", "an") else None
+
+    def make() -> tuple[list[_Piece], Edit] | None:
+        name = _sample_object(stats, context, taken, rng)
+        if name is None:
+            return None
+        taken.add(name)
+        surface = doc.text[start:end]
+        word = stats.lexicon.inflect(name, True) if stats.lexicon.is_plural(surface) else name
+        pieces: list[_Piece] = [(start, end, _cased(surface, word))]
+        if article is not None:
+            pieces.append(_article_piece(doc, article, word))
+        return pieces, Edit("object", surface, word)
+
+    return _Site(((doc.tokens[article].start if article is not None else start, end),), make)
+
+
+def _attribute_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+    sites = []
+    for i in doc.attribute_positions():
+        word = doc.tokens[i].word
+        vocabulary = stats.colors if word in COLOR_WORDS else stats.sizes
+        options = sorted(w for w in vocabulary if w != word)
+        if options:
+            sites.append(_swap_site(doc, i, options, rng))
+    return sites
+
+
+def _swap_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Generator) -> _Site:
+    """Colour for colour, size for size; 'an orange cup' -> 'a red cup'."""
+    article = i - 1 if i and doc.tokens[i - 1].word in ("a", "an") and doc.adjacent(i - 1) else None
+
+    def make() -> tuple[list[_Piece], Edit]:
+        new = _pick(rng, options)
+        pieces: list[_Piece] = [(doc.tokens[i].start, doc.tokens[i].end, _cased(doc.source(i), new))]
+        if article is not None:
+            pieces.append(_article_piece(doc, article, new))
+        return pieces, Edit("attribute", doc.source(i), new)
+
+    start = doc.tokens[article if article is not None else i].start
+    return _Site(((start, doc.tokens[i].end),), make)
+
+
+def _relation_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+    """'left of' <-> 'right of', 'above' <-> 'below', ...; a centre becomes a side the data uses."""
+    sites = []
+    for match in doc.relation_matches():
+        key = match.group().lower()
+        options = [OPPOSITE[key]] if key in OPPOSITE else sorted(p for p in _SIDES if stats.relations.get(p))
+        if options:
+            sites.append(_relation_site(match, options, rng))
+    return sites
+
+
+def _relation_site(match: re.Match[str], options: Sequence[str], rng: np.random.Generator) -> _Site:
+    def make() -> tuple[list[_Piece], Edit]:
+        new = _cased(match.group(), _pick(rng, options))
+        return [(match.start(), match.end(), new)], Edit("relation", match.group(), new)
+
+    return _Site(((match.start(), match.end()),), make)
+
+
+def _count_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+    sites = []
+    for i in doc.count_positions():
+        value = NUMBER_VALUES[doc.tokens[i].word]
+        # "there are no cups" reads well, "a dish and no cups" does not: zero only after a verb
+        after_verb = i > 0 and doc.tokens[i - 1].word in _VERBS and doc.adjacent(i - 1)
+        options = sorted(w for w in stats.numbers if NUMBER_VALUES.get(w, value) != value
+                         and (after_verb or NUMBER_VALUES[w] > 0))
+        if options:
+            sites.append(_number_site(doc, i, options, rng, stats.lexicon))
+    return sites
+
+
+def _number_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Generator,
+                 lexicon: _Lexicon) -> _Site:
+    """Another number; across one/many the noun and a verb just before follow ('is one cup' -> 'are two cups')."""
+    noun = doc.noun_after(i)
+    verb = i - 1 if i and doc.tokens[i - 1].word in _VERBS and doc.adjacent(i - 1) else None
+    spans = [(doc.tokens[i].start, doc.tokens[i].end)]
+    if noun is not None:
+        spans.append((doc.tokens[noun[0]].start, doc.tokens[noun[1] - 1].end))
+    if verb is not None:
+        spans.append((doc.tokens[verb].start, doc.tokens[verb].end))
+
+    def make() -> tuple[list[_Piece], Edit]:
+        new = _pick(rng, options)
+        cased = _cased(doc.source(i), new)
+        pieces: list[_Piece] = [(*spans[0], cased)]
+        singular = NUMBER_VALUES[new] == 1
+        if singular != (NUMBER_VALUES[doc.tokens[i].word] == 1):
+            if noun is not None:
+                surface = doc.text[slice(*spans[1])]
+                pieces.append((*spans[1], lexicon.inflect(surface, not singular)))
+            if verb is not None:
+                pieces.append((*spans[-1], _cased(doc.source(verb), _VERBS[doc.tokens[verb].word])))
+        return pieces, Edit("count", doc.source(i), cased)
+
+    return _Site(tuple(spans), make)
+
+
+def _sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator, kinds: Iterable[str],
+           taken: set[str]) -> dict[str, list[_Site]]:
+    finders = {"object": lambda: _object_sites(doc, stats, rng, taken),
+               "attribute": lambda: _attribute_sites(doc, stats, rng),
+               "relation": lambda: _relation_sites(doc, stats, rng),
+               "count": lambda: _count_sites(doc, stats, rng)}
+    return {kind: finders[kind]() for kind in kinds if kind in finders}
+
+
+def _choose(sites: dict[str, list[_Site]], n: int, rng: np.random.Generator) -> tuple[list[_Piece], list[Edit]]:
+    """Up to n edits at places that do not overlap: a kind at random among those still possible,
+    then a place (an object is added to a list before one is replaced)."""
+    pieces: list[_Piece] = []
+    edits: list[Edit] = []
+    used: list[tuple[int, int]] = []
+    while len(edits) < n:
+        free = {k: [s for s in v if not _overlaps(s.spans, used)] for k, v in sites.items()}
+        kinds = [k for k, v in free.items() if v]
+        if not kinds:
+            break
+        kind = _pick(rng, kinds)
+        preferred = [s for s in free[kind] if s.preferred]
+        site = preferred[0] if preferred else free[kind][int(rng.integers(len(free[kind])))]
+        sites[kind].remove(site)
+        made = site.make()
+        if made is not None:
+            used.extend(site.spans)
+            pieces.extend(made[0])
+            edits.append(made[1])
+    return pieces, edits
+
+
+def _flip(doc: _Text, verdict: re.Match[str]) -> tuple[list[_Piece], list[Edit], bool]:
+    """Yes <-> No, and 'there is a cup' <-> 'there is no cup' after it; the bool says whether the
+    statement was an existence one (else the caller makes it agree by another edit)."""
+    word = verdict.group(1)
+    flipped = _cased(word, "no" if word.lower() == "yes" else "yes")
+    pieces: list[_Piece] = [(verdict.start(1), verdict.end(1), flipped)]
+    edits = [Edit("verdict", word, flipped)]
+    t = doc.tokens
+    for i in range(len(t) - 3):
+        if not (t[i].word == "there" and t[i + 1].word in _VERBS and doc.adjacent(i) and doc.adjacent(i + 1)):
+            continue
+        det = doc.source(i + 2)
+        if word.lower() == "yes" and (t[i + 2].word in ("a", "an", "some") or NUMBER_VALUES.get(t[i + 2].word, 0) > 0):
+            pieces.append((t[i + 2].start, t[i + 2].end, "no"))
+            edits.append(Edit("verdict", det, "no"))
+            return pieces, edits, True
+        if word.lower() == "no" and t[i + 2].word == "no" and doc.adjacent(i + 2):
+            if t[i + 1].word in ("is", "was"):
+                article = with_article(doc.source(i + 3)).split(" ")[0]
+                pieces.append((t[i + 2].start, t[i + 2].end, article))
+            else:  # "there are no cups" -> "there are cups"
+                article = ""
+                pieces.append((t[i + 2].start, t[i + 3].start, ""))
+            edits.append(Edit("verdict", det, article))
+            return pieces, edits, True
+        break
+    return pieces, edits, False
+
+
+def _apply(text: str, pieces: Iterable[_Piece]) -> str:
+    for start, end, new in sorted(pieces, key=lambda p: (p[0], p[1]), reverse=True):
+        text = text[:start] + new + text[end:]
+    return text
+
+
+def inject(answer: str, stats: InjectionStats, rng: np.random.Generator, kinds: Sequence[str] = KINDS,
+           max_edits: int = 2) -> Injection | None:
+    """A hallucinated rewrite of a ground-truth answer, or None when no edit of `kinds` applies.
+
+    A yes/no answer gets its verdict flipped (with the statement after it made to agree) when
+    "verdict" is in `kinds`; any other answer gets 1..max_edits edits of random kinds.
+    """
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ValueError(f"unknown injection kinds {unknown}; choose from {KINDS}")
+    if max_edits < 1:
+        raise ValueError(f"max_edits={max_edits} must be >= 1")
+    doc = _Text(answer, stats.lexicon)
+    taken = {m.name for m in doc.mentions}
+    verdict = _VERDICT_RE.match(answer) if "verdict" in kinds else None
+    if verdict is not None:
+        pieces, edits, done = _flip(doc, verdict)
+        if not done:  # "Yes, the cup is left of the dish" -> "No, the cup is right of the dish"
+            body = _sites(doc, stats, rng, [k for k in kinds if k in ("attribute", "relation", "count")], taken)
+            more_pieces, more_edits = _choose(body, 1, rng)
+            pieces += more_pieces
+            edits += more_edits
+    else:
+        pieces, edits = _choose(_sites(doc, stats, rng, kinds, taken), int(rng.integers(1, max_edits + 1)), rng)
+    text = _apply(answer, pieces)
+    return Injection(text, tuple(edits)) if edits and text != answer else None
+
+
+def record_rng(seed: int, record_id: str) -> np.random.Generator:
+    """The record's own stream: the same (seed, id) always gives the same edits, in any order."""
+    digest = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([seed, digest])
+
+
+def inject_records(records: Iterable[Mapping[str, Any]], stats: InjectionStats, seed: int, *,
+                   kinds: Sequence[str] = KINDS, max_edits: int = 2,
+                   counts: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Preference records: `chosen` kept, `rejected` the injected answer, the edits in `provenance`.
+
+    Records without a chosen answer, or with nothing to edit, are skipped and counted in
+    `counts` ("no_chosen", "nothing_to_edit"; "injected" and "edits_<kind>" for the rest). A
+    record without an id is keyed by its position, which a resumed run only reproduces when it
+    reads the same records from the start.
+    """
+    counts = Counter() if counts is None else counts
+    for index, record in enumerate(records):
+        chosen = record.get("chosen")
+        if not chosen:
+            counts["no_chosen"] += 1
+            continue
+        injection = inject(chosen, stats, record_rng(seed, str(record.get("id", index))), kinds, max_edits)
+        if injection is None:
+            counts["nothing_to_edit"] += 1
+            continue
+        counts["injected"] += 1
+        counts.update(f"edits_{e.kind}" for e in injection.edits)
+        provenance = {**(record.get("provenance") or {}), "builder": BUILDER,
+                      "edits": [e.to_json() for e in injection.edits]}
+        yield {**record, "rejected": injection.text, "provenance": provenance}
