@@ -5,11 +5,19 @@
 It generates the world into `<workdir>/world` (or `world.dir`) unless it is already there,
 trains on its captions and QA (`train/sft.jsonl`) with the `sft` objective and exports the
 model with the world's tokenizer to `<workdir>/export`. Evaluate it with
-configs/eval_world.py. Measured so far (6 min 50 s on 2 CPU cores): the answer NLL falls
-from 5.5 to ~0.43 per token, but the model learns the world's language prior only. Its
-answers do not depend on the image yet (teacher-forced NLL is the same with shuffled
-images), so POPE is all "No" and CHAIR_i is ~0.9. Making the base model ground its answers,
-and then hallucinate absent companions, is open work (issue 5).
+configs/eval_world.py.
+
+As in LLaVA, the vision tower stays frozen: its random init already separates the world's
+objects (a linear probe on its features: precision 0.82, recall 0.61 on category presence),
+while training it from scratch with the decoder erased that (0.47 / 0.29 after SFT) and the
+model answered from the language prior alone.
+
+Measured (9 min 40 s on 2 CPU cores; eval 23 s): answers depend on the image a little
+(teacher-forced answer NLL 0.355 per token with the right images, 0.388 shifted, 0.394
+blank; benchmarks/image_reliance.py), CHAIR_i 0.715, recall 0.216; POPE is near chance on
+every split (F1 ~0.2, yes-ratio 0.10-0.14). The base model does not ground its yes/no
+answers yet, so it cannot show the companion hallucination the world is built to probe
+(issue 5).
 """
 
 import ml_collections
@@ -33,10 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.seq_len = 128
     config.data.length_buckets = "64,96"
     config.train.batch_size = 32
-    config.train.steps = 1500
+    config.train.steps = 5000
     config.train.log_every = 50
-    config.train.checkpoint_every = 500
+    config.train.checkpoint_every = 1000
     config.optim.lr = 3e-3
     config.optim.warmup_ratio = 0.02
-    config.train.trainable = r".*"  # a base model from scratch: everything trains, vision tower included
+    config.train.trainable = r"^(projector|decoder)\."  # the tower stays frozen (see above)
     return config
