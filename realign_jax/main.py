@@ -38,7 +38,8 @@ def _prepare_world(config: Any, workdir: str) -> None:
     folder = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k != "dir"}),
                           config.world.dir or os.path.join(workdir, "world"))
     config.data.path = os.path.join(folder, "train", "sft.jsonl")
-    config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
+    if "tokenizer" in config.data:  # configs that tokenize (not the text-only builders)
+        config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
 
 
 def _train(config: Any, workdir: str, xla: bool = False) -> None:
@@ -79,6 +80,20 @@ def _convert(config: Any, workdir: str, xla: bool = False) -> None:
         print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
 
 
+def _build_pairs(config: Any, workdir: str, xla: bool = False) -> None:
+    del xla  # nothing is trained
+    from realign_jax.pairs.build import build_pairs
+
+    _prepare_world(config, workdir)
+    result = build_pairs(config, workdir)
+    counts = result["counts"]
+    print(f"{config.pairs.builder}: {counts.get('injected', 0)} pairs kept, "
+          f"{sum(v for k, v in counts.items() if k in ('no_chosen', 'nothing_to_edit'))} records dropped "
+          f"({result['built']} of {len(result['shards'])} shards built now, the rest already there)")
+    print(f"counts: {counts}")
+    print(f"pairs: {result['output']}")
+
+
 def _eval(config: Any, workdir: str, xla: bool = False) -> None:
     del xla  # --xla profiles training steps
     from realign_jax.eval.suite import evaluate
@@ -87,8 +102,9 @@ def _eval(config: Any, workdir: str, xla: bool = False) -> None:
 
 
 MODES: dict[str, Callable[[Any, str, bool], None]] = {
-    "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert, "eval": _eval}
-PLANNED_MODES = ("build_pairs", "pipeline")
+    "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert, "eval": _eval,
+    "build_pairs": _build_pairs}
+PLANNED_MODES = ("pipeline",)
 
 
 # The config sections each mode reads, and a config that has them.
@@ -99,6 +115,7 @@ MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "inspect": (("model", "data", "train", "inspect"), "configs/dpo_llava.py"),
     "convert": (("data", "convert"), "configs/convert_data.py"),
     "eval": (("model", "eval"), "configs/eval_world.py"),
+    "build_pairs": (("data", "pairs"), "configs/povid_pairs.py"),
 }
 
 

@@ -1,0 +1,45 @@
+"""POVID's injected pairs (`mode=build_pairs`, shared/METHODS.md section 3): each chosen answer
+gets a rejected twin with rule-based hallucinations (an absent object that co-occurs with the
+mentioned ones, a wrong colour or size, a swapped relation, a wrong count, a flipped yes/no).
+
+On the synthetic world (generated into `<workdir>/world` unless `world.dir` holds it):
+
+    python -m realign_jax.main --config=configs/povid_pairs.py --workdir=/tmp/povid
+
+On your own records (a JSONL with `image`, `question`, `chosen`) and a CHAIR synonym table
+for their objects:
+
+    python -m realign_jax.main --config=configs/povid_pairs.py --workdir=/tmp/povid \\
+        --config.data.path=/data/sft.jsonl --config.pairs.synonyms=/data/synonyms.txt
+
+Expected: a progress bar, then `povid: N pairs kept, M records dropped` and
+`<workdir>/pairs/pairs-*.jsonl` (records with `rejected` and the edits in `provenance`).
+A killed run resumes where it stopped: rerun the same command. Measured on the default world
+(6000 images, 34,555 records, 2 CPU cores): 34,555 pairs in 9 s; on its 6000 captions CHAIR_i
+is 0.000 for the chosen and 0.173 for the rejected answers (CHAIR_s 0.000 and 0.561).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = ml_collections.ConfigDict()
+    config.mode = "build_pairs"
+    config.world = ml_collections.ConfigDict()
+    config.world.dir = ""  # empty = <workdir>/world
+    config.world.seed = 0
+    config.world.num_train_images = 6000
+    config.world.num_eval_images = 500
+    config.data = ml_collections.ConfigDict()
+    config.data.path = ""  # a JSONL of records with `chosen`; empty = the world's train/sft.jsonl
+    config.data.image_root = ""  # where relative image paths point; empty = next to the records
+    config.pairs = ml_collections.ConfigDict()
+    config.pairs.builder = "povid"
+    config.pairs.output = ""  # empty = <workdir>/pairs
+    config.pairs.synonyms = ""  # CHAIR synonyms.txt; empty = the world's (next to the split folder)
+    config.pairs.kinds = "object,attribute,relation,count,verdict"
+    config.pairs.max_edits = 2  # edits per rejected answer: 1..max_edits
+    config.pairs.seed = 0
+    config.pairs.shard_size = 5000  # records per output shard: the unit a rerun skips
+    return config
