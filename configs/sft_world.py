@@ -1,23 +1,24 @@
-"""SFT of a small LLaVA-architecture base model on the synthetic world (the embedded default).
+"""SFT of a small LLaVA-architecture base model on the synthetic world (the embedded default),
+in two stages, each one command:
 
-    python -m realign_jax.main --config=configs/sft_world.py --workdir=/tmp/world_sft
+    python -m realign_jax.main --config=configs/sft_world.py --workdir=/tmp/world_sft1
+    python -m realign_jax.main --config=configs/sft_world.py:grounding --workdir=/tmp/world_sft \
+        --config.model.path=/tmp/world_sft1/export --config.world.dir=/tmp/world_sft1/world
 
-It generates the world into `<workdir>/world` (or `world.dir`) unless it is already there,
-trains on its captions and QA (`train/sft.jsonl`) with the `sft` objective and exports the
-model with the world's tokenizer to `<workdir>/export`. Evaluate it with
-configs/eval_world.py.
+The first generates the world into `<workdir>/world` (or `world.dir`) and trains on its
+captions only (`train/captions.jsonl`); the second continues from that export on captions
+plus three balanced yes/no existence pairs per image (`train/grounding.jsonl`). Each exports
+the model with the world's tokenizer to `<workdir>/export`; evaluate with
+configs/eval_world.py. `--config.world.records=sft` trains on the whole caption + QA mixture.
 
-As in LLaVA, the vision tower stays frozen: its random init already separates the world's
-objects (a linear probe on its features: precision 0.82, recall 0.61 on category presence),
-while training it from scratch with the decoder erased that (0.47 / 0.29 after SFT) and the
-model answered from the language prior alone.
+Why so: trained on the whole mixture from scratch the model answered from the language prior
+alone. As in LLaVA the vision tower stays frozen: its random init already separates the
+world's objects (a linear probe on its features: precision 0.82, recall 0.61 on category
+presence), while training it with the decoder erased that (0.47 / 0.29). Captions teach the
+decoder to read the image (image -> object names); the dense existence questions then teach
+the lookup the other way (question word -> image), which the sparse QA of the mixture never did.
 
-Measured (9 min 40 s on 2 CPU cores; eval 23 s): answers depend on the image a little
-(teacher-forced answer NLL 0.355 per token with the right images, 0.388 shifted, 0.394
-blank; benchmarks/image_reliance.py), CHAIR_i 0.715, recall 0.216; POPE is near chance on
-every split (F1 ~0.2, yes-ratio 0.10-0.14). The base model does not ground its yes/no
-answers yet, so it cannot show the companion hallucination the world is built to probe
-(issue 5).
+Expected (2 CPU cores): see the README's world section for the figures of this recipe.
 """
 
 import ml_collections
@@ -25,8 +26,13 @@ import ml_collections
 from realign_jax.train.config_base import training_config
 
 
+STAGES = {"captions": 3000, "grounding": 4000}  # stage -> steps
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
+    stage = arg or "captions"
+    if stage not in STAGES:
+        raise ValueError(f"configs/sft_world.py:{stage}: choose a stage from {sorted(STAGES)}")
     config = training_config(mode="sft")
     config.world = ml_collections.ConfigDict()
     config.world.dir = ""  # empty = <workdir>/world
@@ -35,13 +41,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.world.num_eval_images = 500
     config.world.image_size = 32  # = model vision.image_size
     config.world.companion_probability = 0.9
+    config.world.records = stage  # which of the world's train files: captions | grounding | sft
 
     config.data.source = "jsonl"
-    config.data.path = ""  # empty = the world's train/sft.jsonl
+    config.data.path = ""  # empty = the world's train/<world.records>.jsonl
     config.data.seq_len = 128
     config.data.length_buckets = "64,96"
     config.train.batch_size = 32
-    config.train.steps = 5000
+    config.train.steps = STAGES[stage]
     config.train.log_every = 50
     config.train.checkpoint_every = 1000
     config.optim.lr = 3e-3

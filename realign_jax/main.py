@@ -32,12 +32,15 @@ def _prepare_world(config: Any, workdir: str) -> None:
     the data (records and tokenizer) at it unless the config names other data."""
     if "world" not in config or config.data.path:
         return
+    if config.world.get("records") == "grounding" and not config.model.get("path"):
+        raise ValueError("world.records='grounding' continues the captions stage: set model.path to its export "
+                         "(see configs/sft_world.py)")
     from realign_jax.synthetic.config import WorldConfig
     from realign_jax.synthetic.world import ensure_world
 
-    folder = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k != "dir"}),
+    folder = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k not in ("dir", "records")}),
                           config.world.dir or os.path.join(workdir, "world"))
-    config.data.path = os.path.join(folder, "train", "sft.jsonl")
+    config.data.path = os.path.join(folder, "train", f"{config.world.get('records', 'sft')}.jsonl")
     if "tokenizer" in config.data:  # configs that tokenize (not the text-only builders)
         config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
 

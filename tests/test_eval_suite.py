@@ -131,14 +131,22 @@ def test_world_base_model_trains_and_evaluates(tmp_path):
 
     from realign_jax.main import run
 
-    config = sft_world.get_config()
-    config.world.num_train_images, config.world.num_eval_images = 60, 6
-    config.train.steps, config.train.log_every, config.train.checkpoint_every = 6, 3, 0
-    run(config, str(tmp_path / "sft"))
+    def stage(name: str, model_path: str = ""):
+        config = sft_world.get_config(name)
+        config.world.num_train_images, config.world.num_eval_images = 60, 6
+        config.world.dir = str(tmp_path / "world")
+        config.train.steps, config.train.log_every, config.train.checkpoint_every = 6, 3, 0
+        config.model.path = model_path
+        return config
+
+    run(stage("captions"), str(tmp_path / "sft1"))
+    with pytest.raises(ValueError, match="model.path"):
+        run(stage("grounding"), str(tmp_path / "sft"))
+    run(stage("grounding", str(tmp_path / "sft1" / "export")), str(tmp_path / "sft"))
     export = tmp_path / "sft" / "export"
     assert (export / "tokenizer_config.json").is_file() and (export / "config.json").is_file()
     config = eval_world.get_config()
-    config.model.path, config.eval.world = str(export), str(tmp_path / "sft" / "world")
+    config.model.path, config.eval.world = str(export), str(tmp_path / "world")
     config.eval.max_images, config.eval.caption_tokens = 3, 8
     results = run_and_read(run, config, tmp_path)
     assert set(results["pope"]) == set(pope.SPLITS)

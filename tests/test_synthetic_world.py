@@ -183,6 +183,23 @@ def test_objects_usually_have_their_typical_colour(world: Path) -> None:
     assert abs(np.mean([o.color == TYPICAL_COLORS[o.name] for o in drawn]) - 1 / len(COLORS)) < 0.05
 
 
+def test_grounding_curriculum_files(world: Path) -> None:
+    """captions.jsonl = the captions of sft.jsonl; grounding.jsonl adds balanced existence pairs
+    per image whose answers agree with the annotations."""
+    sft = read_jsonl(world / "train" / "sft.jsonl")
+    captions = read_jsonl(world / "train" / "captions.jsonl")
+    assert captions == [r for r in sft if r["provenance"]["task"] == "caption"]
+    grounding = read_jsonl(world / "train" / "grounding.jsonl")
+    assert grounding[:len(captions)] == captions
+    existence = grounding[len(captions):]
+    assert len(existence) == 2 * CONFIG.grounding_exist_pairs * CONFIG.num_train_images
+    truth = {a["id"]: {o["name"] for o in a["objects"]} for a in read_jsonl(world / "train" / "annotations.jsonl")}
+    for record in existence:
+        present = record["provenance"]["object"] in truth[record["provenance"]["image_id"]]
+        assert present == (record["provenance"]["label"] == "yes") == record["chosen"].startswith("Yes"), record
+    assert len({r["id"] for r in grounding}) == len(grounding)
+
+
 def test_train_split_carries_the_prior_and_eval_probes_it(world: Path) -> None:
     stats = json.loads((world / "world.json").read_text())["stats"]
     train, eval_ = stats["train"], stats["eval"]

@@ -33,6 +33,7 @@ class WorldConfig:
     attribute_probability: float = 0.5  # a caption gives an object's colour (half as often size, position)
     relation_probability: float = 0.4  # a caption adds one spatial relation
     absent_companion_question_rate: float = 0.5  # "no" existence questions about a missing companion
+    grounding_exist_pairs: int = 3  # (yes, no) existence questions per image in grounding.jsonl
     tokenizer_vocab_size: int = 256  # the `tiny` preset's text.vocab_size; '<image>' is the last id
 
     def __post_init__(self) -> None:
@@ -50,6 +51,8 @@ class WorldConfig:
                      "attribute_probability", "relation_probability", "absent_companion_question_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1]")
+        if self.grounding_exist_pairs < 0:
+            raise ValueError(f"grounding_exist_pairs={self.grounding_exist_pairs} must be >= 0")
         if self.captions_per_image < 0:
             raise ValueError(f"captions_per_image={self.captions_per_image} must be >= 0")
         if self.tokenizer_vocab_size < 64:

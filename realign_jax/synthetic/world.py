@@ -6,7 +6,9 @@ Layout of `out_dir`:
     world.json             config, categories, companions, synonyms, colours, split stats
     synonyms.txt           CHAIR format: "canonical, syn1, syn2, ..." per line
     tokenizer/             tokenizer.json + tokenizer_config.json (chat template inside)
-    train/ and eval/       images/NNNNNN.png, annotations.jsonl, sft.jsonl (paths relative to the split)
+    train/ and eval/       images/NNNNNN.png, annotations.jsonl, sft.jsonl (paths relative to the split),
+                           and the grounding curriculum: captions.jsonl (captions only), then
+                           grounding.jsonl (captions + dense balanced existence questions)
 
 Every image has its own random streams, derived from (seed, split, index), one for the scene
 and one for its text, so a world is byte-identical for a seed whatever else changes in the
@@ -31,7 +33,7 @@ from tqdm import tqdm
 from realign_jax.synthetic.config import WorldConfig
 from realign_jax.synthetic.render import render
 from realign_jax.synthetic.scenes import anchors_without_companion, sample_scene
-from realign_jax.synthetic.sft_records import image_records
+from realign_jax.synthetic.sft_records import existence_records, image_records
 from realign_jax.synthetic.truth import ImageTruth, ObjectTruth, relations
 from realign_jax.synthetic.vocabulary import (
     CATEGORIES,
@@ -46,7 +48,7 @@ from realign_jax.synthetic.vocabulary import (
 )
 
 SPLITS: tuple[str, ...] = ("train", "eval")
-_STREAM_SCENE, _STREAM_TEXT = 0, 1
+_STREAM_SCENE, _STREAM_TEXT, _STREAM_GROUNDING = 0, 1, 2
 _OUTPUTS = ("world.json", "synonyms.txt", "tokenizer", *SPLITS)
 _ANCHORS = frozenset(a for a, _ in COMPANIONS)
 
@@ -95,6 +97,18 @@ def _split_records(config: WorldConfig, split: str, truths: list[ImageTruth]) ->
         records.extend(image_records(truth, rng, config.captions_per_image, config.attribute_probability,
                                      config.relation_probability, config.absent_companion_question_rate))
     return records
+
+
+def _grounding_records(config: WorldConfig, split: str, truths: list[ImageTruth],
+                       records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The split's captions plus `grounding_exist_pairs` existence pairs per image (own stream,
+    so sft.jsonl does not change with it)."""
+    split_index = SPLITS.index(split)
+    out = [r for r in records if r["provenance"]["task"] == "caption"]
+    for index, truth in enumerate(truths):
+        rng = np.random.default_rng([config.seed, split_index, index, _STREAM_GROUNDING])
+        out.extend(existence_records(truth, rng, config.grounding_exist_pairs))
+    return out
 
 
 def split_stats(truths: list[ImageTruth], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -174,6 +188,8 @@ def generate_world(config: WorldConfig, out_dir: str | os.PathLike[str], *, over
         records = _split_records(config, split, truths)
         _write_jsonl(folder / "annotations.jsonl", (t.to_json() for t in truths))
         _write_jsonl(folder / "sft.jsonl", records)
+        _write_jsonl(folder / "captions.jsonl", (r for r in records if r["provenance"]["task"] == "caption"))
+        _write_jsonl(folder / "grounding.jsonl", _grounding_records(config, split, truths, records))
         texts.extend(conversation_text(r["question"], r["chosen"]) for r in records)
         stats[split] = split_stats(truths, records)
         result[split] = {"images": str(folder / "images"), "annotations": str(folder / "annotations.jsonl"),
