@@ -18,7 +18,9 @@ presence), while training it with the decoder erased that (0.47 / 0.29). Caption
 decoder to read the image (image -> object names); the dense existence questions then teach
 the lookup the other way (question word -> image), which the sparse QA of the mixture never did.
 
-Expected (2 CPU cores): see the README's world section for the figures of this recipe.
+Expected (2 CPU cores, ~14 min for both stages on a quiet machine): POPE random F1 0.77 and
+yes-ratio 0.47, adversarial F1 0.70 and yes-ratio 0.56 (yes on absent companions 0.37 against
+0.19 on random absent objects), CHAIR_i 0.39; the README's world section has the table.
 """
 
 import ml_collections
