@@ -12,20 +12,16 @@ categories.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
+from realign_jax.data.jsonl import json_objects
 from realign_jax.eval.pope import SPLITS
+from realign_jax.synthetic.scenes import anchors_without_companion
 from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def missing_companions(objects: set[str]) -> set[str]:
-    return {str(BY_NAME[a].partner) for a in objects if BY_NAME[a].role == "anchor" and BY_NAME[a].partner not in objects}
+    return [row for _, row in json_objects(path)]
 
 
 def main() -> None:
@@ -40,7 +36,7 @@ def main() -> None:
     expected = 0.0
     for row in read_jsonl(os.path.join(folder, "chair.jsonl")):
         truth = set(row["ground_truth"])
-        missing = missing_companions(truth)
+        missing = {str(BY_NAME[a].partner) for a in anchors_without_companion(row["ground_truth"])}
         for name in set(row["hallucinated"]):
             hallucinated += 1
             companions += name in missing

@@ -9,11 +9,12 @@ Differences from that code are listed in the docstrings that make them.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+from realign_jax.data.jsonl import json_objects
 
 SPLITS = ("random", "popular", "adversarial")
 TEMPLATE = "Is there {article} {obj} in the image?"
@@ -174,27 +175,17 @@ def read_pope_file(path: str, image_folder: str) -> list[dict[str, Any]]:
     A bad line raises ValueError naming the file, the line and the field.
     """
     records = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            for field in REQUIRED_FIELDS:
-                if field not in record:
-                    raise ValueError(f"{where}: missing field {field!r}")
-            if not isinstance(record["question_id"], (int, str)) or isinstance(record["question_id"], bool):
-                raise ValueError(f"{where}: field 'question_id' must be an integer or string")
-            for field in ("image", "text"):
-                if not isinstance(record[field], str) or not record[field]:
-                    raise ValueError(f"{where}: field {field!r} must be a non-empty string")
-            if record["label"] not in ("yes", "no"):
-                raise ValueError(f"{where}: field 'label' is {record['label']!r}; expected 'yes' or 'no'")
-            record["image"] = os.path.join(image_folder, record["image"])
-            records.append(record)
+    for where, record in json_objects(path):
+        for field in REQUIRED_FIELDS:
+            if field not in record:
+                raise ValueError(f"{where}: missing field {field!r}")
+        if not isinstance(record["question_id"], (int, str)) or isinstance(record["question_id"], bool):
+            raise ValueError(f"{where}: field 'question_id' must be an integer or string")
+        for field in ("image", "text"):
+            if not isinstance(record[field], str) or not record[field]:
+                raise ValueError(f"{where}: field {field!r} must be a non-empty string")
+        if record["label"] not in ("yes", "no"):
+            raise ValueError(f"{where}: field 'label' is {record['label']!r}; expected 'yes' or 'no'")
+        record["image"] = os.path.join(image_folder, record["image"])
+        records.append(record)
     return records

@@ -8,12 +8,12 @@ pairs train as they are: `--config.data.path=<pairs.output>/pairs-00000-of-0000N
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from realign_jax.data.jsonl import json_objects
 from realign_jax.eval.chair import load_synonyms
 from realign_jax.pairs.injection import KINDS, InjectionStats, inject_records
 from realign_jax.pairs.shards import build_in_shards
@@ -22,20 +22,8 @@ BUILDERS = ("povid",)
 
 
 def read_records(path: str) -> list[dict[str, Any]]:
-    """Every JSON object of a JSONL file; a bad line stops with its line number."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: a record must be a JSON object")
-            records.append(record)
-    return records
+    """Every record of a JSONL file; a line that is not a JSON object stops naming its line."""
+    return [record for _, record in json_objects(path)]
 
 
 def _rebase_image(record: dict[str, Any], image_root: str, output: str) -> dict[str, Any]:

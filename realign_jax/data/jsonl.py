@@ -1,0 +1,28 @@
+"""Reading a whole JSON-lines file of objects, each bad line named by file and line number.
+
+For files read once from start to end (POPE question files, a builder's input records);
+`sources.JsonlSource` indexes byte offsets instead, for random access during training.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+
+def json_objects(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, object) for every non-blank line, where = "<path>, line <n>" for the caller's own
+    field errors; a line that is not a JSON object raises ValueError naming it."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}, line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            yield where, obj
