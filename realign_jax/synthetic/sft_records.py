@@ -11,7 +11,7 @@ import numpy as np
 
 from realign_jax.synthetic.captions import CAPTION_PROMPTS, caption
 from realign_jax.synthetic.language import pick
-from realign_jax.synthetic.questions import exist_no, exist_yes, questions
+from realign_jax.synthetic.questions import QA, exist_no, exist_yes, questions
 from realign_jax.synthetic.truth import ImageTruth
 
 
@@ -29,22 +29,18 @@ def image_records(truth: ImageTruth, rng: np.random.Generator, captions_per_imag
     seen: dict[str, int] = {}
     for qa in questions(truth, rng, absent_companion_rate):
         k = seen[qa.task] = seen.get(qa.task, -1) + 1
-        records.append({
-            "id": f"{truth.id}-{qa.task}{k}", "image": truth.image, "question": qa.question, "chosen": qa.answer,
-            "provenance": {"world": "synthetic", "image_id": truth.id, "task": qa.task, **qa.meta},
-        })
+        records.append(_qa_record(truth, qa, f"{qa.task}{k}"))
     return records
+
+
+def _qa_record(truth: ImageTruth, qa: QA, suffix: str) -> dict[str, Any]:
+    """One question's SFT record, id `<image id>-<suffix>`, the QA's labels in `provenance`."""
+    return {"id": f"{truth.id}-{suffix}", "image": truth.image, "question": qa.question, "chosen": qa.answer,
+            "provenance": {"world": "synthetic", "image_id": truth.id, "task": qa.task, **qa.meta}}
 
 
 def existence_records(truth: ImageTruth, rng: np.random.Generator, pairs: int) -> list[dict[str, Any]]:
     """`pairs` (yes, no) existence questions about the image, the "no" ones about any absent
     category: the dense yes/no signal of the grounding curriculum (see world.py)."""
-    records = []
-    for k in range(pairs):
-        for qa in (exist_yes(truth, rng), exist_no(truth, rng, absent_companion_rate=0.0)):
-            records.append({
-                "id": f"{truth.id}-ground{k}{qa.meta['label']}", "image": truth.image, "question": qa.question,
-                "chosen": qa.answer, "provenance": {"world": "synthetic", "image_id": truth.id, "task": qa.task,
-                                                    **qa.meta},
-            })
-    return records
+    return [_qa_record(truth, qa, f"ground{k}{qa.meta['label']}") for k in range(pairs)
+            for qa in (exist_yes(truth, rng), exist_no(truth, rng, absent_companion_rate=0.0))]

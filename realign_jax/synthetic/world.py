@@ -100,11 +100,11 @@ def _split_records(config: WorldConfig, split: str, truths: list[ImageTruth]) ->
 
 
 def _grounding_records(config: WorldConfig, split: str, truths: list[ImageTruth],
-                       records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+                       captions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The split's captions plus `grounding_exist_pairs` existence pairs per image (own stream,
     so sft.jsonl does not change with it)."""
     split_index = SPLITS.index(split)
-    out = [r for r in records if r["provenance"]["task"] == "caption"]
+    out = list(captions)
     for index, truth in enumerate(truths):
         rng = np.random.default_rng([config.seed, split_index, index, _STREAM_GROUNDING])
         out.extend(existence_records(truth, rng, config.grounding_exist_pairs))
@@ -188,8 +188,9 @@ def generate_world(config: WorldConfig, out_dir: str | os.PathLike[str], *, over
         records = _split_records(config, split, truths)
         _write_jsonl(folder / "annotations.jsonl", (t.to_json() for t in truths))
         _write_jsonl(folder / "sft.jsonl", records)
-        _write_jsonl(folder / "captions.jsonl", (r for r in records if r["provenance"]["task"] == "caption"))
-        _write_jsonl(folder / "grounding.jsonl", _grounding_records(config, split, truths, records))
+        captions = [r for r in records if r["provenance"]["task"] == "caption"]
+        _write_jsonl(folder / "captions.jsonl", captions)
+        _write_jsonl(folder / "grounding.jsonl", _grounding_records(config, split, truths, captions))
         texts.extend(conversation_text(r["question"], r["chosen"]) for r in records)
         stats[split] = split_stats(truths, records)
         result[split] = {"images": str(folder / "images"), "annotations": str(folder / "annotations.jsonl"),
