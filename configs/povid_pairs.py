@@ -21,25 +21,14 @@ is 0.000 for the chosen and 0.173 for the rejected answers (CHAIR_s 0.000 and 0.
 
 import ml_collections
 
+from realign_jax.pairs.config_base import pairs_config
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = ml_collections.ConfigDict()
-    config.mode = "build_pairs"
-    config.world = ml_collections.ConfigDict()
-    config.world.dir = ""  # empty = <workdir>/world
-    config.world.seed = 0
-    config.world.num_train_images = 6000
-    config.world.num_eval_images = 500
-    config.data = ml_collections.ConfigDict()
-    config.data.path = ""  # a JSONL of records with `chosen`; empty = the world's train/sft.jsonl
-    config.data.image_root = ""  # where relative image paths point; empty = next to the records
-    config.pairs = ml_collections.ConfigDict()
-    config.pairs.builder = "povid"
-    config.pairs.output = ""  # empty = <workdir>/pairs
+    config = pairs_config("povid", world_records="sft", model=False)
     config.pairs.synonyms = ""  # CHAIR synonyms.txt; empty = the world's (next to the split folder)
     config.pairs.kinds = "object,attribute,relation,count,verdict"
     config.pairs.max_edits = 2  # edits per rejected answer: 1..max_edits
-    config.pairs.seed = 0
     config.pairs.shard_size = 5000  # records per output shard: the unit a rerun skips
     return config

@@ -85,13 +85,14 @@ def _convert(config: Any, workdir: str, xla: bool = False) -> None:
 
 def _build_pairs(config: Any, workdir: str, xla: bool = False) -> None:
     del xla  # nothing is trained
-    from realign_jax.pairs.build import build_pairs
+    from realign_jax.pairs.build import build_pairs, check_config
 
+    check_config(config)  # before a world is generated for nothing
     _prepare_world(config, workdir)
     result = build_pairs(config, workdir)
     counts = result["counts"]
-    print(f"{config.pairs.builder}: {counts.get('injected', 0)} pairs kept, "
-          f"{sum(v for k, v in counts.items() if k in ('no_chosen', 'nothing_to_edit'))} records dropped "
+    print(f"{config.pairs.builder}: {counts.get('kept', 0)} pairs kept, "
+          f"{sum(v for k, v in counts.items() if k.startswith('dropped_'))} records dropped "
           f"({result['built']} of {len(result['shards'])} shards built now, the rest already there)")
     print(f"counts: {counts}")
     print(f"pairs: {result['output']}")

@@ -59,6 +59,18 @@ def build_hf_llava(path: str, variant: str, seed: int = 0, vocab_size: int = 128
     return model
 
 
+def build_world_llava(world: str, path: str) -> str:
+    """A tiny random LLaVA written by transformers at `path`, with a synthetic world's tokenizer
+    (256 ids, <image> last) copied in: a checkpoint the world's records can be answered with."""
+    import shutil
+
+    build_hf_llava(path, "llama_gqa", vocab_size=256, image_token_id=255)
+    tokenizer = os.path.join(world, "tokenizer")
+    for name in os.listdir(tokenizer):
+        shutil.copy(os.path.join(tokenizer, name), path)
+    return path
+
+
 @pytest.fixture(scope="session", params=sorted(HF_VARIANTS))
 def hf_checkpoint(request, tmp_path_factory):
     """(folder, torch model, variant name) for each reference variant."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 import pytest
-from conftest import build_hf_llava
+from conftest import build_world_llava
 
 from realign_jax.eval import pope
 from realign_jax.eval.answering import Answerer
@@ -31,11 +30,7 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def transformers_checkpoint(world, tmp_path_factory):
     """A random LLaVA written by transformers, with the world's tokenizer (256 ids, <image> last)."""
-    path = str(tmp_path_factory.mktemp("hf_llava"))
-    build_hf_llava(path, "llama_gqa", vocab_size=256, image_token_id=255)
-    for name in os.listdir(os.path.join(world, "tokenizer")):
-        shutil.copy(os.path.join(world, "tokenizer", name), path)
-    return path
+    return build_world_llava(str(world), str(tmp_path_factory.mktemp("hf_llava")))
 
 
 def test_batched_answers_equal_answers_one_at_a_time(world, transformers_checkpoint):
@@ -43,8 +38,8 @@ def test_batched_answers_equal_answers_one_at_a_time(world, transformers_checkpo
     one batch give the answers each gets alone."""
     questions = benchmarks.amber_questions(world, seed=1)[:5]
     items = [(q["image"], q["text"]) for q in questions]
-    together = Answerer(transformers_checkpoint, batch_size=8).answer(items, max_new_tokens=6)
-    alone = Answerer(transformers_checkpoint, batch_size=1)
+    together = Answerer.load(transformers_checkpoint, batch_size=8).answer(items, max_new_tokens=6)
+    alone = Answerer.load(transformers_checkpoint, batch_size=1)
     assert together == [alone.answer([item], max_new_tokens=6)[0] for item in items]
     assert len({len(q["text"]) for q in questions}) > 1  # the prompts really differ in length
 

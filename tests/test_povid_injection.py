@@ -142,7 +142,7 @@ def _replaced_once(chosen, rejected, before, after):
 def test_targeted_edits_change_only_their_word(world, stats, kind):
     counts = Counter()
     rows = list(inject_records(world["records"], stats, 3, kinds=(kind,), max_edits=1, counts=counts))
-    assert counts["injected"] == len(rows) >= 100
+    assert counts["kept"] == len(rows) >= 100
     inflected = 0
     for row in rows:
         (edit,) = row["provenance"]["edits"]
@@ -252,13 +252,13 @@ def test_nothing_to_edit_is_none_and_counted(world, stats):
     counts = Counter()
     out = list(inject_records(rows, stats, 0, kinds=("attribute",), counts=counts))
     assert [r["id"] for r in out] == ["b"]
-    assert counts == {"injected": 1, "edits_attribute": 1, "nothing_to_edit": 1, "no_chosen": 1}
+    assert counts == {"kept": 1, "edits_attribute": 1, "dropped_nothing_to_edit": 1, "dropped_no_chosen": 1}
     counts = Counter()
     kept = list(inject_records(world["records"], stats, 0, kinds=("relation",), counts=counts))
     relation = re.compile(r"\b(" + "|".join(OPPOSITE) + r"|in the center)\b", re.IGNORECASE)
     dropped = [r for r in world["records"] if not relation.search(r["chosen"])]
-    print(f"\nrelation edits only: {counts['injected']} injected, {counts['nothing_to_edit']} dropped")
-    assert counts["nothing_to_edit"] == len(dropped) > 0 and counts["injected"] == len(kept)
+    print(f"\nrelation edits only: {counts['kept']} injected, {counts['dropped_nothing_to_edit']} dropped")
+    assert counts["dropped_nothing_to_edit"] == len(dropped) > 0 and counts["kept"] == len(kept)
     with pytest.raises(ValueError, match="unknown injection kinds"):
         inject("A cup.", stats, np.random.default_rng(0), kinds=("colour",))
 

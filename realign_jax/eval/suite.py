@@ -118,7 +118,7 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
                          "(eval.pope_file / eval.coco_instances + eval.image_folder) are required")
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
-    answerer = Answerer(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+    answerer = Answerer.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
                         batch_size=spec.batch_size)
     began = time.perf_counter()
     results: dict[str, Any] = {"model": config.model.path, "world": spec.world or None}

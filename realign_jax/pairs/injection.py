@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import re
@@ -28,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from realign_jax.eval.chair import singularize, tokenize
+from realign_jax.pairs.seeds import record_rng
 from realign_jax.synthetic.language import with_article
 from realign_jax.synthetic.vocabulary import plural
 
@@ -47,10 +47,10 @@ _OPPOSITE_PAIRS = (("to the left of", "to the right of"), ("on the left of", "on
 OPPOSITE: dict[str, str] = {**dict(_OPPOSITE_PAIRS), **{b: a for a, b in _OPPOSITE_PAIRS}}
 _CENTRE = ("in the center", "in the centre", "in the middle")  # no opposite: swapped for a side
 _SIDES = ("on the left", "on the right", "at the top", "at the bottom")
-_RELATION_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted([*OPPOSITE, *_CENTRE], key=len,
+RELATION_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted([*OPPOSITE, *_CENTRE], key=len,
                                                                              reverse=True)) + r")\b", re.IGNORECASE)
 _WORD_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.IGNORECASE)  # chair.tokenize's words, with their offsets
-_VERDICT_RE = re.compile(r"\s*(yes|no)\b(?=\s*(?:[,.!;:]|$))", re.IGNORECASE)
+VERDICT_RE = re.compile(r"\s*(yes|no)\b(?=\s*(?:[,.!;:]|$))", re.IGNORECASE)
 _VERBS = {"is": "are", "are": "is", "was": "were", "were": "was"}
 _NOT_A_COUNT_AFTER = frozenset(("the", "no", "this", "that", "each", "every", "any", "which"))  # "the one", "no one"
 _DETERMINERS = frozenset(("a", "an", "the", "some", *NUMBER_VALUES))
@@ -90,7 +90,7 @@ class _Mention(NamedTuple):
     det: int | None  # token index of the noun phrase's determiner ("a", "the", "two", "no", ...)
 
 
-class _Lexicon:
+class Lexicon:
     """The synonym table as lookups: surface phrase -> object, and noun inflection."""
 
     def __init__(self, synonyms: Mapping[str, Sequence[str]]):
@@ -156,14 +156,14 @@ class InjectionStats:
     num_answers: int
 
     @functools.cached_property
-    def lexicon(self) -> _Lexicon:
-        return _Lexicon(self.synonyms)
+    def lexicon(self) -> Lexicon:
+        return Lexicon(self.synonyms)
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]],
                      synonyms: Mapping[str, Sequence[str]]) -> InjectionStats:
         """Counts over the records' `chosen` answers; `synonyms` as `chair.load_synonyms` reads it."""
-        lexicon = _Lexicon(synonyms)
+        lexicon = Lexicon(synonyms)
         objects: Counter[str] = Counter()
         pairs: dict[str, Counter[str]] = {}
         colors: Counter[str] = Counter()
@@ -175,7 +175,7 @@ class InjectionStats:
             if not record.get("chosen"):
                 continue
             num_answers += 1
-            doc = _Text(record["chosen"], lexicon)
+            doc = ParsedAnswer(record["chosen"], lexicon)
             present = sorted({m.name for m in doc.mentions if not doc.negated(m)})
             objects.update(present)
             for a in present:
@@ -198,10 +198,10 @@ class InjectionStats:
             return cls(**json.load(f))
 
 
-class _Text:
+class ParsedAnswer:
     """An answer's word tokens with their offsets, and the objects it mentions."""
 
-    def __init__(self, text: str, lexicon: _Lexicon):
+    def __init__(self, text: str, lexicon: Lexicon):
         self.text = text
         self.tokens = [_Token(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
         self.mentions = [_Mention(name, a, b, self._determiner(a)) for name, a, b in lexicon.mentions(self.tokens)]
@@ -233,7 +233,7 @@ class _Text:
 
     def relation_matches(self) -> list[re.Match[str]]:
         spans = [(self.tokens[m.first].start, self.tokens[m.last - 1].end) for m in self.mentions]
-        return [r for r in _RELATION_RE.finditer(self.text) if not _overlaps(((r.start(), r.end()),), spans)]
+        return [r for r in RELATION_RE.finditer(self.text) if not _overlaps(((r.start(), r.end()),), spans)]
 
     def count_positions(self) -> list[int]:
         """Number words that count the noun after them ('two cups', 'are no cups'; not 'one of')."""
@@ -269,13 +269,13 @@ def _overlaps(spans: Iterable[tuple[int, int]], used: Sequence[tuple[int, int]])
     return any(a < d and c < b for a, b in spans for c, d in used)
 
 
-def _cased(like: str, word: str) -> str:
+def cased(like: str, word: str) -> str:
     return word[:1].upper() + word[1:] if like[:1].isupper() else word
 
 
-def _article_piece(doc: _Text, i: int, next_word: str) -> _Piece:
+def _article_piece(doc: ParsedAnswer, i: int, next_word: str) -> _Piece:
     """Token i ('a'/'an') made to agree with the word that now follows it."""
-    return doc.tokens[i].start, doc.tokens[i].end, _cased(doc.source(i), with_article(next_word).split(" ")[0])
+    return doc.tokens[i].start, doc.tokens[i].end, cased(doc.source(i), with_article(next_word).split(" ")[0])
 
 
 def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
@@ -305,7 +305,7 @@ def _association(stats: InjectionStats, a: str, b: str) -> float:
     return together * max(0.0, math.log(together * stats.num_answers / (stats.objects[a] * stats.objects[b])))
 
 
-def _object_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator, taken: set[str]) -> list[_Site]:
+def _object_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, taken: set[str]) -> list[_Site]:
     live = [m for m in doc.mentions if not doc.negated(m)]
     context = sorted({m.name for m in live})
     sites = [_replace_site(doc, stats, rng, m, context, taken) for m in live]
@@ -315,7 +315,7 @@ def _object_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator, t
     return sites
 
 
-def _add_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, last: _Mention,
+def _add_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, last: _Mention,
               context: Sequence[str], taken: set[str]) -> _Site:
     """A new item at the end of the list that holds `last`: 'a cup and a saucer' -> 'a cup, a saucer and a knife'."""
     end = doc.tokens[last.last - 1].end
@@ -338,7 +338,7 @@ def _add_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, last:
     return _Site(((end, end),) if join is None else (join, (end, end)), make, preferred=True)
 
 
-def _replace_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, m: _Mention,
+def _replace_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, m: _Mention,
                   context: Sequence[str], taken: set[str]) -> _Site:
     """The mentioned noun swapped for an absent, co-occurring object (in the same number)."""
     start, end = doc.tokens[m.first].start, doc.tokens[m.last - 1].end
@@ -351,7 +351,7 @@ def _replace_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, m
         taken.add(name)
         surface = doc.text[start:end]
         word = stats.lexicon.inflect(name, True) if stats.lexicon.is_plural(surface) else name
-        pieces: list[_Piece] = [(start, end, _cased(surface, word))]
+        pieces: list[_Piece] = [(start, end, cased(surface, word))]
         if article is not None:
             pieces.append(_article_piece(doc, article, word))
         return pieces, Edit("object", surface, word)
@@ -359,7 +359,7 @@ def _replace_site(doc: _Text, stats: InjectionStats, rng: np.random.Generator, m
     return _Site(((doc.tokens[article].start if article is not None else start, end),), make)
 
 
-def _attribute_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+def _attribute_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
     sites = []
     for i in doc.attribute_positions():
         word = doc.tokens[i].word
@@ -370,13 +370,13 @@ def _attribute_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator
     return sites
 
 
-def _swap_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Generator) -> _Site:
+def _swap_site(doc: ParsedAnswer, i: int, options: Sequence[str], rng: np.random.Generator) -> _Site:
     """Colour for colour, size for size; 'an orange cup' -> 'a red cup'."""
     article = i - 1 if i and doc.tokens[i - 1].word in ("a", "an") and doc.adjacent(i - 1) else None
 
     def make() -> tuple[list[_Piece], Edit]:
         new = _pick(rng, options)
-        pieces: list[_Piece] = [(doc.tokens[i].start, doc.tokens[i].end, _cased(doc.source(i), new))]
+        pieces: list[_Piece] = [(doc.tokens[i].start, doc.tokens[i].end, cased(doc.source(i), new))]
         if article is not None:
             pieces.append(_article_piece(doc, article, new))
         return pieces, Edit("attribute", doc.source(i), new)
@@ -385,7 +385,7 @@ def _swap_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Genera
     return _Site(((start, doc.tokens[i].end),), make)
 
 
-def _relation_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+def _relation_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
     """'left of' <-> 'right of', 'above' <-> 'below', ...; a centre becomes a side the data uses."""
     sites = []
     for match in doc.relation_matches():
@@ -398,13 +398,13 @@ def _relation_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator)
 
 def _relation_site(match: re.Match[str], options: Sequence[str], rng: np.random.Generator) -> _Site:
     def make() -> tuple[list[_Piece], Edit]:
-        new = _cased(match.group(), _pick(rng, options))
+        new = cased(match.group(), _pick(rng, options))
         return [(match.start(), match.end(), new)], Edit("relation", match.group(), new)
 
     return _Site(((match.start(), match.end()),), make)
 
 
-def _count_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
+def _count_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator) -> list[_Site]:
     sites = []
     for i in doc.count_positions():
         value = NUMBER_VALUES[doc.tokens[i].word]
@@ -417,8 +417,8 @@ def _count_sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator) ->
     return sites
 
 
-def _number_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Generator,
-                 lexicon: _Lexicon) -> _Site:
+def _number_site(doc: ParsedAnswer, i: int, options: Sequence[str], rng: np.random.Generator,
+                 lexicon: Lexicon) -> _Site:
     """Another number; across one/many the noun and a verb just before follow ('is one cup' -> 'are two cups')."""
     noun = doc.noun_after(i)
     verb = i - 1 if i and doc.tokens[i - 1].word in _VERBS and doc.adjacent(i - 1) else None
@@ -430,21 +430,21 @@ def _number_site(doc: _Text, i: int, options: Sequence[str], rng: np.random.Gene
 
     def make() -> tuple[list[_Piece], Edit]:
         new = _pick(rng, options)
-        cased = _cased(doc.source(i), new)
-        pieces: list[_Piece] = [(*spans[0], cased)]
+        written = cased(doc.source(i), new)
+        pieces: list[_Piece] = [(*spans[0], written)]
         singular = NUMBER_VALUES[new] == 1
         if singular != (NUMBER_VALUES[doc.tokens[i].word] == 1):
             if noun is not None:
                 surface = doc.text[slice(*spans[1])]
                 pieces.append((*spans[1], lexicon.inflect(surface, not singular)))
             if verb is not None:
-                pieces.append((*spans[-1], _cased(doc.source(verb), _VERBS[doc.tokens[verb].word])))
-        return pieces, Edit("count", doc.source(i), cased)
+                pieces.append((*spans[-1], cased(doc.source(verb), _VERBS[doc.tokens[verb].word])))
+        return pieces, Edit("count", doc.source(i), written)
 
     return _Site(tuple(spans), make)
 
 
-def _sites(doc: _Text, stats: InjectionStats, rng: np.random.Generator, kinds: Iterable[str],
+def _sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, kinds: Iterable[str],
            taken: set[str]) -> dict[str, list[_Site]]:
     finders = {"object": lambda: _object_sites(doc, stats, rng, taken),
                "attribute": lambda: _attribute_sites(doc, stats, rng),
@@ -476,11 +476,11 @@ def _choose(sites: dict[str, list[_Site]], n: int, rng: np.random.Generator) -> 
     return pieces, edits
 
 
-def _flip(doc: _Text, verdict: re.Match[str]) -> tuple[list[_Piece], list[Edit], bool]:
+def _flip(doc: ParsedAnswer, verdict: re.Match[str]) -> tuple[list[_Piece], list[Edit], bool]:
     """Yes <-> No, and 'there is a cup' <-> 'there is no cup' after it; the bool says whether the
     statement was an existence one (else the caller makes it agree by another edit)."""
     word = verdict.group(1)
-    flipped = _cased(word, "no" if word.lower() == "yes" else "yes")
+    flipped = cased(word, "no" if word.lower() == "yes" else "yes")
     pieces: list[_Piece] = [(verdict.start(1), verdict.end(1), flipped)]
     edits = [Edit("verdict", word, flipped)]
     t = doc.tokens
@@ -523,9 +523,9 @@ def inject(answer: str, stats: InjectionStats, rng: np.random.Generator, kinds: 
         raise ValueError(f"unknown injection kinds {unknown}; choose from {KINDS}")
     if max_edits < 1:
         raise ValueError(f"max_edits={max_edits} must be >= 1")
-    doc = _Text(answer, stats.lexicon)
+    doc = ParsedAnswer(answer, stats.lexicon)
     taken = {m.name for m in doc.mentions}
-    verdict = _VERDICT_RE.match(answer) if "verdict" in kinds else None
+    verdict = VERDICT_RE.match(answer) if "verdict" in kinds else None
     if verdict is not None:
         pieces, edits, done = _flip(doc, verdict)
         if not done:  # "Yes, the cup is left of the dish" -> "No, the cup is right of the dish"
@@ -539,33 +539,27 @@ def inject(answer: str, stats: InjectionStats, rng: np.random.Generator, kinds: 
     return Injection(text, tuple(edits)) if edits and text != answer else None
 
 
-def record_rng(seed: int, record_id: str) -> np.random.Generator:
-    """The record's own stream: the same (seed, id) always gives the same edits, in any order."""
-    digest = int.from_bytes(hashlib.sha256(record_id.encode("utf-8")).digest()[:8], "little")
-    return np.random.default_rng([seed, digest])
-
-
 def inject_records(records: Iterable[Mapping[str, Any]], stats: InjectionStats, seed: int, *,
                    kinds: Sequence[str] = KINDS, max_edits: int = 2,
                    counts: Counter[str] | None = None) -> Iterator[dict[str, Any]]:
     """Preference records: `chosen` kept, `rejected` the injected answer, the edits in `provenance`.
 
     Records without a chosen answer, or with nothing to edit, are skipped and counted in
-    `counts` ("no_chosen", "nothing_to_edit"; "injected" and "edits_<kind>" for the rest). A
-    record without an id is keyed by its position, which a resumed run only reproduces when it
-    reads the same records from the start.
+    `counts` ("dropped_no_chosen", "dropped_nothing_to_edit"; "kept" and "edits_<kind>" for the
+    rest). A record without an id is keyed by its position, which a resumed run only
+    reproduces when it reads the same records from the start.
     """
     counts = Counter() if counts is None else counts
     for index, record in enumerate(records):
         chosen = record.get("chosen")
         if not chosen:
-            counts["no_chosen"] += 1
+            counts["dropped_no_chosen"] += 1
             continue
         injection = inject(chosen, stats, record_rng(seed, str(record.get("id", index))), kinds, max_edits)
         if injection is None:
-            counts["nothing_to_edit"] += 1
+            counts["dropped_nothing_to_edit"] += 1
             continue
-        counts["injected"] += 1
+        counts["kept"] += 1
         counts.update(f"edits_{e.kind}" for e in injection.edits)
         provenance = {**(record.get("provenance") or {}), "builder": BUILDER,
                       "edits": [e.to_json() for e in injection.edits]}
