@@ -89,7 +89,7 @@ def test_sharded_embedding_equals_single_device(checkpoint, images, single_devic
 
 def test_scann_brute_force_equals_exact_search():
     vectors = unit_rows(np.random.default_rng(0).normal(size=(500, 16)))
-    index = ImageIndex.build([f"img{i}" for i in range(500)], vectors)
+    index = ImageIndex.build([f"img{i}" for i in range(500)], vectors, whiten=False)
     assert not index.params.tree  # small indexes are searched exhaustively
     positions, similarities = index.search(vectors[:50], 10)
     exact_positions, exact_similarities = exact_search(vectors, vectors[:50], 10)
@@ -120,16 +120,43 @@ def test_query_image_and_its_duplicates_are_excluded(images, single_device, tmp_
     duplicate = str(tmp_path / "copy_of_first.png")
     shutil.copy(images[0], duplicate)
     paths = [*images, duplicate]
-    index = ImageIndex.build(paths, single_device.embed_images(paths, progress=False))
+    raw = single_device.embed_images(paths, progress=False)
+    index = ImageIndex.build(paths, raw)
     ranked = exact_search(index.embeddings, index.embeddings[:1], len(paths))[0][0]
     assert set(ranked[:2].tolist()) == {0, len(paths) - 1}  # the copy is as similar as the image itself
 
     # A ceiling just under 1 leaves distinct images of this random tower, removes only the copy.
     expected = [p for p in ranked.tolist() if p not in (0, len(paths) - 1)][:5]
-    for query in (images[0], 0, duplicate, index.embeddings[0]):
+    for query in (images[0], 0, duplicate, raw[0]):
         found = index.neighbours(query, k=5, ceiling=0.9999)
         assert [n.position for n in found] == expected, query if isinstance(query, str) else type(query)
         assert all(n.similarity <= 0.9999 and n.key == paths[n.position] for n in found)
+
+
+def test_whitening_discounts_a_loud_nuisance_direction():
+    """Tower features vary most along directions that say little about the objects (colour,
+    background). Here image i and its twin 200 + i share their content (16 dimensions) but not a
+    loud nuisance dimension: raw cosines rank by the nuisance, whitened ones find the twin."""
+    rng = np.random.default_rng(4)
+    content = rng.normal(size=(200, 16))
+    def with_nuisance(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x, 10.0 * rng.normal(size=(len(x), 1))], axis=1)
+    raw = unit_rows(np.concatenate([with_nuisance(content), with_nuisance(content + 0.3 * rng.normal(size=(200, 16)))]))
+    keys = [f"img{i}" for i in range(400)]
+    whitened, plain = ImageIndex.build(keys, raw), ImageIndex.build(keys, raw, whiten=False)
+
+    def twin_rate(index: ImageIndex) -> float:
+        found = [row[0].position for row in index.neighbours_batch(list(range(200)), k=1, ceiling=1.0)]
+        return float(np.mean(np.asarray(found) == np.arange(200, 400)))
+
+    print(f"\ntwin found first: whitened {twin_rate(whitened):.2f}, raw {twin_rate(plain):.2f}")
+    assert twin_rate(whitened) > 0.7 and twin_rate(plain) < twin_rate(whitened) - 0.3
+    covariance = np.cov(whitened.embeddings.T)  # close to a multiple of the identity
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.2 * np.diag(covariance).mean()
+    # A query given as a raw embedding is whitened like the indexed ones: image 0 itself comes
+    # first (a cosine of 1 up to rounding, so the ceiling is above 1 here), then the neighbours a query by position finds.
+    by_vector = [n.position for n in whitened.neighbours(raw[0], k=3, ceiling=1.01)]
+    assert by_vector == [0, *[n.position for n in whitened.neighbours(0, k=2, ceiling=1.0)]]
 
 
 def test_a_cluster_of_near_duplicates_is_skipped_by_fetching_more():
@@ -137,7 +164,7 @@ def test_a_cluster_of_near_duplicates_is_skipped_by_fetching_more():
     base = unit_rows(rng.normal(size=(100, 16)))
     near_copies = unit_rows(base[:1] + 0.01 * rng.normal(size=(30, 16)))  # similarity > 0.99 to image 0
     vectors = np.concatenate([base, near_copies])
-    index = ImageIndex.build([f"img{i}" for i in range(len(vectors))], vectors)
+    index = ImageIndex.build([f"img{i}" for i in range(len(vectors))], vectors, whiten=False)
     found = index.neighbours(0, k=5)  # 2k + 1 = 11 candidates at first: all near-copies or itself
     similarities = vectors @ vectors[0]
     expected = [p for p in np.argsort(-similarities).tolist() if similarities[p] <= 0.98][:5]
@@ -153,7 +180,9 @@ def test_save_load_round_trip_gives_identical_neighbours(tmp_path):
     os.rename(tmp_path / "index", tmp_path / "moved")  # the saved paths are relative to the folder
     loaded = ImageIndex.load(str(tmp_path / "moved"))
     assert loaded.keys == keys and loaded.params == index.params
-    np.testing.assert_array_equal(loaded.embeddings, vectors)
+    np.testing.assert_array_equal(loaded.embeddings, index.embeddings)
+    np.testing.assert_array_equal(loaded.whitening.projection, index.whitening.projection)
+    np.testing.assert_array_equal(loaded.prepare(vectors[:3]), index.prepare(vectors[:3]))
     queries = list(range(0, len(vectors), 7))
     assert loaded.neighbours_batch(queries) == index.neighbours_batch(queries)
 

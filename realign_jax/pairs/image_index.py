@@ -6,6 +6,13 @@ neighbours are images the model itself finds alike. `ImageIndex` searches them w
 dot product (= cosine similarity on unit vectors), drops the query image and its
 near-duplicates, and saves beside the records so a builder can be re-run without embedding
 again. `exact_search` is the numpy ground truth that `recall_at_k` measures ScaNN against.
+
+By default the index searches whitened embeddings (`Whitening`): mean-pooled tower features
+share a few dominant directions (colour, background), so raw cosines crowd near 1 and rank
+images by those. On the synthetic world's 6000 images (the SFT base's frozen tower) the
+nearest other image shared an object with the query 23% of the time raw (17% for a random
+pair) and 63% whitened; the mean top-1 cosine fell from 0.98 to 0.68, which also makes the
+near-duplicate ceiling meaningful again.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ BRUTE_FORCE_BELOW = 20_000
 LEAVES_SEARCHED = 0.1  # fraction of the tree's leaves a query visits
 REORDER_FACTOR = 10  # candidates re-scored exactly per neighbour asked for
 _EXACT_CHUNK = 1024  # query rows per numpy matmul in `exact_search`
+WHITEN_SHRINK = 0.01  # added to each covariance eigenvalue, times their mean: tames near-empty directions
 _NORM_TOLERANCE = 1e-3
 
 
@@ -116,6 +124,32 @@ class ImageEmbedder:
             yield np.asarray(previous[0])[: previous[1]]
 
 
+# -- whitening ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Whitening:
+    """x -> unit((x - mean) @ projection): the collection's covariance made (nearly) the
+    identity, so every direction of variation counts alike in the cosine."""
+
+    mean: np.ndarray  # [dim]
+    projection: np.ndarray  # [dim, dim]
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, shrink: float = WHITEN_SHRINK) -> Whitening:
+        """PCA whitening with eigenvalues regularised by `shrink` x their mean."""
+        x = np.asarray(embeddings, np.float64)
+        mean = x.mean(axis=0)
+        centred = x - mean
+        eigenvalues, vectors = np.linalg.eigh(centred.T @ centred / max(1, len(x) - 1))
+        eigenvalues = np.maximum(eigenvalues, 0.0)
+        floor = shrink * eigenvalues.mean() if eigenvalues.mean() > 0 else 1.0
+        return cls(mean.astype(np.float32), (vectors / np.sqrt(eigenvalues + floor)).astype(np.float32))
+
+    def __call__(self, embeddings: np.ndarray) -> np.ndarray:
+        x = (np.asarray(embeddings, np.float32) - self.mean) @ self.projection
+        return (x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 # -- search -------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -175,18 +209,28 @@ Query = int | str | np.ndarray
 
 class ImageIndex:
     """Ordered image keys (e.g. the records' image paths), their unit embeddings and a ScaNN
-    searcher over them. Build with `build`, or `load` a folder written by `save`."""
+    searcher over them. Build with `build`, or `load` a folder written by `save`.
+
+    `embeddings` are the searched vectors: the given ones whitened when `whitening` is set.
+    Queries given as embeddings are the embedder's raw vectors; the index whitens them itself.
+    """
 
     def __init__(self, keys: Sequence[str], embeddings: np.ndarray, params: SearchParams,
-                 searcher: scann_ops_pybind.ScannSearcher):
+                 searcher: scann_ops_pybind.ScannSearcher, whitening: Whitening | None = None):
         self.keys, self.embeddings, self.params, self._searcher = list(keys), embeddings, params, searcher
+        self.whitening = whitening
         self._positions = {key: i for i, key in enumerate(self.keys)}
 
     @classmethod
-    def build(cls, keys: Sequence[str], embeddings: np.ndarray, params: SearchParams | None = None) -> ImageIndex:
-        """Index `embeddings[i]` under `keys[i]`; parameters from `search_params` unless given."""
+    def build(cls, keys: Sequence[str], embeddings: np.ndarray, params: SearchParams | None = None, *,
+              whiten: bool = True) -> ImageIndex:
+        """Index `embeddings[i]` (unit vectors) under `keys[i]`, whitened unless `whiten=False`;
+        parameters from `search_params` unless given."""
         embeddings = np.ascontiguousarray(embeddings, np.float32)
         _check(keys, embeddings, "ImageIndex.build")
+        whitening = Whitening.fit(embeddings) if whiten else None
+        if whitening is not None:
+            embeddings = np.ascontiguousarray(whitening(embeddings))
         params = params if params is not None else search_params(len(keys))
         builder = scann_ops_pybind.builder(embeddings, DEFAULT_K, "dot_product")
         if params.tree:
@@ -195,7 +239,7 @@ class ImageIndex:
                        .reorder(params.reorder_factor * DEFAULT_K))
         else:
             builder = builder.score_brute_force()
-        return cls(keys, embeddings, params, builder.build())
+        return cls(keys, embeddings, params, builder.build(), whitening)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -205,11 +249,20 @@ class ImageIndex:
             raise KeyError(f"image {key!r} is not in the index")
         return self._positions[key]
 
-    def search(self, queries: np.ndarray, count: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Top-`count` positions [q, count] and similarities per query row, best first, nothing
-        excluded. Where the tree's visited leaves hold fewer than `count` points the row ends in
-        position -1, similarity -inf (ScaNN itself pads with position 0 and NaN)."""
+    def prepare(self, queries: np.ndarray) -> np.ndarray:
+        """Raw query embeddings [q, dim] as the index searches them (whitened if it is)."""
         queries = np.ascontiguousarray(queries, np.float32).reshape(-1, self.embeddings.shape[1])
+        return np.ascontiguousarray(self.whitening(queries)) if self.whitening is not None else queries
+
+    def search(self, queries: np.ndarray, count: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-`count` positions [q, count] and similarities per raw query embedding, best first,
+        nothing excluded."""
+        return self._search(self.prepare(queries), count, exact=exact)
+
+    def _search(self, queries: np.ndarray, count: int, *, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """`search` over prepared queries. Where the tree's visited leaves hold fewer than `count`
+        points the row ends in position -1, similarity -inf (ScaNN itself pads with position 0
+        and NaN)."""
         count = min(count, len(self))
         if exact:
             return exact_search(self.embeddings, queries, count)
@@ -243,7 +296,7 @@ class ImageIndex:
         pending = np.arange(len(selves))
         fetch = min(len(self), 2 * k + 1)
         while pending.size:
-            positions, similarities = self.search(vectors[pending], fetch)
+            positions, similarities = self._search(vectors[pending], fetch)
             short = []
             for query, row_positions, row_similarities in zip(pending, positions, similarities, strict=True):
                 kept = [Neighbour(self.keys[p], int(p), float(s))
@@ -262,7 +315,7 @@ class ImageIndex:
         if array.dtype.kind == "f":
             if array.ndim != 2 or array.shape[1] != self.embeddings.shape[1]:
                 raise ValueError(f"query embeddings must be [q, {self.embeddings.shape[1]}], got {array.shape}")
-            return np.full(len(array), -1), array
+            return np.full(len(array), -1), self.prepare(array)
         selves = np.asarray([q if isinstance(q, (int, np.integer)) else self.position(q) for q in queries], np.int64)
         if selves.size and (selves.min() < 0 or selves.max() >= len(self)):
             raise IndexError(f"query positions must lie in [0, {len(self)}), got {selves.min()}..{selves.max()}")
@@ -277,6 +330,11 @@ class ImageIndex:
         os.makedirs(scann_dir)
         self._searcher.serialize(scann_dir, relative_path=True)
         np.save(os.path.join(folder, "embeddings.npy"), self.embeddings)
+        whitening_file = os.path.join(folder, "whitening.npz")
+        if self.whitening is not None:
+            np.savez(whitening_file, mean=self.whitening.mean, projection=self.whitening.projection)
+        elif os.path.exists(whitening_file):
+            os.remove(whitening_file)
         with open(os.path.join(folder, "index.json"), "w", encoding="utf-8") as f:
             json.dump({"keys": self.keys, "params": dataclasses.asdict(self.params)}, f)
 
@@ -289,12 +347,16 @@ class ImageIndex:
             keys, params = meta["keys"], SearchParams(**meta["params"])
             embeddings = np.load(os.path.join(folder, "embeddings.npy"))
             searcher = scann_ops_pybind.load_searcher(os.path.join(folder, "scann"), assets_backcompat_shim=False)
+            whitening = None
+            if os.path.exists(os.path.join(folder, "whitening.npz")):
+                with np.load(os.path.join(folder, "whitening.npz")) as saved:
+                    whitening = Whitening(saved["mean"], saved["projection"])
         except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
             raise ValueError(f"{folder}: not an image index written by ImageIndex.save ({error})") from error
         _check(keys, embeddings, folder)
         if searcher.size() != len(keys):
             raise ValueError(f"{folder}: the ScaNN index holds {searcher.size()} images, index.json {len(keys)}")
-        return cls(keys, embeddings, params, searcher)
+        return cls(keys, embeddings, params, searcher, whitening)
 
 
 def _check(keys: Sequence[str], embeddings: np.ndarray, where: str) -> None:
@@ -314,8 +376,8 @@ def _check(keys: Sequence[str], embeddings: np.ndarray, where: str) -> None:
 
 
 def recall_at_k(index: ImageIndex, queries: np.ndarray, k: int = DEFAULT_K) -> float:
-    """Mean fraction of ScaNN's top-k for each query row that is in the exact top-k (a tie at the
-    k-th place can count against ScaNN)."""
+    """Mean fraction of ScaNN's top-k for each raw query embedding that is in the exact top-k (a
+    tie at the k-th place can count against ScaNN)."""
     found, _ = index.search(queries, k)
     truth, _ = index.search(queries, k, exact=True)
     return float(np.mean([len(set(f[f >= 0]) & set(t)) / t.size for f, t in zip(found, truth, strict=True)]))
