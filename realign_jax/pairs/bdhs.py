@@ -1,0 +1,278 @@
+"""BDHS: rejected answers the model writes itself with the image mostly hidden
+(shared/METHODS.md section 4, arXiv 2407.02477), so the hallucinations come from its own
+language prior rather than from rules or another model.
+
+Each round, for every record still waiting:
+- the ground-truth answer y_w is split into sentences (`split_sentences`, exactly recoverable),
+  each cut after a random word (`cut_sentence`) and completed by the model from the
+  ground-truth sentences before it plus the kept words; all sentences of all records go to the
+  model as one batch. Only the first sentence of each completion is kept, so y~ has y_w's
+  sentences, each rewritten from its cut on.
+- a yes/no answer instead has its verdict flipped with probability `flip_probability` (drawn
+  once per record, so the filter cannot select for flips): the flipped "Yes"/"No" is the kept
+  prefix and the model writes the whole rest of the answer.
+- every image token is hidden from the language model's attention unless its uniform draw
+  is >= rho_th (`Answerer.complete(hide_image_fraction=rho_th)`).
+- y~ is accepted when cos(embed(y~), embed(y_w)) < eps_s; otherwise cuts and masks are drawn
+  again next round. The last of `rounds` rounds writes a whole answer with no prefix
+  (image still hidden) and accepts it.
+
+`BdhsSampler` does this for any `Answerer` (online BDHS can call it with the current policy);
+`build_bdhs` is `pairs.builder=bdhs` of `mode=build_pairs`. Cuts and flips are drawn from the
+record's own stream (seed, record id); masks and samples from (seed, round, ids of the records
+in the call) and the batch a prompt lands in, so the same records with the same batch size, e.g.
+a rebuilt shard, give the same pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from realign_jax.eval.answering import Answerer, Prompt
+from realign_jax.pairs.injection import VERDICT_RE, cased
+from realign_jax.pairs.inputs import image_path, rebase_image
+from realign_jax.pairs.seeds import record_rng, stable_seed
+from realign_jax.pairs.sentence_embedder import SentenceEmbedder
+from realign_jax.pairs.shards import build_in_shards
+
+BUILDER = "bdhs"
+# A sentence ends at . ! or ? (closing quotes/brackets included) followed by whitespace, which
+# stays with the sentence it follows. "e.g. a cup" splits too: harmless, the piece is just short.
+_SENTENCE_END_RE = re.compile(r"[.!?]+[\"')\]]*\s+")
+_WORD_RE = re.compile(r"\S+")
+
+
+def split_sentences(text: str) -> list[str]:
+    """The sentences of `text`, each with the whitespace after it: "".join(result) == text."""
+    pieces, start = [], 0
+    for match in _SENTENCE_END_RE.finditer(text):
+        pieces.append(text[start:match.end()])
+        start = match.end()
+    if start < len(text):
+        pieces.append(text[start:])
+    return pieces
+
+
+def cut_sentence(sentence: str, rng: np.random.Generator) -> tuple[str, str]:
+    """(kept prefix, trailing whitespace) of a sentence cut after a random word.
+
+    The prefix keeps 1..n-1 of its n words, so the model always has at least one word to write
+    and is steered by at least one; a one-word sentence ("Yes.") keeps nothing and is rewritten.
+    """
+    body = sentence.rstrip()
+    words = list(_WORD_RE.finditer(body))
+    keep = int(rng.integers(1, len(words))) if len(words) >= 2 else 0
+    prefix = body[:words[keep - 1].end()] if keep else body[:len(body) - len(body.lstrip())]
+    return prefix, sentence[len(body):]
+
+
+def first_sentence(text: str) -> str:
+    """The first sentence of a completion (the model goes on past the sentence it was given)."""
+    pieces = split_sentences(text)
+    return pieces[0].rstrip() if pieces else ""
+
+
+def flipped_verdict(answer: str) -> str | None:
+    """The answer's opening up to its yes/no verdict, flipped ("Yes, there is..." -> "No"), or
+    None when the answer does not open with a verdict."""
+    verdict = VERDICT_RE.match(answer)
+    if verdict is None:
+        return None
+    word = verdict.group(1)
+    return answer[:verdict.start(1)] + cased(word, "no" if word.lower() == "yes" else "yes")
+
+
+@dataclasses.dataclass(frozen=True)
+class BdhsSettings:
+    """BDHS's knobs (METHODS.md section 4 defaults); errors name the `pairs.` config keys."""
+
+    rho_th: float = 0.99
+    eps_s: float = 0.97
+    rounds: int = 5
+    flip_probability: float = 0.5
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rho_th <= 1.0:
+            raise ValueError(f"pairs.rho_th={self.rho_th} must be in [0, 1] (1 hides every image token)")
+        if self.rounds < 1:
+            raise ValueError(f"pairs.rounds={self.rounds} must be >= 1 (the last round is the unguided one)")
+        if not 0.0 <= self.flip_probability <= 1.0:
+            raise ValueError(f"pairs.flip_probability={self.flip_probability} must be in [0, 1]")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"pairs.max_new_tokens={self.max_new_tokens} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class BdhsResult:
+    """A record's rejected answer and how it was got: `round` is 1-based."""
+
+    text: str
+    round: int
+    similarity: float
+    flipped: bool
+    unguided: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """One completion a draft needs: the model continues `prompt_prefix`; the draft keeps
+    `kept` + the completion (its first sentence unless `whole`) + `tail`."""
+
+    prompt_prefix: str
+    kept: str
+    tail: str
+    whole: bool
+
+
+def draw_flip(answer: str, rng: np.random.Generator, probability: float) -> bool:
+    """Whether the record's yes/no verdict is flipped; never for an answer without one."""
+    return flipped_verdict(answer) is not None and bool(rng.random() < probability)
+
+
+def guided_segments(answer: str, rng: np.random.Generator, flip: bool) -> list[Segment]:
+    """One round's completions for an answer: the rest after its flipped verdict, or every
+    sentence from a fresh random cut."""
+    flipped = flipped_verdict(answer) if flip else None
+    if flipped is not None:
+        return [Segment(flipped.strip(), flipped, "", whole=True)]
+    sentences, segments = split_sentences(answer), []
+    for index, sentence in enumerate(sentences):
+        kept, tail = cut_sentence(sentence, rng)
+        segments.append(Segment(("".join(sentences[:index]) + kept).strip(), kept, tail, whole=False))
+    return segments
+
+
+def _assemble(segments: Sequence[Segment], completions: Sequence[str]) -> str:
+    """The draft: each segment's kept words, its completion (which the Answerer returns with its
+    own leading space, so it joins exactly) and its trailing whitespace."""
+    return "".join(s.kept + (c if s.whole else first_sentence(c)) + s.tail for s, c in zip(segments, completions))
+
+
+class BdhsSampler:
+    """BDHS rejected answers from an `Answerer` (any model: the SFT base, or the current policy)."""
+
+    def __init__(self, answerer: Answerer, embedder: SentenceEmbedder, settings: BdhsSettings,
+                 progress: bool = False):
+        self.answerer, self.embedder, self.settings, self.progress = answerer, embedder, settings, progress
+
+    def rejected(self, records: Sequence[Mapping[str, Any]], images: Sequence[str], seed: int) -> list[BdhsResult]:
+        """One result per record (`id`, `question`, non-empty `chosen`), in order; `images[i]` is
+        the path of record i's image. A record without an id is keyed by its position here."""
+        if len(records) != len(images):
+            raise ValueError(f"BDHS needs one image per record: got {len(records)} records and {len(images)} images")
+        ids = [str(r.get("id", i)) for i, r in enumerate(records)]
+        rngs = [record_rng(seed, record_id) for record_id in ids]
+        flips = [draw_flip(r["chosen"], rng, self.settings.flip_probability) for r, rng in zip(records, rngs)]
+        results: list[BdhsResult | None] = [None] * len(records)
+        pending = list(range(len(records)))
+        for round_index in range(1, self.settings.rounds + 1):
+            if not pending:
+                break
+            unguided = round_index == self.settings.rounds
+            call_seed = stable_seed(seed, round_index, *[ids[i] for i in pending])
+            if unguided:
+                texts = self._unguided(records, images, pending, call_seed, round_index)
+            else:
+                segments = [guided_segments(records[i]["chosen"], rngs[i], flips[i]) for i in pending]
+                texts = self._guided(records, images, pending, segments, call_seed, round_index)
+            similarity = self.embedder.similarity(texts, [records[i]["chosen"] for i in pending])
+            waiting = []
+            for i, text, cosine in zip(pending, texts, similarity):
+                if unguided or cosine < self.settings.eps_s:
+                    results[i] = BdhsResult(text, round_index, float(cosine), flips[i] and not unguided, unguided)
+                else:
+                    waiting.append(i)
+            pending = waiting
+        return results  # type: ignore[return-value]  # the unguided round fills every slot left
+
+    def _complete(self, prompts: Sequence[Prompt], call_seed: int, round_index: int) -> list[str]:
+        s = self.settings
+        return self.answerer.complete(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                      top_p=s.top_p, hide_image_fraction=s.rho_th, seed=call_seed,
+                                      desc=f"bdhs round {round_index}", progress=self.progress)
+
+    def _guided(self, records: Sequence[Mapping[str, Any]], images: Sequence[str], pending: Sequence[int],
+                segments: Sequence[Sequence[Segment]], call_seed: int, round_index: int) -> list[str]:
+        """Every pending record's segments completed in one batch, reassembled per record."""
+        prompts = [Prompt(images[i], records[i]["question"], segment.prompt_prefix)
+                   for i, own in zip(pending, segments) for segment in own]
+        completions = iter(self._complete(prompts, call_seed, round_index))
+        return [_assemble(own, [next(completions) for _ in own]) for own in segments]
+
+    def _unguided(self, records: Sequence[Mapping[str, Any]], images: Sequence[str], pending: Sequence[int],
+                  call_seed: int, round_index: int) -> list[str]:
+        return self._complete([Prompt(images[i], records[i]["question"]) for i in pending], call_seed, round_index)
+
+
+def settings_from_config(pairs: Any) -> BdhsSettings:
+    """The `pairs` section's BDHS keys."""
+    return BdhsSettings(rho_th=pairs.rho_th, eps_s=pairs.eps_s, rounds=pairs.rounds,
+                        flip_probability=pairs.flip_probability, max_new_tokens=pairs.max_new_tokens,
+                        temperature=pairs.temperature, top_p=pairs.top_p)
+
+
+def _usable(record: Mapping[str, Any], counts: Counter) -> bool:
+    """Whether BDHS can rewrite the record; counts why not."""
+    if not str(record.get("chosen") or "").strip():
+        counts["dropped_no_chosen"] += 1
+        return False
+    if not str(record.get("question") or "").strip():
+        counts["dropped_no_question"] += 1
+        return False
+    return True
+
+
+def _count(result: BdhsResult, counts: Counter) -> None:
+    """How the sampler got there, for every record sampled (kept or not)."""
+    counts[f"accepted_round_{result.round}"] += 1
+    counts["flipped_yes_no"] += result.flipped
+    counts["unguided"] += result.unguided
+
+
+def _pair(record: Mapping[str, Any], result: BdhsResult, rho_th: float, counts: Counter) -> dict[str, Any] | None:
+    """The preference record, or None (counted) when the model gave nothing or y_w itself."""
+    _count(result, counts)
+    text = result.text.strip()
+    if not text:
+        counts["dropped_empty_rejected"] += 1
+        return None
+    if text == record["chosen"].strip():
+        counts["dropped_rejected_is_chosen"] += 1
+        return None
+    counts["kept"] += 1
+    provenance = {**(record.get("provenance") or {}), "builder": BUILDER, "round": result.round, "rho_th": rho_th,
+                  "similarity": result.similarity, "flipped": result.flipped, "unguided": result.unguided}
+    return {**record, "rejected": text, "provenance": provenance}
+
+
+def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
+    """`pairs.builder=bdhs`: rejected answers from the model at `model.path` with its image hidden."""
+    pairs, model = config.pairs, config.model
+    settings = settings_from_config(pairs)
+    records = records[:pairs.max_records] if pairs.max_records else records
+    answerer = Answerer.load(model.path, dtype=model.dtype, param_dtype=model.param_dtype,
+                             batch_size=pairs.batch_size)
+    sampler = BdhsSampler(answerer, SentenceEmbedder.load(pairs.sentence_model or None), settings, progress=True)
+
+    def build(part: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
+        usable = [r for r in part if _usable(r, counts)]
+        results = sampler.rejected(usable, [image_path(dict(r), image_root) for r in usable], pairs.seed)
+        built = (_pair(rebase_image(dict(r), image_root, output), res, settings.rho_th, counts)
+                 for r, res in zip(usable, results))
+        return [row for row in built if row is not None]
+
+    manifest = {"builder": BUILDER, "records_path": os.path.abspath(config.data.path),
+                "model": os.path.abspath(model.path), "dtype": model.dtype, "param_dtype": model.param_dtype,
+                "sentence_model": pairs.sentence_model, "seed": pairs.seed, "batch_size": pairs.batch_size,
+                "max_records": pairs.max_records, **dataclasses.asdict(settings)}
+    return build_in_shards(records, output, pairs.shard_size, build, manifest, desc="bdhs")
