@@ -48,7 +48,9 @@ from realign_jax.models.partitioning import (
 DEFAULT_K = 10  # Re-Align tries the top-10 neighbours in order
 DEFAULT_CEILING = 0.98  # similarity above which a neighbour counts as a duplicate of the query
 BRUTE_FORCE_BELOW = 20_000
-LEAVES_SEARCHED = 0.1  # fraction of the tree's leaves a query visits
+LEAVES_SEARCHED = 0.1  # fraction of the tree's leaves a query visits at first (see `_calibrated`)
+TARGET_RECALL = 0.97  # recall@k a tree index is calibrated to reach on a sample of its own images
+_CALIBRATION_QUERIES = 256
 REORDER_FACTOR = 10  # candidates re-scored exactly per neighbour asked for
 _EXACT_CHUNK = 1024  # query rows per numpy matmul in `exact_search`
 WHITEN_SHRINK = 0.01  # added to each covariance eigenvalue, times their mean: tames near-empty directions
@@ -161,6 +163,7 @@ class SearchParams:
     num_leaves: int = 0
     num_leaves_to_search: int = 0
     reorder_factor: int = REORDER_FACTOR
+    target_recall: float = 0.0  # > 0: `ImageIndex.build` raises num_leaves_to_search until reached
 
 
 def search_params(num_images: int, *, brute_force_below: int = BRUTE_FORCE_BELOW) -> SearchParams:
@@ -168,9 +171,11 @@ def search_params(num_images: int, *, brute_force_below: int = BRUTE_FORCE_BELOW
 
     Below ~20k images brute force costs well under a millisecond per query, builds instantly
     and has perfect recall, so approximation buys nothing. Above, ScaNN's own recipe: ~sqrt(n)
-    leaves balance scoring the centroids against scoring the points of the leaves visited;
-    visiting a tenth of them gave recall@10 of 0.97-0.99 on clustered vectors and on the synthetic
-    world's embeddings (benchmarks/image_index.py); AH with 2 dimensions per block and
+    leaves balance scoring the centroids against scoring the points of the leaves visited.
+    Visiting a tenth of them gave recall@10 of 0.97-0.99 on clustered vectors but 0.78 on the
+    world's whitened embeddings (isotropic by design, so the tree's cells cut through
+    neighbourhoods): `ImageIndex.build` therefore starts from a tenth and visits more leaves until
+    a sample of the images reaches `target_recall` against exact search. AH with 2 dimensions per block and
     anisotropic threshold 0.2 is ScaNN's recommended setting for dot products; re-scoring 10x
     the neighbours asked for exactly repairs most of AH's ordering errors.
     `brute_force_below=0` forces the tree on a small set (tests, benchmarks).
@@ -178,7 +183,8 @@ def search_params(num_images: int, *, brute_force_below: int = BRUTE_FORCE_BELOW
     if num_images < brute_force_below:
         return SearchParams(tree=False)
     leaves = max(1, min(num_images, round(math.sqrt(num_images))))
-    return SearchParams(tree=True, num_leaves=leaves, num_leaves_to_search=max(1, math.ceil(leaves * LEAVES_SEARCHED)))
+    return SearchParams(tree=True, num_leaves=leaves, num_leaves_to_search=max(1, math.ceil(leaves * LEAVES_SEARCHED)),
+                        target_recall=TARGET_RECALL)
 
 
 def exact_search(database: np.ndarray, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +245,25 @@ class ImageIndex:
                        .reorder(params.reorder_factor * DEFAULT_K))
         else:
             builder = builder.score_brute_force()
-        return cls(keys, embeddings, params, builder.build(), whitening)
+        index = cls(keys, embeddings, params, builder.build(), whitening)
+        if params.tree and params.target_recall > 0:
+            index.params = index._calibrated()
+        return index
+
+    def _calibrated(self) -> SearchParams:
+        """The fewest leaves to visit (from the configured share up: x1.5 per try) for which
+        recall@k on a fixed sample of the indexed images reaches `target_recall`."""
+        sample = np.random.default_rng(0).choice(len(self), min(_CALIBRATION_QUERIES, len(self)), replace=False)
+        queries = self.embeddings[sample]
+        truth = exact_search(self.embeddings, queries, DEFAULT_K)[0]
+        params = self.params
+        while True:
+            found = self._search(queries, DEFAULT_K)[0]
+            recall = np.mean([len(set(f) & set(t)) / t.size for f, t in zip(found, truth, strict=True)])
+            if recall >= params.target_recall or params.num_leaves_to_search >= params.num_leaves:
+                return params
+            more = min(params.num_leaves, max(params.num_leaves_to_search + 1, math.ceil(params.num_leaves_to_search * 1.5)))
+            self.params = params = dataclasses.replace(params, num_leaves_to_search=more)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -268,7 +292,8 @@ class ImageIndex:
             return exact_search(self.embeddings, queries, count)
         if not len(queries):  # ScaNN fails a batch of no queries
             return np.zeros((0, count), np.int64), np.zeros((0, count), np.float32)
-        reorder = {"pre_reorder_num_neighbors": self.params.reorder_factor * count} if self.params.tree else {}
+        reorder = ({"pre_reorder_num_neighbors": self.params.reorder_factor * count,
+                    "leaves_to_search": self.params.num_leaves_to_search} if self.params.tree else {})
         positions, similarities = self._searcher.search_batched_parallel(queries, final_num_neighbors=count, **reorder)
         missing = np.isnan(similarities)
         return np.where(missing, -1, positions.astype(np.int64)), np.where(missing, -np.inf, similarities)
