@@ -40,6 +40,27 @@ def rich_record(i):
         "chosen": -1.0 - i, "rejected": -2.0 - i, "chosen_alt_image": -3.0}}
 
 
+def test_a_folder_of_jsonl_shards_reads_as_one_source(tmp_path):
+    """A pair builder's output folder is a training source as it is: its shards in name order,
+    errors naming the shard and the record in it, images relative to the shard's folder."""
+    write_dataset(tmp_path, [])
+    shards = tmp_path / "pairs"
+    shards.mkdir()
+    for name, ids in (("pairs-00001-of-00002.jsonl", (2, 3, 4)), ("pairs-00000-of-00002.jsonl", (0, 1))):
+        rows = [good_record(i) | {"image": f"../img{i % 4}.png", "rejected_image": "../img0.png"} for i in ids]
+        (shards / name).write_text("".join(json.dumps(r) + "\n" for r in rows) + ("{broken\n" if ids[0] else ""))
+    (shards / "pairs-00001-of-00002.jsonl.counts.json").write_text("{}")  # sidecars are not records
+    source = open_source({"source": "jsonl", "path": str(shards)})
+    assert len(source) == 6 and [source[i].id for i in range(5)] == ["r0", "r1", "r2", "r3", "r4"]
+    assert os.path.isfile(source[3].image) and os.path.samefile(source[3].image, tmp_path / "img3.png")
+    assert source.where(5) == f"{shards / 'pairs-00001-of-00002.jsonl'}:record 3"
+    with pytest.raises(BadRecord, match=r"pairs-00001-of-00002.jsonl:record 3: field '<json>'"):
+        source[5]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no .jsonl files"):
+        JsonlSource(str(tmp_path / "empty"))
+
+
 def test_convert_embeds_images_and_reads_back_the_same_examples(tokenizer, tmp_path):
     path = write_dataset(tmp_path, [rich_record(i) for i in range(5)])
     jsonl = JsonlSource(path)

@@ -22,30 +22,36 @@ from realign_jax.data.records import BadRecord, Record, from_json
 
 
 class JsonlSource:
+    """One JSONL file, or every `*.jsonl` of a folder in name order (a pair builder's shards:
+    `data.path=<pairs.output>`). Relative image paths resolve against `image_root`, by default
+    the folder of the file the record is in."""
+
     def __init__(self, path: str, image_root: str | None = None):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"data.path={path!r}: no such file")
-        self.path = path
-        self.image_root = image_root if image_root is not None else os.path.dirname(os.path.abspath(path))
-        self._offsets: list[int] = []
-        with open(path, "rb") as f:
-            offset = 0
-            for line in f:
-                if line.strip():
-                    self._offsets.append(offset)
-                offset += len(line)
+        self.files = _jsonl_files(path)
+        self.image_root = image_root
+        self._offsets: list[tuple[int, int, int]] = []  # (file, byte offset, record in file) of each record
+        for number, file in enumerate(self.files):
+            with open(file, "rb") as f:
+                offset, in_file = 0, 0
+                for line in f:
+                    if line.strip():
+                        self._offsets.append((number, offset, in_file))
+                        in_file += 1
+                    offset += len(line)
         if not self._offsets:
-            raise ValueError(f"data.path={path!r}: the file has no records")
+            raise ValueError(f"data.path={path!r}: no records in {len(self.files)} file(s)")
 
     def __len__(self) -> int:
         return len(self._offsets)
 
     def where(self, index: int) -> str:
-        return f"{self.path}:record {index}"
+        number, _, in_file = self._offsets[index]
+        return f"{self.files[number]}:record {in_file}"
 
     def __getitem__(self, index: int) -> Record:
-        with open(self.path, "rb") as f:
-            f.seek(self._offsets[index])
+        number, offset, _ = self._offsets[index]
+        with open(self.files[number], "rb") as f:
+            f.seek(offset)
             line = f.readline()
         where = self.where(index)
         try:
@@ -53,13 +59,26 @@ class JsonlSource:
         except json.JSONDecodeError as error:
             raise BadRecord(where, "<json>", f"not valid JSON ({error.msg} at column {error.colno})") from None
         record = from_json(obj, where)
-        return dataclasses.replace(record, image=self._resolve(record.image),
-                                   rejected_image=self._resolve(record.rejected_image))
+        root = self.image_root if self.image_root is not None else os.path.dirname(os.path.abspath(self.files[number]))
+        return dataclasses.replace(record, image=_resolve(record.image, root),
+                                   rejected_image=_resolve(record.rejected_image, root))
 
-    def _resolve(self, image: str | bytes | None) -> str | bytes | None:
-        if isinstance(image, str) and not os.path.isabs(image):
-            return os.path.join(self.image_root, image)
-        return image
+
+def _jsonl_files(path: str) -> list[str]:
+    if os.path.isdir(path):
+        files = sorted(os.path.join(path, name) for name in os.listdir(path) if name.endswith(".jsonl"))
+        if not files:
+            raise FileNotFoundError(f"data.path={path!r}: the folder holds no .jsonl files")
+        return files
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data.path={path!r}: no such file")
+    return [path]
+
+
+def _resolve(image: str | bytes | None, root: str) -> str | bytes | None:
+    if isinstance(image, str) and not os.path.isabs(image):
+        return os.path.join(root, image)
+    return image
 
 
 def open_source(data: Mapping[str, Any]) -> Any:
