@@ -82,3 +82,21 @@ def test_preprocessed_pixels_are_c_contiguous_with_and_without_noise():
     clean = image_ops.preprocess(picture, SPEC)
     noisy = image_ops.preprocess(picture, SPEC, lambda x: image_noise.diffuse(x, 10, np.random.default_rng(0)))
     assert clean.flags.c_contiguous and noisy.flags.c_contiguous and clean.dtype == noisy.dtype == np.float32
+
+
+def test_argmax_scoring_needs_no_noisy_text(tokenizer, tmp_path):
+    """POVID's argmax scoring replaces the noisy row's tokens inside the step, so a pair with
+    only chosen and rejected (what configs/povid_pairs.py writes) encodes, the noisy row being
+    the chosen row; without the argmax the noisy text is required."""
+    path = write_dataset(tmp_path, [good_record(0)])
+    record = JsonlSource(path)[0]
+    assert record.rejected_noisy is None
+    kinds = ("chosen", "rejected", "rejected_noisy")
+    argmax = ExampleEncoder(tokenizer, SPEC, EncoderConfig(kinds=kinds, num_images=2, seq_len=64, num_image_tokens=16,
+                                                           second_image="noised"))
+    example = argmax.encode(record, "r", np.random.default_rng(0))
+    np.testing.assert_array_equal(example["input_ids"][2], example["input_ids"][0])
+    np.testing.assert_array_equal(example["loss_mask"][2], example["loss_mask"][0])
+    batch = ExampleEncoder(tokenizer, SPEC, EncoderConfig(kinds=kinds, num_images=1, seq_len=64, num_image_tokens=16))
+    with pytest.raises(BadRecord, match="field 'rejected_noisy': is required"):
+        batch.encode(record, "r")
