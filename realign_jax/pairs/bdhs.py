@@ -195,6 +195,16 @@ class BdhsSampler:
             pending = waiting
         return results  # type: ignore[return-value]  # the unguided round fills every slot left
 
+    def pairs(self, records: Sequence[Mapping[str, Any]], image_root: str, output: str, seed: int,
+              counts: Counter) -> list[dict[str, Any]]:
+        """Preference records for those of `records` BDHS can rewrite (the rest counted in
+        `counts`), images relative to `output`, where they will be written."""
+        usable = [r for r in records if _usable(r, counts)]
+        results = self.rejected(usable, [image_path(dict(r), image_root) for r in usable], seed)
+        built = (_pair(rebase_image(dict(r), image_root, output), res, self.settings.rho_th, counts)
+                 for r, res in zip(usable, results))
+        return [row for row in built if row is not None]
+
     def _complete(self, prompts: Sequence[Prompt], call_seed: int, round_index: int) -> list[str]:
         s = self.settings
         return self.answerer.complete(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
@@ -265,11 +275,7 @@ def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, 
     sampler = BdhsSampler(answerer, SentenceEmbedder.load(pairs.sentence_model or None), settings, progress=True)
 
     def build(part: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
-        usable = [r for r in part if _usable(r, counts)]
-        results = sampler.rejected(usable, [image_path(dict(r), image_root) for r in usable], pairs.seed)
-        built = (_pair(rebase_image(dict(r), image_root, output), res, settings.rho_th, counts)
-                 for r, res in zip(usable, results))
-        return [row for row in built if row is not None]
+        return sampler.pairs(part, image_root, output, pairs.seed, counts)
 
     manifest = {"builder": BUILDER, "records_path": os.path.abspath(config.data.path),
                 "model": os.path.abspath(model.path), "dtype": model.dtype, "param_dtype": model.param_dtype,

@@ -1,7 +1,7 @@
 """The training loop behind `mode=train` and `mode=sft`: data -> step -> metrics + checkpoints.
 
 It resumes from the newest checkpoint in `<workdir>/checkpoints` (parameters, optimiser,
-step, RNG and the data iterator), saves every `train.checkpoint_every` steps, at the end and
+step, RNG and the data iterator: Grain's, or online BDHS's rounds, train/online_bdhs.py), saves every `train.checkpoint_every` steps, at the end and
 when the process receives SIGTERM (TPU preemption), and exports the merged model in
 Hugging Face format at the end.
 """
@@ -71,7 +71,13 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     trainer = Trainer(settings)
     state = trainer.init_state()
     bad_records = pipeline.BadRecordCounter()
-    iterator = iter(make_dataset(config.data, settings, trainer.model_config))
+    if config.get("online_bdhs") and config.online_bdhs.every:
+        from realign_jax.train.online_bdhs import OnlineBdhsBatches
+
+        # The lambda reads `state` when a round starts: the policy as trained up to then.
+        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir, lambda: trainer.policy(state))
+    else:
+        iterator = iter(make_dataset(config.data, settings, trainer.model_config))
     # The random smoke-test pairs always run at seq_len; record sources pad to length buckets.
     buckets = pipeline.parse_buckets(config.data.length_buckets if config.data.source != "random" else "",
                                      config.data.seq_len)
