@@ -134,7 +134,8 @@ def parse(config: Any) -> TrainSettings:
         raise ValueError(f"data.truncation={data.truncation!r}: choose one of {TRUNCATION}")
     model = config.model.to_dict()
     if not model.get("path") and not model.get("preset"):
-        raise ValueError("model.path or model.preset must be set")
+        raise ValueError("model.path is empty and there is no model.preset to build a random model from: give "
+                         "the Hugging Face folder of the model to start from")
     return TrainSettings(
         objective=objective, layout=layout, loss=loss, lora=lora_config, optim=optim_config,
         mesh=MeshSettings(mesh.data, mesh.fsdp, mesh.tensor, _parse_rules(mesh.rules)), reference=reference,
