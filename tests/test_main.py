@@ -130,3 +130,20 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert len(steps) == 1 and steps[0] == logged[-1] >= 3
+
+
+@pytest.mark.parametrize("config_file,arg", [("povid_train", None), ("povid_train", "noise"), ("bdhs_train", "online"),
+                                             ("realign_pairs", None), ("bdhs_pairs", None)])
+def test_configs_that_align_a_trained_model_require_its_path(tmp_path, config_file, arg):
+    """They start from a trained model: without model.path they stop at once, naming the key,
+    before a world is generated or anything is built."""
+    import importlib
+
+    from realign_jax.main import run
+
+    sys.path.insert(0, os.path.join(REPO, "configs"))
+    config = importlib.import_module(config_file).get_config(arg)
+    config.data.path = str(tmp_path / "records.jsonl")  # keeps the pair builders off the world
+    with pytest.raises(ValueError, match="model.path is empty"):
+        run(config, str(tmp_path / "work"))
+    assert not os.path.exists(tmp_path / "work" / "world") and not os.path.exists(tmp_path / "work" / "checkpoints")
