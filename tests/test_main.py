@@ -133,6 +133,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
 
 
 @pytest.mark.parametrize("config_file,arg", [("povid_train", None), ("povid_train", "noise"), ("bdhs_train", "online"),
+                                             ("realign_train", None),
                                              ("realign_pairs", None), ("bdhs_pairs", None)])
 def test_configs_that_align_a_trained_model_require_its_path(tmp_path, config_file, arg):
     """They start from a trained model: without model.path they stop at once, naming the key,
