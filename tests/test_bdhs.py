@@ -224,3 +224,19 @@ def test_settings_errors_name_the_key(world: Path, tmp_path: Path) -> None:
         BdhsSettings(rho_th=1.5)
     with pytest.raises(ValueError, match="pairs.rounds=0"):
         BdhsSettings(rounds=0)
+
+
+def test_runs_on_your_own_jsonl_and_image_folder(world: Path, checkpoint: str, tmp_path: Path) -> None:
+    from test_realign_builder import own_data
+
+    data = own_data(world, tmp_path / "data", 6)
+    config = config_for(world, checkpoint, max_records=0)
+    config.data.path = str(data / "meta" / "sft.jsonl")
+    config.data.image_root = str(data)
+    run(config, str(tmp_path / "work"))
+    pairs_dir = tmp_path / "work" / "pairs"
+    pairs = read_pairs(pairs_dir)
+    assert len(pairs) >= 5 and not (tmp_path / "work" / "world").exists()
+    for row in pairs:
+        assert os.path.samefile(pairs_dir / row["image"], data / "photos" / os.path.basename(row["image"]))
+        assert row["rejected"] != row["chosen"] and "rejected_image" not in row

@@ -19,6 +19,12 @@ def test_schedule_matches_the_formula():
     expected = np.cumprod(1 - np.array(betas))
     np.testing.assert_allclose(image_noise.alphas_cumprod(), expected, rtol=1e-12)
     assert 0 < image_noise.alphas_cumprod()[500] < image_noise.alphas_cumprod()[0] < 1
+    # POVID's t = 500: x_t = 0.863 x0 + 0.505 eps.
+    abar = image_noise.alphas_cumprod()[500]
+    assert np.sqrt(abar) == pytest.approx(0.863, abs=5e-4) and np.sqrt(1 - abar) == pytest.approx(0.505, abs=5e-4)
+    x0, eps = np.full((1, 2, 2), 0.5, np.float32), np.random.default_rng(3).standard_normal((1, 2, 2), np.float32)
+    noisy = image_noise.diffuse(x0, 500, np.random.default_rng(3))  # draws the same eps from the same stream
+    np.testing.assert_allclose(noisy, 0.863017 * x0 + 0.505175 * eps, atol=1e-5)
 
 
 def test_diffuse_has_the_forward_process_statistics():

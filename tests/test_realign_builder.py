@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import shutil
 import os
 import sys
 import threading
@@ -282,3 +283,35 @@ def test_tau_below_minus_one_drops_all_with_the_llm_masker(world: Path, checkpoi
     assert tried(counts) + counts.get("empty_fills", 0) == (RECORDS - 1) * K
     histogram = json.loads((tmp_path / "pairs" / HISTOGRAM_FILE).read_text())
     assert sum(histogram["tried"]) == tried(counts) and sum(histogram["accepted"]) == 0
+
+
+def own_data(world: Path, root: Path, count: int) -> Path:
+    """The world's first captions as a user's data: a JSONL in one folder, images under
+    another (`data.image_root`), a synonym table of their own."""
+    (root / "photos").mkdir(parents=True)
+    records = read_records(str(world / "train" / "captions.jsonl"))[:count]
+    lines = []
+    for record in records:
+        name = os.path.basename(record["image"])
+        shutil.copy(world / "train" / record["image"], root / "photos" / name)
+        lines.append(json.dumps({"id": record["id"], "image": f"photos/{name}", "question": record["question"],
+                                 "chosen": record["chosen"]}))
+    (root / "meta").mkdir()
+    (root / "meta" / "sft.jsonl").write_text("\n".join(lines) + "\n")
+    shutil.copy(world / "synonyms.txt", root / "meta" / "objects.txt")
+    return root
+
+
+def test_runs_on_your_own_jsonl_and_image_folder(world: Path, checkpoint: str, tmp_path: Path) -> None:
+    data = own_data(world, tmp_path / "data", 10)
+    config = config_for(world, checkpoint, tau=1.01, max_records=0)
+    config.data.path = str(data / "meta" / "sft.jsonl")
+    config.data.image_root = str(data)
+    config.pairs.synonyms = str(data / "meta" / "objects.txt")
+    run(config, str(tmp_path / "work"))
+    pairs_dir = tmp_path / "work" / "pairs"
+    pairs = read_pairs(pairs_dir)
+    assert len(pairs) >= 8 and not (tmp_path / "work" / "world").exists()
+    for row in pairs:
+        assert os.path.samefile(pairs_dir / row["image"], data / "photos" / os.path.basename(row["image"]))
+        assert os.path.isfile(pairs_dir / row["rejected_image"]) and row["rejected_image"] != row["image"]
