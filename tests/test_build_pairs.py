@@ -95,3 +95,41 @@ def test_bad_settings_name_the_key(world: Path, tmp_path: Path) -> None:
     config.pairs.synonyms = str(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="pairs.synonyms="):
         run(config, str(tmp_path))
+
+
+def test_llm_injector_through_a_local_endpoint(world: Path, tmp_path: Path) -> None:
+    """pairs.injector=llm sends each answer to an OpenAI-compatible server (a real one on
+    localhost here); a reply that repeats the answer drops the record, counted."""
+    import http.server
+    import json
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            answer = body["messages"][-1]["content"].split("Answer: ", 1)[1]
+            reply = answer if answer.startswith("No") else answer.rstrip(".") + " and a purple dragon."
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(json.dumps({"choices": [{"message": {"content": reply}}]}).encode())
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = config_for(world)
+        config.pairs.injector = "llm"
+        config.pairs.llm.base_url, config.pairs.llm.model = f"http://127.0.0.1:{server.server_address[1]}/v1", "m"
+        run(config, str(tmp_path))
+    finally:
+        server.shutdown()
+    rows = read_pairs(tmp_path / "pairs")
+    sources = read_records(str(world / "train" / "sft.jsonl"))
+    refused = sum(r["chosen"].startswith("No") for r in sources)
+    assert refused > 0 and len(rows) == len(sources) - refused
+    assert all(r["rejected"].endswith("and a purple dragon.") and r["provenance"]["builder"] == "povid_llm" for r in rows)
+    config.pairs.llm.base_url = "http://127.0.0.1:9/v1"  # nothing listens there
+    with pytest.raises(ValueError, match="injection LLM at http://127.0.0.1:9/v1/chat/completions failed"):
+        run(config, str(tmp_path / "unreachable"))

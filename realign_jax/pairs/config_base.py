@@ -36,3 +36,14 @@ def pairs_config(builder: str, *, world_records: str, model: bool) -> ml_collect
         config.pairs.batch_size = 32  # prompts per generation batch
         config.pairs.max_records = 0  # the first N records only; 0 = all
     return config
+
+
+def llm_config() -> ml_collections.ConfigDict:
+    """`pairs.llm`: the OpenAI-compatible endpoint of a builder's optional LLM step (pairs/llm.py)."""
+    llm = ml_collections.ConfigDict()
+    llm.base_url = ""  # e.g. http://localhost:8000/v1
+    llm.model = ""
+    llm.api_key_env = ""  # name of the environment variable holding the key; empty = none
+    llm.timeout = 60.0  # seconds per request
+    llm.workers = 4  # requests in flight at once
+    return llm

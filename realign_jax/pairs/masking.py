@@ -23,17 +23,14 @@ does) and accepts a reply only when it is a masking of the answer (`MaskedAnswer
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import json
-import os
 import re
-import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from realign_jax.eval.chair import load_synonyms
 from realign_jax.pairs.injection import COLOR_WORDS, SIZE_WORDS, Lexicon, ParsedAnswer
+from realign_jax.pairs.llm import ChatEndpoint
 
 MASK = "[MASK]"
 ATTRIBUTE_WORDS = COLOR_WORDS | SIZE_WORDS
@@ -176,66 +173,25 @@ LLM_INSTRUCTIONS = (
     "Reply with the masked answer only.")
 
 
-@dataclasses.dataclass(frozen=True)
 class LLMMasker:
-    """Masks from an OpenAI-compatible `POST {base_url}/chat/completions` (stdlib HTTP only).
-
-    A reply that is not a masking of the answer gives None (the builder counts
-    `dropped_bad_llm_mask`); a failed request or a reply without a message raises naming the record.
-    """
-
-    base_url: str
-    model: str
-    api_key: str = ""  # sent as a bearer token when set
-    timeout: float = 60.0
-    workers: int = 4  # requests in flight at once
+    """Masks from an OpenAI-compatible chat endpoint (pairs/llm.py). A reply that is not a
+    masking of the answer gives None (the builder counts `dropped_bad_llm_mask`); a failed
+    request or a reply without a message raises naming the record."""
 
     name = "llm"
     drop_reason = "bad_llm_mask"
 
+    def __init__(self, endpoint: ChatEndpoint):
+        self.endpoint = endpoint
+
     @classmethod
     def from_config(cls, llm: Any) -> LLMMasker:
-        """From `pairs.llm`; the API key is read from the environment variable `llm.api_key_env` names."""
-        if not llm.base_url or not llm.model:
-            raise ValueError("pairs.masker='llm' needs pairs.llm.base_url and pairs.llm.model (an OpenAI-compatible "
-                             "endpoint such as http://localhost:8000/v1 and its model name)")
-        api_key = ""
-        if llm.api_key_env:
-            api_key = os.environ.get(llm.api_key_env, "")
-            if not api_key:
-                raise ValueError(f"pairs.llm.api_key_env={llm.api_key_env!r}: that environment variable is not set")
-        if llm.workers < 1:
-            raise ValueError(f"pairs.llm.workers={llm.workers} must be >= 1")
-        return cls(llm.base_url, llm.model, api_key, float(llm.timeout), int(llm.workers))
+        return cls(ChatEndpoint.from_config(llm, "pairs.masker='llm'"))
 
     def mask(self, record: Mapping[str, Any]) -> MaskedAnswer | None:
-        return MaskedAnswer.parse(record["chosen"], self._reply(record).strip())
+        user = f"Question: {record.get('question', '')}\nAnswer: {record['chosen']}"
+        reply = self.endpoint.ask(LLM_INSTRUCTIONS, user, str(record.get("id", "?")), "masking")
+        return MaskedAnswer.parse(record["chosen"], reply.strip())
 
     def mask_all(self, records: Sequence[Mapping[str, Any]]) -> list[MaskedAnswer | None]:
-        with concurrent.futures.ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(self.mask, records))
-
-    def _reply(self, record: Mapping[str, Any]) -> str:
-        user = f"Question: {record.get('question', '')}\nAnswer: {record['chosen']}"
-        body = {"model": self.model, "temperature": 0.0,
-                "messages": [{"role": "system", "content": LLM_INSTRUCTIONS}, {"role": "user", "content": user}]}
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        url = self.base_url.rstrip("/") + "/chat/completions"
-        request = urllib.request.Request(url, json.dumps(body).encode("utf-8"), headers, method="POST")
-        where = f"record {record.get('id', '?')!r}: masking LLM at {url}"
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                reply = json.loads(response.read().decode("utf-8"))
-        except OSError as error:  # URLError, HTTPError and timeouts included
-            raise ValueError(f"{where} failed ({error})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{where} replied with something that is not JSON ({error})") from None
-        try:
-            content = reply["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            content = None
-        if isinstance(content, str):
-            return content
-        raise ValueError(f"{where} replied without choices[0].message.content: {str(reply)[:200]}")
+        return self.endpoint.map(self.mask, records)
