@@ -20,27 +20,13 @@ evaluate it with configs/eval_world.py.
 
 import ml_collections
 
-from realign_jax.train.config_base import training_config
+from realign_jax.train.config_base import aligning_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg not in (None, "online"):
         raise ValueError(f"configs/bdhs_train.py:{arg}: choose nothing (offline) or 'online'")
-    config = training_config(mode="train", loss="dpo")
-    config.model.path = ""  # required: the SFT base (its export)
-    config.model.preset = ""  # no random model: BDHS aligns a trained one
-    config.data.source = "jsonl"
-    config.data.path = ""  # required: offline the pairs folder of configs/bdhs_pairs.py, online SFT records
-    config.data.seq_len = 128
-    config.data.length_buckets = "64,96"
-    config.train.batch_size = 16
-    config.train.steps = 300
-    config.train.log_every = 25
-    config.train.checkpoint_every = 100
-    config.optim.lr = 5e-4
-    config.optim.lr_groups = ""
-    config.train.trainable = ""  # LoRA only
-
+    config = aligning_config("dpo")
     config.online_bdhs = ml_collections.ConfigDict()
     config.online_bdhs.every = 25 if arg == "online" else 0  # steps per sampling round; 0 = offline pairs
     config.online_bdhs.rho_th = 0.99

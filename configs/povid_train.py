@@ -25,7 +25,7 @@ Expected: each stage prints its final loss and reward accuracy and exports to
 
 import ml_collections
 
-from realign_jax.train.config_base import training_config
+from realign_jax.train.config_base import aligning_config
 
 STAGES = {"dpo": "dpo", "noise": "povid"}  # stage -> loss
 
@@ -34,19 +34,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     stage = arg or "dpo"
     if stage not in STAGES:
         raise ValueError(f"configs/povid_train.py:{stage}: choose a stage from {sorted(STAGES)}")
-    config = training_config(mode="train", loss=STAGES[stage])
-    config.model.path = ""  # required: stage 1 the SFT base, stage 2 stage 1's export
-    config.model.preset = ""  # no random model: POVID aligns a trained one
-    config.data.source = "jsonl"
-    config.data.path = ""  # required: the pairs folder (or one shard) of configs/povid_pairs.py
-    config.data.seq_len = 128
-    config.data.length_buckets = "64,96"
+    config = aligning_config(STAGES[stage])
     config.loss.noisy_scoring = "argmax" if stage == "noise" else "batch"
-    config.train.batch_size = 16
-    config.train.steps = 300
-    config.train.log_every = 25
-    config.train.checkpoint_every = 100
-    config.optim.lr = 5e-4
-    config.optim.lr_groups = ""  # LoRA only: the projector stays as the base left it
-    config.train.trainable = ""
     return config

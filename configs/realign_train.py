@@ -18,23 +18,9 @@ and the merged model in `<workdir>/export`; evaluate it with configs/eval_world.
 
 import ml_collections
 
-from realign_jax.train.config_base import training_config
+from realign_jax.train.config_base import aligning_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = training_config(mode="train", loss="rdpo")
-    config.model.path = ""  # required: the SFT base (its export)
-    config.model.preset = ""  # no random model: Re-Align aligns a trained one
-    config.data.source = "jsonl"
-    config.data.path = ""  # required: the pairs folder (or one shard) of configs/realign_pairs.py
-    config.data.seq_len = 128
-    config.data.length_buckets = "64,96"
-    config.train.batch_size = 16
-    config.train.steps = 300
-    config.train.log_every = 25
-    config.train.checkpoint_every = 100
-    config.optim.lr = 5e-4
-    config.optim.lr_groups = ""
-    config.train.trainable = ""  # LoRA only
-    return config
+    return aligning_config("rdpo")

@@ -103,3 +103,24 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     config.train.profile_start = 3  # --xla: trace steps [start, start + steps)
     config.train.profile_steps = 3
     return config
+
+
+def aligning_config(loss: str) -> ml_collections.ConfigDict:
+    """`mode=train` of a trained model on a pair builder's output (configs/*_train.py): no
+    random model (model.path is required), LoRA only, the pairs folder as a JSONL source, and
+    step counts and lengths sized for the synthetic world's base model."""
+    config = training_config(mode="train", loss=loss)
+    config.model.path = ""  # required: the model to align (its Hugging Face folder)
+    config.model.preset = ""  # no random model
+    config.data.source = "jsonl"
+    config.data.path = ""  # required: a pairs folder (or one shard) of configs/*_pairs.py
+    config.data.seq_len = 128
+    config.data.length_buckets = "64,96"
+    config.train.batch_size = 16
+    config.train.steps = 300
+    config.train.log_every = 25
+    config.train.checkpoint_every = 100
+    config.optim.lr = 5e-4
+    config.optim.lr_groups = ""
+    config.train.trainable = ""  # LoRA only
+    return config
