@@ -28,17 +28,9 @@ rejected captions score CHAIR_i 0.182, so hiding the image more than doubles the
 
 import ml_collections
 
-from realign_jax.pairs.config_base import pairs_config
+from realign_jax.pairs.config_base import bdhs_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pairs_config("bdhs", world_records="captions", model=True)
-    config.pairs.rho_th = 0.99  # an image token stays visible only when its U(0,1) draw is >= rho_th
-    config.pairs.eps_s = 0.97  # accept a rewrite when cos(embed(rewrite), embed(chosen)) < eps_s
-    config.pairs.rounds = 5  # attempts per record; the last is a whole answer with no prefix
-    config.pairs.flip_probability = 0.5  # a yes/no answer is rewritten from its flipped verdict
-    config.pairs.max_new_tokens = 64  # per completion (a sentence, or the rest of the answer)
-    config.pairs.temperature = 0.0  # 0 = greedy: the hidden-image model's most likely words
-    config.pairs.top_p = 1.0
-    return config
+    return bdhs_pairs_config()

@@ -21,16 +21,9 @@ is 0.000 for the chosen and 0.173 for the rejected answers (CHAIR_s 0.000 and 0.
 
 import ml_collections
 
-from realign_jax.pairs.config_base import llm_config, pairs_config
+from realign_jax.pairs.config_base import povid_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pairs_config("povid", world_records="sft", model=False)
-    config.pairs.injector = "rules"  # rules (statistics of the data itself) | llm (an OpenAI-compatible endpoint)
-    config.pairs.synonyms = ""  # CHAIR synonyms.txt; empty = the world's (next to the split folder)
-    config.pairs.kinds = "object,attribute,relation,count,verdict"
-    config.pairs.max_edits = 2  # edits per rejected answer: 1..max_edits
-    config.pairs.shard_size = 5000  # records per output shard: the unit a rerun skips
-    config.pairs.llm = llm_config()  # pairs.injector=llm only
-    return config
+    return povid_pairs_config()

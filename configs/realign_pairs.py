@@ -35,22 +35,9 @@ Measured on the default world with its SFT base model, 1000 caption records
 
 import ml_collections
 
-from realign_jax.pairs.config_base import llm_config, pairs_config
+from realign_jax.pairs.config_base import realign_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pairs_config("realign", world_records="captions", model=True)
-    config.pairs.k = 10  # neighbours tried per record, most similar first
-    config.pairs.tau = 0.95  # accept a refill when cos(embed(refill), embed(chosen)) < tau
-    config.pairs.ceiling = 0.98  # neighbours more similar than this count as duplicates: never retrieved
-    config.pairs.whiten = True  # search whitened tower embeddings (pairs/image_index.py says why)
-    config.pairs.masker = "rules"  # rules (synonym table + attribute/relation words) | llm
-    config.pairs.synonyms = ""  # CHAIR synonyms.txt for the rules masker; empty = the world's
-    config.pairs.llm = llm_config()  # pairs.masker=llm only
-    config.pairs.max_fill_tokens = 24  # generated per mask; the fill is cut to the span's words + 3
-    config.pairs.temperature = 0.0  # 0 = greedy refills
-    config.pairs.batch_size = 64  # prompts per generation batch, images per embedding batch
-    config.pairs.max_records = 0  # the first N records only (all records' images are still indexed); 0 = all
-    config.pairs.seed = 0  # sampling seed when temperature > 0
-    return config
+    return realign_pairs_config()

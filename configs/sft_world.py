@@ -25,35 +25,8 @@ yes-ratio 0.47, adversarial F1 0.70 and yes-ratio 0.56 (yes on absent companions
 
 import ml_collections
 
-from realign_jax.train.config_base import training_config
-
-
-STAGES = {"captions": 3000, "grounding": 4000}  # stage -> steps
+from realign_jax.train.config_base import world_sft_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    stage = arg or "captions"
-    if stage not in STAGES:
-        raise ValueError(f"configs/sft_world.py:{stage}: choose a stage from {sorted(STAGES)}")
-    config = training_config(mode="sft")
-    config.world = ml_collections.ConfigDict()
-    config.world.dir = ""  # empty = <workdir>/world
-    config.world.seed = 0
-    config.world.num_train_images = 6000
-    config.world.num_eval_images = 500
-    config.world.image_size = 32  # = model vision.image_size
-    config.world.companion_probability = 0.9
-    config.world.records = stage  # which of the world's train files: captions | grounding | sft
-
-    config.data.source = "jsonl"
-    config.data.path = ""  # empty = the world's train/<world.records>.jsonl
-    config.data.seq_len = 128
-    config.data.length_buckets = "64,96"
-    config.train.batch_size = 32
-    config.train.steps = STAGES[stage]
-    config.train.log_every = 50
-    config.train.checkpoint_every = 1000
-    config.optim.lr = 3e-3
-    config.optim.warmup_ratio = 0.02
-    config.train.trainable = r"^(projector|decoder)\."  # the tower stays frozen (see above)
-    return config
+    return world_sft_config(arg or "captions")

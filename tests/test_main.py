@@ -44,7 +44,7 @@ def _cli(*args):
     ("--config.generate.foo=1", "unknown config key"),
     ("--config.generate.max_new_tokens=abc", "max_new_tokens"),
     ("--config.generate.top_p=0", "top_p"),
-    ("--config.mode=pipeline", "not implemented yet"),
+    ("--config.mode=pipeline", "needs the config sections ['world', 'sft', 'pairs', 'align', 'eval']"),
     ("--config.mode=eval", "needs the config sections ['eval']; start from configs/eval_world.py"),
 ])
 def test_bad_config_is_one_line(tmp_path, override, message):

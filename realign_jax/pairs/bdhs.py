@@ -27,6 +27,7 @@ a rebuilt shard, give the same pairs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 from collections import Counter
@@ -270,12 +271,15 @@ def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, 
     pairs, model = config.pairs, config.model
     settings = settings_from_config(pairs)
     records = records[:pairs.max_records] if pairs.max_records else records
-    answerer = Answerer.load(model.path, dtype=model.dtype, param_dtype=model.param_dtype,
-                             batch_size=pairs.batch_size)
-    sampler = BdhsSampler(answerer, SentenceEmbedder.load(pairs.sentence_model or None), settings, progress=True)
+
+    @functools.cache
+    def sampler() -> BdhsSampler:  # the model loads only when a shard is left to build
+        answerer = Answerer.load(model.path, dtype=model.dtype, param_dtype=model.param_dtype,
+                                 batch_size=pairs.batch_size)
+        return BdhsSampler(answerer, SentenceEmbedder.load(pairs.sentence_model or None), settings, progress=True)
 
     def build(part: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
-        return sampler.pairs(part, image_root, output, pairs.seed, counts)
+        return sampler().pairs(part, image_root, output, pairs.seed, counts)
 
     manifest = {"builder": BUILDER, "records_path": os.path.abspath(config.data.path),
                 "model": os.path.abspath(model.path), "dtype": model.dtype, "param_dtype": model.param_dtype,

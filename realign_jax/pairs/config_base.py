@@ -47,3 +47,46 @@ def llm_config() -> ml_collections.ConfigDict:
     llm.timeout = 60.0  # seconds per request
     llm.workers = 4  # requests in flight at once
     return llm
+
+
+def realign_pairs_config() -> ml_collections.ConfigDict:
+    """Re-Align's builder (pairs/realign.py): masks, retrieval, refills, the tau filter."""
+    config = pairs_config("realign", world_records="captions", model=True)
+    config.pairs.k = 10  # neighbours tried per record, most similar first
+    config.pairs.tau = 0.95  # accept a refill when cos(embed(refill), embed(chosen)) < tau
+    config.pairs.ceiling = 0.98  # neighbours more similar than this count as duplicates: never retrieved
+    config.pairs.whiten = True  # search whitened tower embeddings (pairs/image_index.py says why)
+    config.pairs.masker = "rules"  # rules (synonym table + attribute/relation words) | llm
+    config.pairs.synonyms = ""  # CHAIR synonyms.txt for the rules masker; empty = the world's
+    config.pairs.llm = llm_config()  # pairs.masker=llm only
+    config.pairs.max_fill_tokens = 24  # generated per mask; the fill is cut to the span's words + 3
+    config.pairs.temperature = 0.0  # 0 = greedy refills
+    config.pairs.batch_size = 64  # prompts per generation batch, images per embedding batch
+    config.pairs.max_records = 0  # the first N records only (all records' images are still indexed); 0 = all
+    config.pairs.seed = 0  # sampling seed when temperature > 0
+    return config
+
+
+def bdhs_pairs_config() -> ml_collections.ConfigDict:
+    """BDHS's builder (pairs/bdhs.py): image-hidden rewrites, eps_s rounds, yes/no flips."""
+    config = pairs_config("bdhs", world_records="captions", model=True)
+    config.pairs.rho_th = 0.99  # an image token stays visible only when its U(0,1) draw is >= rho_th
+    config.pairs.eps_s = 0.97  # accept a rewrite when cos(embed(rewrite), embed(chosen)) < eps_s
+    config.pairs.rounds = 5  # attempts per record; the last is a whole answer with no prefix
+    config.pairs.flip_probability = 0.5  # a yes/no answer is rewritten from its flipped verdict
+    config.pairs.max_new_tokens = 64  # per completion (a sentence, or the rest of the answer)
+    config.pairs.temperature = 0.0  # 0 = greedy: the hidden-image model's most likely words
+    config.pairs.top_p = 1.0
+    return config
+
+
+def povid_pairs_config() -> ml_collections.ConfigDict:
+    """POVID's builder (pairs/povid.py): rule-based (or LLM) hallucination injection."""
+    config = pairs_config("povid", world_records="sft", model=False)
+    config.pairs.injector = "rules"  # rules (statistics of the data itself) | llm (an OpenAI-compatible endpoint)
+    config.pairs.synonyms = ""  # CHAIR synonyms.txt; empty = the world's (next to the split folder)
+    config.pairs.kinds = "object,attribute,relation,count,verdict"
+    config.pairs.max_edits = 2  # edits per rejected answer: 1..max_edits
+    config.pairs.shard_size = 5000  # records per output shard: the unit a rerun skips
+    config.pairs.llm = llm_config()  # pairs.injector=llm only
+    return config

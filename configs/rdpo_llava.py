@@ -1,0 +1,34 @@
+"""Re-Align end to end (`mode=pipeline`, realign_jax/pipeline.py): the first command to run.
+
+    python -m realign_jax.main --config=configs/rdpo_llava.py --workdir=/tmp/rdpo
+
+With no model and no data it generates the synthetic world, SFTs its small base model (two
+curriculum stages, configs/sft_world.py), evaluates it, builds Re-Align pairs from 1000 world
+captions (masked refills from images retrieved with ScaNN over the model's own vision tower),
+trains rDPO (textual + visual term) with LoRA and evaluates again; then prints the before /
+after table and writes `<workdir>/results.json` and `<workdir>/curves.png` (loss and reward
+margins). A rerun reuses every finished stage.
+
+On your own checkpoint and records (the SFT stages are skipped):
+
+    python -m realign_jax.main --config=configs/rdpo_llava.py --workdir=/tmp/rdpo \\
+        --config.model.path=/ckpt/llava-1.5-7b-hf --config.model.dtype=bfloat16 \\
+        --config.data.path=/data/sft.jsonl --config.pairs.synonyms=/data/synonyms.txt \\
+        --config.eval.pope_file=/data/coco_pope_adversarial.json --config.eval.image_folder=/data/val2014
+
+Stage keys: `--config.sft.captions_steps`, `--config.pairs.k` / `.tau` / `.max_records`,
+`--config.align.stage1.train.steps` / `.optim.lr` / `.loss.beta` / `.loss.visual_weight`,
+`--config.eval.benchmarks`.
+"""
+
+import ml_collections
+
+from realign_jax.pipeline import pipeline_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = pipeline_config("rdpo")
+    config.pairs.max_records = 1000  # pairs from the first 1000 captions
+    config.align.stage1.optim.lr = 1e-4
+    return config
