@@ -36,7 +36,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 PAIR_CONFIGS = {"realign": pairs_configs.realign_pairs_config, "povid": pairs_configs.povid_pairs_config,
                 "bdhs": pairs_configs.bdhs_pairs_config}
 SFT_STAGES = ("captions", "grounding")
-ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "reference")
+ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "reference", "seed")  # seed: LoRA init and data order
 REPORTED = (("POPE random F1", "pope", "random", "f1"), ("POPE random yes", "pope", "random", "yes_ratio"),
             ("POPE popular F1", "pope", "popular", "f1"), ("POPE popular yes", "pope", "popular", "yes_ratio"),
             ("POPE adversarial F1", "pope", "adversarial", "f1"),
@@ -70,7 +70,10 @@ def pipeline_config(method: str) -> ml_collections.ConfigDict:
     config.pairs = copy.deepcopy(PAIR_CONFIGS[builder]().pairs)
     config.align = ml_collections.ConfigDict()
     for index, loss in enumerate(losses):
-        config.align[f"stage{index + 1}"] = _align_sections(aligning_config(loss))
+        stage = _align_sections(aligning_config(loss))
+        if loss == "povid":  # the noisy response is the policy's own argmax under the noised image
+            stage.loss.noisy_scoring = "argmax"
+        config.align[f"stage{index + 1}"] = stage
     config.eval = copy.deepcopy(eval_config().eval)
     return config
 
@@ -147,7 +150,7 @@ def _align(config: Any, workdir: str, model_path: str, pairs_dir: str, run: Any)
                     stage_config[section] = stage[section]
             stage_config.model.update({"path": model_path, "dtype": config.model.dtype,
                                        "param_dtype": config.model.param_dtype})
-            stage_config.data.path = pairs_dir
+            stage_config.data.path, stage_config.data.seed = pairs_dir, stage.seed
             _announce(f"aligning ({name}: loss {stage.loss.name}, {stage.train.steps} steps)")
             run(stage_config, stage_dir)
         model_path = export

@@ -13,18 +13,24 @@ import pytest
 from realign_jax.main import run
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+import povid_llava  # noqa: E402
 import rdpo_llava  # noqa: E402
+
+
+def reduced_world(config):
+    config.world.update({"seed": 2, "num_train_images": 24, "num_eval_images": 4})
+    config.sft.captions_steps, config.sft.grounding_steps = 40, 4  # enough to write a few words
+    config.eval.update({"benchmarks": "pope,chair", "max_images": 4, "pope_per_image": 1, "batch_size": 8,
+                        "caption_tokens": 8})
+    return config
 
 
 def reduced_config():
     config = rdpo_llava.get_config()
-    config.world.update({"seed": 2, "num_train_images": 24, "num_eval_images": 4})
-    config.sft.captions_steps, config.sft.grounding_steps = 40, 4  # enough to write a few words
+    reduced_world(config)
     config.pairs.update({"max_records": 8, "k": 2, "batch_size": 8, "max_fill_tokens": 6, "shard_size": 8,
                          "ceiling": 1.01})
     config.align.stage1.train.update({"steps": 2, "batch_size": 8, "checkpoint_every": 0, "log_every": 1})
-    config.eval.update({"benchmarks": "pope,chair", "max_images": 4, "pope_per_image": 1, "batch_size": 8,
-                        "caption_tokens": 8})
     return config
 
 
@@ -49,3 +55,24 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, capsys: pyte
     again = capsys.readouterr().out
     assert again.count("== ") == 1 and "(0 of 1 shards built now" in again  # the builder finds its shards done
     assert "CHAIR_i" in again
+
+
+def test_povid_pipeline_trains_its_two_stages_from_the_same_base(tmp_path: Path) -> None:
+    """POVID's second align stage starts from the first's export and adds the noisy term; its
+    base model can be one an earlier pipeline trained (model.path skips the SFT stages)."""
+    first = reduced_world(povid_llava.get_config())
+    first.align.stage1.train.update({"steps": 2, "batch_size": 8, "checkpoint_every": 0, "log_every": 1})
+    first.align.stage2.train.update({"steps": 2, "batch_size": 8, "checkpoint_every": 0, "log_every": 1})
+    run(first, str(tmp_path / "povid"))
+    results = json.loads((tmp_path / "povid" / "results.json").read_text())
+    assert results["aligned_model"] == str(tmp_path / "povid" / "align_stage2" / "export")
+    metrics = (tmp_path / "povid" / "align_stage2" / "metrics.jsonl").read_text().splitlines()
+    stage2 = [json.loads(line) for line in metrics]
+    assert "noisy/rewards/margins" in stage2[-1]
+
+    reuse = reduced_world(povid_llava.get_config())
+    reuse.model.path = results["base_model"]
+    reuse.align.stage1.train.update({"steps": 1, "batch_size": 8, "checkpoint_every": 0})
+    reuse.align.stage2.train.update({"steps": 1, "batch_size": 8, "checkpoint_every": 0})
+    run(reuse, str(tmp_path / "again"))
+    assert not (tmp_path / "again" / "sft_captions").exists()
