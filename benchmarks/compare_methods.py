@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 from realign_jax.main import run  # noqa: E402
-from realign_jax.pipeline import REPORTED, metric  # noqa: E402
+from realign_jax.pipeline import metric, reported  # noqa: E402
 
 METHODS = ("rdpo", "povid", "bdhs")
 
@@ -66,11 +66,12 @@ def main() -> None:
             with open(os.path.join(workdir, "results.json"), encoding="utf-8") as f:
                 runs.append(json.load(f)["aligned"])
         table[method] = {"seconds": seconds, "metrics": {
-            label: [metric(r, benchmark, split, key) for r in runs] for label, benchmark, split, key in REPORTED}}
-    base_metrics = {label: metric(base["base"], b, s, k) for label, b, s, k in REPORTED}
+            label: [metric(r, benchmark, split, key) for r in runs]
+            for label, benchmark, split, key in reported(base["base"])}}
+    base_metrics = {label: metric(base["base"], b, s, k) for label, b, s, k in reported(base["base"])}
     header = f"{'':22s}{'SFT base':>10s}" + "".join(f"{m:>22s}" for m in table)
     lines = [header]
-    for label, *_ in REPORTED:
+    for label, *_ in reported(base["base"]):
         cells = []
         for method in table:
             values = np.asarray(table[method]["metrics"][label], float)

@@ -15,6 +15,7 @@ from realign_jax.main import run
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import povid_llava  # noqa: E402
 import rdpo_llava  # noqa: E402
+from test_realign_builder import own_data  # noqa: E402
 
 
 def reduced_world(config):
@@ -58,8 +59,8 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path: Path, capsys: pyte
 
 
 def test_povid_pipeline_trains_its_two_stages_from_the_same_base(tmp_path: Path) -> None:
-    """POVID's second align stage starts from the first's export and adds the noisy term; its
-    base model can be one an earlier pipeline trained (model.path skips the SFT stages)."""
+    """POVID's second align stage starts from the first's export and adds the noisy term; then
+    the same config on a given checkpoint and records (no SFT, no world)."""
     first = reduced_world(povid_llava.get_config())
     first.align.stage1.train.update({"steps": 2, "batch_size": 8, "checkpoint_every": 0, "log_every": 1})
     first.align.stage2.train.update({"steps": 2, "batch_size": 8, "checkpoint_every": 0, "log_every": 1})
@@ -70,9 +71,24 @@ def test_povid_pipeline_trains_its_two_stages_from_the_same_base(tmp_path: Path)
     stage2 = [json.loads(line) for line in metrics]
     assert "noisy/rewards/margins" in stage2[-1]
 
-    reuse = reduced_world(povid_llava.get_config())
-    reuse.model.path = results["base_model"]
-    reuse.align.stage1.train.update({"steps": 1, "batch_size": 8, "checkpoint_every": 0})
-    reuse.align.stage2.train.update({"steps": 1, "batch_size": 8, "checkpoint_every": 0})
-    run(reuse, str(tmp_path / "again"))
-    assert not (tmp_path / "again" / "sft_captions").exists()
+    # "Your checkpoint and your data": model.path, records with images in a folder of their own,
+    # a published POPE file; no SFT and no world.
+    world = Path(results["world"])
+    data = own_data(world, tmp_path / "data", 16)
+    pope_file = data / "coco_pope_random.json"
+    names = sorted(os.listdir(data / "photos"))[:2]
+    pope_file.write_text("".join(json.dumps({"question_id": i, "image": name, "text": "Is there a cup in the image?",
+                                             "label": label}) + "\n"
+                                 for i, (name, label) in enumerate(zip(names * 2, ["yes", "no", "no", "yes"]))))
+    mine = povid_llava.get_config()
+    mine.model.path = results["base_model"]
+    mine.data.path, mine.data.image_root = str(data / "meta" / "sft.jsonl"), str(data)
+    mine.pairs.synonyms = str(data / "meta" / "objects.txt")
+    mine.eval.update({"benchmarks": "pope", "pope_file": str(pope_file), "image_folder": str(data / "photos"),
+                      "batch_size": 8})
+    for stage in mine.align.values():
+        stage.train.update({"steps": 1, "batch_size": 8, "checkpoint_every": 0})
+    run(mine, str(tmp_path / "mine"))
+    assert not (tmp_path / "mine" / "sft_captions").exists() and not (tmp_path / "mine" / "world").exists()
+    table = json.loads((tmp_path / "mine" / "results.json").read_text())["table"]
+    assert [row["metric"] for row in table] == ["POPE coco_pope_random F1", "POPE coco_pope_random yes"]
