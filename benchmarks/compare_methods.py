@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 from realign_jax.main import run  # noqa: E402
 from realign_jax.pipeline import metric, reported  # noqa: E402
 
-METHODS = ("rdpo", "povid", "bdhs")
+METHODS = ("rdpo", "dpo", "mdpo", "povid", "bdhs")
 
 
 def method_config(method: str, base: dict, seed: int):

@@ -25,7 +25,7 @@ The figures:
   layout, measured in the same run; "start s" is the time to the first batch (worker
   processes start and import this script) and "close s" the time `close()` takes (Grain
   joins each worker process for up to 25 s, then kills it);
-- the train step of the default config (configs/dpo_llava.py: tiny random model,
+- the train step of the default config (configs/train_llava.py: tiny random model,
   `data.source=random`), timed after compilation, and the best pipeline configuration at that
   model's image size over the step's examples/s: above 1 the pipeline keeps the step fed.
   Both were measured alone; in a run they share the cores, so the ratio is an upper bound;
@@ -66,7 +66,7 @@ from realign_jax.models.config import PRESETS
 from realign_jax.train.rows import RowLayout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(ROOT, "configs"), os.path.join(ROOT, "tests")]  # dpo_llava, test_prompting
+sys.path[:0] = [os.path.join(ROOT, "configs"), os.path.join(ROOT, "tests")]  # train_llava, test_prompting
 
 PHOTO_SIZE = (640, 480)  # COCO's most common size
 LAYOUTS = ("dpo", "rdpo")  # rows (chosen, rejected), 1 image | (chosen, rejected, chosen_alt_image), 2 images
@@ -240,14 +240,14 @@ def stage_costs(source: JsonlSource, encoder: ExampleEncoder, count: int) -> dic
 
 def train_step_seconds(steps: int) -> tuple[float, int, str]:
     """Seconds per step of the default config after compilation, its batch size, the backend."""
-    import dpo_llava
+    import train_llava
     import jax
 
     from realign_jax.train import settings as train_settings
     from realign_jax.train.inputs import make_dataset
     from realign_jax.train.trainer import Trainer
 
-    config = dpo_llava.get_config()
+    config = train_llava.get_config()
     settings = train_settings.parse(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
@@ -305,7 +305,7 @@ def print_feeding(best: dict[tuple[Shapes, str], float], args: argparse.Namespac
     step_seconds, step_batch, backend = train_step_seconds(args.steps)
     step_rate = step_batch / step_seconds
     pipeline = best[TINY, "dpo"]
-    print(f"\ndefault train step (configs/dpo_llava.py: tiny random model, data.source=random, batch {step_batch}, "
+    print(f"\ndefault train step (configs/train_llava.py: tiny random model, data.source=random, batch {step_batch}, "
           f"{backend}): {1e3 * step_seconds:.1f} ms = {step_rate:.1f} examples/s")
     print(f"best pipeline at that model's shapes ({TINY.name}, dpo): {pipeline:.1f} examples/s = "
           f"{pipeline / step_rate:.2f} x the step's: {'keeps' if pipeline >= step_rate else 'does NOT keep'} it fed "

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
-import dpo_llava  # noqa: E402
+import train_llava  # noqa: E402
 
 from realign_jax.models import config as model_config  # noqa: E402
 from realign_jax.models.partitioning import make_mesh  # noqa: E402
@@ -56,7 +56,7 @@ def main() -> None:
     model_config.PRESETS["bench"] = dataclasses.replace(tiny, text=text)
 
     def config(**changes):
-        c = dpo_llava.get_config()
+        c = train_llava.get_config()
         c.model.preset, c.train.batch_size, c.data.seq_len = "bench", args.batch, 32
         for key, value in changes.items():
             section, _, name = key.rpartition(".")

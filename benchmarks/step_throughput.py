@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
-import dpo_llava  # noqa: E402
+import train_llava  # noqa: E402
 
 from realign_jax.models.accounting import forward_flops  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak; 0 = by backend")
     args = parser.parse_args()
 
-    config = dpo_llava.get_config(f"loss={args.loss}")
+    config = train_llava.get_config(f"loss={args.loss}")
     config.model.preset, config.model.remat, config.model.attention_impl = args.preset, args.remat, args.attention
     config.model.dtype = config.model.param_dtype = args.dtype
     config.data.seq_len, config.data.num_examples = args.seq_len, args.batch * (args.steps + 2)

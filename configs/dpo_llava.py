@@ -1,25 +1,22 @@
-"""Plain DPO (sigmoid loss, METHODS.md section 1) on LLaVA with LoRA, the base most methods build on.
+"""Plain DPO end to end (`mode=pipeline`), the ablation of configs/rdpo_llava.py: the same
+Re-Align pairs, trained without the visual term (the paper's "same data, plain DPO" row).
 
-With no model path it trains a tiny random LLaVA on random-token pairs (`data.source=random`)
-in about a minute on 2 CPU cores; it proves the machinery, not a result:
+    python -m realign_jax.main --config=configs/dpo_llava.py --workdir=/tmp/dpo_pipeline \\
+        --config.model.path=/tmp/rdpo/sft_grounding/export
 
-    python -m realign_jax.main --config=configs/dpo_llava.py --workdir=/tmp/realign_dpo
-
-Expected: the loss falls from ~0.693 and `rewards/accuracies` rises towards 1 within the 40
-steps; `<workdir>/metrics.jsonl`, TensorBoard events under `<workdir>/tensorboard`, Orbax
-checkpoints under `<workdir>/checkpoints` and the merged model in Hugging Face format under
-`<workdir>/export`. Variants: `configs/dpo_llava.py:loss=rdpo` (or mdpo, povid, ipo, hinge, ...).
-Real runs: `--config.model.path=/ckpt/llava-1.5-7b-hf --config.model.dtype=bfloat16` and a data
-source from the data issue; the papers' settings are LoRA r=128/alpha=256, lr 1e-5 (projector
-2e-5), beta 0.1, batch 32, warm-up 3%, cosine, 1 epoch.
+With `model.path` at rdpo_llava.py's base the two runs differ only in the loss. Prints the
+before / after table like rdpo_llava.py. (Training DPO on any data without the pipeline:
+configs/train_llava.py.)
 """
 
 import ml_collections
 
-from realign_jax.train.config_base import parse_arg, training_config
+from realign_jax.pipeline import pipeline_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = parse_arg(arg)
-    config = training_config(mode="train", loss=options.get("loss", "dpo"))
+    del arg
+    config = pipeline_config("dpo")
+    config.pairs.max_records = 1000
+    config.align.stage1.optim.lr = 1e-4
     return config

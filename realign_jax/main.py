@@ -121,9 +121,9 @@ MODES: dict[str, Callable[[Any, str, bool], None]] = {
 # The config sections each mode reads, and a config that has them.
 MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "generate": (("model", "data", "generate"), "configs/generate_llava.py"),
-    "train": (("model", "data", "train"), "configs/dpo_llava.py"),
+    "train": (("model", "data", "train"), "configs/train_llava.py"),
     "sft": (("model", "data", "train"), "configs/sft_llava.py"),
-    "inspect": (("model", "data", "train", "inspect"), "configs/dpo_llava.py"),
+    "inspect": (("model", "data", "train", "inspect"), "configs/train_llava.py"),
     "convert": (("data", "convert"), "configs/convert_data.py"),
     "eval": (("model", "eval"), "configs/eval_world.py"),
     "build_pairs": (("data", "pairs"), "configs/povid_pairs.py"),

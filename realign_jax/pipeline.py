@@ -69,6 +69,8 @@ def pipeline_config(method: str) -> ml_collections.ConfigDict:
         stage = _align_sections(aligning_config(loss))
         if loss == "povid":  # the noisy response is the policy's own argmax under the noised image
             stage.loss.noisy_scoring = "argmax"
+        if loss == "mdpo":  # the conditional term's image: a random crop of the image (mDPO's corruption)
+            stage.loss.alt_image = "crop"
         config.align[f"stage{index + 1}"] = stage
     config.eval = copy.deepcopy(eval_config().eval)
     return config

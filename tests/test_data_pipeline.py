@@ -188,9 +188,9 @@ def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_pat
     path = write_dataset(tmp_path, records)
 
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-    import dpo_llava
+    import train_llava
 
-    config = dpo_llava.get_config("loss=rdpo")
+    config = train_llava.get_config("loss=rdpo")
     config.model.path = str(checkpoint)
     config.data.source, config.data.path, config.data.on_bad_record = "jsonl", path, "skip"
     config.data.seq_len = 48

@@ -103,7 +103,7 @@ def test_convert_bad_image_stops_or_skips_and_never_leaves_a_finished_looking_ou
 
 def test_cli_convert_then_inspect(tokenizer, checkpoint, tmp_path, capsys):
     import convert_data
-    import dpo_llava
+    import train_llava
 
     from realign_jax.main import run
 
@@ -116,7 +116,7 @@ def test_cli_convert_then_inspect(tokenizer, checkpoint, tmp_path, capsys):
     run(config, str(tmp_path))
     assert "convert: 6 records -> 3 shard(s)" in capsys.readouterr().out
 
-    config = dpo_llava.get_config()
+    config = train_llava.get_config()
     config.mode, config.model.path = "inspect", checkpoint
     config.data.source, config.data.path, config.data.seq_len = "jsonl", path, 64
     config.inspect.examples = 3
@@ -183,13 +183,13 @@ def test_length_buckets():
 
 
 def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokenizer, tmp_path):
-    import dpo_llava
+    import train_llava
 
     from realign_jax.train.inputs import make_dataset, to_bucket
     from realign_jax.train.settings import parse
     from realign_jax.train.trainer import Trainer
 
-    config = dpo_llava.get_config()
+    config = train_llava.get_config()
     config.model.path = checkpoint
     config.data.source, config.data.path, config.data.seq_len = "jsonl", write_dataset(tmp_path, [
         good_record(i) for i in range(8)]), 96
@@ -210,7 +210,7 @@ def test_resumed_run_on_shards_matches_an_uninterrupted_one(checkpoint, tmp_path
     """Train 4 steps on ArrayRecord shards, read by a worker process, with a bad record skipped;
     a run stopped after 2 steps and resumed ends with the same loss and the same skip counts
     (restored from the checkpoint)."""
-    import dpo_llava
+    import train_llava
 
     from realign_jax.train.loop import train
 
@@ -220,7 +220,7 @@ def test_resumed_run_on_shards_matches_an_uninterrupted_one(checkpoint, tmp_path
     assert convert(JsonlSource(path), str(tmp_path / "ar"))["written"] == 7
 
     def run(workdir, stop_after=None):
-        config = dpo_llava.get_config()
+        config = train_llava.get_config()
         config.model.path = checkpoint
         config.data.source, config.data.path, config.data.on_bad_record = "arrayrecord", str(tmp_path / "ar"), "skip"
         config.data.seq_len, config.data.truncation, config.data.workers = 48, "drop", 1

@@ -64,7 +64,7 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     ("--config.loss.beta=-1", "loss.beta=-1.0 must be positive"),
 ])
 def test_bad_training_config_is_one_line(tmp_path, override, message):
-    result = _cli("--config=configs/dpo_llava.py", f"--workdir={tmp_path}", *override.split())
+    result = _cli("--config=configs/train_llava.py", f"--workdir={tmp_path}", *override.split())
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
@@ -72,9 +72,9 @@ def test_bad_training_config_is_one_line(tmp_path, override, message):
 
 
 def test_xla_mode_writes_a_trace_and_the_optimised_hlo(tmp_path, capsys):
-    import dpo_llava
+    import train_llava
 
-    config = dpo_llava.get_config()
+    config = train_llava.get_config()
     config.train.steps = 6
     config.train.checkpoint_every = 0
     config.train.export = False
@@ -117,7 +117,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import signal
     import time
 
-    args = [sys.executable, "-m", "realign_jax.main", "--config=configs/dpo_llava.py", f"--workdir={tmp_path}",
+    args = [sys.executable, "-m", "realign_jax.main", "--config=configs/train_llava.py", f"--workdir={tmp_path}",
             "--config.train.steps=100000", "--config.train.checkpoint_every=0"]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"

@@ -18,7 +18,7 @@ from realign_jax.train.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
-import dpo_llava  # noqa: E402
+import train_llava  # noqa: E402
 import sft_llava  # noqa: E402
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
@@ -26,7 +26,7 @@ from lora_memory import measure as _memory  # noqa: E402  (the benchmark's measu
 
 
 def small_config(loss="dpo", **train_overrides):
-    config = dpo_llava.get_config(f"loss={loss}") if loss != "sft" else sft_llava.get_config()
+    config = train_llava.get_config(f"loss={loss}") if loss != "sft" else sft_llava.get_config()
     config.data.seq_len = 32
     config.data.num_examples = 16
     config.train.steps = 30

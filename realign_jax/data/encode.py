@@ -25,7 +25,7 @@ from realign_jax.data.records import BadRecord, Record
 ROW_ANSWER = {"chosen": "chosen", "rejected": "rejected", "chosen_alt_image": "chosen",
               "rejected_noisy": "rejected_noisy"}
 TRUNCATION = ("response", "drop")
-SECOND_IMAGE = ("rejected_image", "noised")
+SECOND_IMAGE = ("rejected_image", "noised", "cropped")
 
 
 class TooLong(BadRecord):
@@ -55,7 +55,8 @@ class EncoderConfig:
     seq_len: int
     num_image_tokens: int
     truncation: str = "response"  # response | drop
-    second_image: str = "rejected_image"  # slot 1: rejected_image (rDPO, mDPO) | noised (POVID's argmax)
+    # slot 1: rejected_image (rDPO) | noised (POVID's argmax) | cropped (mDPO's corrupted image)
+    second_image: str = "rejected_image"
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
@@ -75,18 +76,21 @@ class ExampleEncoder:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _image(self, record: Record, slot: int, where: str, rng: np.random.Generator | None) -> np.ndarray:
-        noised = slot == 1 and self.config.second_image == "noised"
-        field = "image" if slot == 0 or noised else "rejected_image"
+        derived = self.config.second_image if slot == 1 and self.config.second_image != "rejected_image" else None
+        field = "rejected_image" if slot == 1 and derived is None else "image"
         source = getattr(record, field)
         if source is None:
             raise BadRecord(where, field, "is required by this objective but missing")
+        generator = rng if rng is not None else np.random.default_rng()
         perturb = None
-        if noised:
+        if derived == "noised":
             noise = record.image_noise or image_noise.DEFAULT_NOISE
-            generator = rng if rng is not None else np.random.default_rng()
             perturb = functools.partial(image_noise.diffuse, t=noise["t"], rng=generator)
         try:
-            return image_ops.preprocess(image_ops.load_image(source), self.spec, perturb)
+            image = image_ops.load_image(source)
+            if derived == "cropped":
+                image = image_ops.random_crop(image, generator)
+            return image_ops.preprocess(image, self.spec, perturb)
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
 

@@ -219,6 +219,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def random_crop(image: Image.Image, rng: np.random.Generator, min_area: float = 0.01,
+                max_area: float = 0.2) -> Image.Image:
+    """mDPO's corrupted image: a random crop keeping a U(min_area, max_area) share of the area
+    (same aspect ratio), which the usual preprocessing then resizes."""
+    share = rng.uniform(min_area, max_area)
+    width = max(1, round(image.width * share**0.5))
+    height = max(1, round(image.height * share**0.5))
+    left = int(rng.integers(0, image.width - width + 1))
+    top = int(rng.integers(0, image.height - height + 1))
+    return image.crop((left, top, left + width, top + height))
+
+
 def resized_shape(width: int, height: int, shortest_edge: int) -> tuple[int, int]:
     """(width, height) after resizing the shorter side to ``shortest_edge``.
 

@@ -72,6 +72,7 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     config.loss.povid_weights = (1.0, 1.0, 1.0)  # povid_weighted's a, b1, b2
     config.loss.rejected_scoring = "label"  # label | best_other (Re-Align's public code)
     config.loss.noisy_scoring = "batch"  # batch | argmax (POVID's public code)
+    config.loss.alt_image = "rejected_image"  # the visual term's image: rejected_image | crop (mDPO's)
     config.loss.vocab_chunk = 8192  # vocabulary chunk of the log-softmax
 
     config.lora = ml_collections.ConfigDict()

@@ -32,7 +32,14 @@ def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> Exam
     return ExampleEncoder(tokenizer, spec, EncoderConfig(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
-        second_image="noised" if settings.layout.noisy_scoring == "argmax" else "rejected_image"))
+        second_image=second_image(settings.layout)))
+
+
+def second_image(layout: Any) -> str:
+    """What the encoder puts in image slot 1 for this layout."""
+    if layout.noisy_scoring == "argmax":
+        return "noised"
+    return "cropped" if layout.alt_image == "crop" else "rejected_image"
 
 
 def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:

@@ -25,6 +25,7 @@ from realign_jax.train.logprobs import shifted, token_scores
 ALT_IMAGE_KINDS = ("chosen_alt_image",)
 SCORING = ("label", "best_other")  # Re-Align's public code scores rejected rows by best_other
 NOISY_SCORING = ("batch", "argmax")  # POVID's public code: the argmax under the noised image
+ALT_IMAGES = ("rejected_image", "crop")  # chosen_alt_image's image: the record's, or mDPO's random crop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,7 @@ class RowLayout:
     kinds: tuple[str, ...]
     rejected_scoring: str = "label"
     noisy_scoring: str = "batch"
+    alt_image: str = "rejected_image"
     vocab_chunk: int = 8192
 
     @classmethod
@@ -46,6 +48,10 @@ class RowLayout:
             raise ValueError(f"loss.noisy_scoring={layout.noisy_scoring!r}: choose one of {NOISY_SCORING}")
         if layout.noisy_scoring == "argmax" and "rejected_noisy" not in kinds:
             raise ValueError(f"loss.noisy_scoring='argmax' needs a POVID loss, not {objective!r}")
+        if layout.alt_image not in ALT_IMAGES:
+            raise ValueError(f"loss.alt_image={layout.alt_image!r}: choose one of {ALT_IMAGES}")
+        if layout.alt_image == "crop" and not any(k in ALT_IMAGE_KINDS for k in kinds):
+            raise ValueError(f"loss.alt_image='crop' needs a loss with a visual term (rdpo, mdpo), not {objective!r}")
         return layout
 
     @property

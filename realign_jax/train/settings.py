@@ -95,7 +95,8 @@ def parse(config: Any) -> TrainSettings:
     if reference == "lora_off" and not lora_config.rank:
         raise ValueError("reference='lora_off' needs lora.rank > 0 (or use reference='frozen_copy')")
     layout = RowLayout.for_objective(objective, rejected_scoring=loss_cfg.rejected_scoring,
-                                     noisy_scoring=loss_cfg.noisy_scoring, vocab_chunk=loss_cfg.vocab_chunk)
+                                     noisy_scoring=loss_cfg.noisy_scoring, alt_image=loss_cfg.get("alt_image", "rejected_image"),
+                                     vocab_chunk=loss_cfg.vocab_chunk)
     if reference == "precomputed" and layout.noisy_scoring == "argmax":
         raise ValueError("reference='precomputed' cannot go with loss.noisy_scoring='argmax': the noisy "
                          "response comes from the current policy, so its reference log-prob changes every step")

@@ -1,0 +1,22 @@
+"""mDPO end to end (`mode=pipeline`, shared/METHODS.md section 5), a sibling of rdpo_llava.py:
+DPO on the Re-Align pairs' texts, plus the conditional term against a random crop of the image
+keeping 1-20% of it (`align.stage1.loss.alt_image=crop`), plus the anchor that keeps the
+chosen reward positive. rDPO is this with a retrieved image instead of the crop and no anchor.
+
+    python -m realign_jax.main --config=configs/mdpo_llava.py --workdir=/tmp/mdpo_pipeline \\
+        --config.model.path=/tmp/rdpo/sft_grounding/export
+
+Prints the before / after table like rdpo_llava.py.
+"""
+
+import ml_collections
+
+from realign_jax.pipeline import pipeline_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    config = pipeline_config("mdpo")
+    config.pairs.max_records = 1000
+    config.align.stage1.optim.lr = 1e-4
+    return config
