@@ -37,7 +37,7 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
 PAIR_CONFIGS = {"realign": pairs_configs.realign_pairs_config, "povid": pairs_configs.povid_pairs_config,
                 "bdhs": pairs_configs.bdhs_pairs_config}
 SFT_STAGES = ("captions", "grounding")
-ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "reference", "seed")  # seed: LoRA init and data order
+ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "mesh", "reference", "seed")  # seed: LoRA init, data order
 CHAIR_REPORTED = (("CHAIR_s", "chair_s"), ("CHAIR_i", "chair_i"), ("CHAIR recall", "recall"))
 CURVES = ("loss", "rewards/margins", "visual/rewards/margins", "noisy/rewards/margins")
 
