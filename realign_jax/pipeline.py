@@ -18,6 +18,7 @@ import copy
 import glob
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ml_collections
@@ -39,6 +40,7 @@ PAIR_CONFIGS = {"realign": pairs_configs.realign_pairs_config, "povid": pairs_co
 SFT_STAGES = ("captions", "grounding")
 ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "mesh", "reference", "seed")  # seed: LoRA init, data order
 CHAIR_REPORTED = (("CHAIR_s", "chair_s"), ("CHAIR_i", "chair_i"), ("CHAIR recall", "recall"))
+StageRunner = Callable[[Any, str], None]  # runs one stage's config in a work dir, as the command line does
 CURVES = ("loss", "rewards/margins", "visual/rewards/margins", "noisy/rewards/margins")
 
 
@@ -84,23 +86,19 @@ def _align_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
     return ml_collections.ConfigDict({k: copy.deepcopy(config[k]) for k in ALIGN_SECTIONS})
 
 
-def _done(path: str) -> bool:
-    return os.path.exists(path)
-
-
 def _world_sections(config: Any, world_dir: str) -> ml_collections.ConfigDict:
     world = copy.deepcopy(config.world)
     world.dir = world_dir
     return world
 
 
-def _sft(config: Any, workdir: str, world_dir: str, run: Any) -> str:
+def _sft(config: Any, workdir: str, world_dir: str, run: StageRunner) -> str:
     """The world's base model: the captions stage, then the grounding stage from its export."""
     model_path = ""
     for stage in SFT_STAGES:
         stage_dir = os.path.join(workdir, f"sft_{stage}")
         export = os.path.join(stage_dir, "export")
-        if not _done(os.path.join(export, "config.json")):
+        if not os.path.exists(os.path.join(export, "config.json")):
             stage_config = world_sft_config(stage)
             stage_config.world.update(_world_sections(config, world_dir))
             stage_config.world.records = stage
@@ -112,7 +110,7 @@ def _sft(config: Any, workdir: str, world_dir: str, run: Any) -> str:
     return model_path
 
 
-def _pairs(config: Any, workdir: str, world_dir: str, model_path: str, run: Any) -> str:
+def _pairs(config: Any, workdir: str, world_dir: str, model_path: str, run: StageRunner) -> str:
     builder, _ = METHODS[config.method]
     pairs_config = PAIR_CONFIGS[builder]()
     pairs_config.world.update(_world_sections(config, world_dir))
@@ -127,18 +125,26 @@ def _pairs(config: Any, workdir: str, world_dir: str, model_path: str, run: Any)
     _announce(f"{builder} pairs from {config.data.path or 'the world: train/' + config.data.records + '.jsonl'}")
     run(pairs_config, os.path.join(workdir, "pairs_build"))
     output = pairs_config.pairs.output
-    if not any(line.strip() for path in glob.glob(os.path.join(output, "pairs-*.jsonl")) for line in open(path)):
+    if not _has_pairs(output):
         raise ValueError(f"the {builder} builder kept no pairs in {output} (its counts are printed above): nothing "
                          "to align on; a base model that writes nothing, or a filter that drops everything, does this")
     return output
 
 
-def _align(config: Any, workdir: str, model_path: str, pairs_dir: str, run: Any) -> str:
+def _has_pairs(folder: str) -> bool:
+    for path in glob.glob(os.path.join(folder, "pairs-*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            if any(line.strip() for line in f):
+                return True
+    return False
+
+
+def _align(config: Any, workdir: str, model_path: str, pairs_dir: str, run: StageRunner) -> str:
     """Each align stage from the previous stage's merged export (POVID's two stages)."""
     for name in sorted(config.align):
         stage_dir = os.path.join(workdir, f"align_{name}")
         export = os.path.join(stage_dir, "export")
-        if not _done(os.path.join(export, "config.json")):
+        if not os.path.exists(os.path.join(export, "config.json")):
             stage = config.align[name]
             stage_config = aligning_config(stage.loss.name)
             for section in ALIGN_SECTIONS:
@@ -155,10 +161,11 @@ def _align(config: Any, workdir: str, model_path: str, pairs_dir: str, run: Any)
     return model_path
 
 
-def _evaluate(config: Any, workdir: str, name: str, world_dir: str, model_path: str, run: Any) -> dict[str, Any]:
+def _evaluate(config: Any, workdir: str, name: str, world_dir: str, model_path: str,
+              run: StageRunner) -> dict[str, Any]:
     out = os.path.join(workdir, name)
     results = os.path.join(out, "eval", "results.json")
-    if not _done(results):
+    if not os.path.exists(results):
         eval_run = eval_config()
         eval_run.eval.update(copy.deepcopy(config.eval))
         if not (eval_run.eval.pope_file or eval_run.eval.coco_instances):
@@ -242,7 +249,7 @@ def plot_curves(metrics_files: list[str], path: str) -> str | None:
     return path
 
 
-def run_pipeline(config: Any, workdir: str, run: Any) -> dict[str, Any]:
+def run_pipeline(config: Any, workdir: str, run: StageRunner) -> dict[str, Any]:
     """All stages (module docstring); `run(config, workdir)` runs one stage's config the way the
     command line does. Returns what results.json holds."""
     if config.method not in METHODS:
