@@ -16,7 +16,4 @@ from realign_jax.pipeline import pipeline_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pipeline_config("dpo")
-    config.pairs.max_records = 1000
-    config.align.stage1.optim.lr = 1e-4
-    return config
+    return pipeline_config("dpo")

@@ -16,7 +16,4 @@ from realign_jax.pipeline import pipeline_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pipeline_config("povid")
-    for stage in config.align.values():
-        stage.optim.lr = 1e-4
-    return config
+    return pipeline_config("povid")

@@ -28,7 +28,4 @@ from realign_jax.pipeline import pipeline_config
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
-    config = pipeline_config("rdpo")
-    config.pairs.max_records = 1000  # pairs from the first 1000 captions
-    config.align.stage1.optim.lr = 1e-4
-    return config
+    return pipeline_config("rdpo")
