@@ -38,7 +38,7 @@ import numpy as np
 
 from realign_jax.eval.answering import Answerer, Prompt
 from realign_jax.pairs.injection import VERDICT_RE, cased
-from realign_jax.pairs.inputs import image_path, rebase_image
+from realign_jax.pairs.inputs import image_path, rebase_image, with_chosen
 from realign_jax.pairs.seeds import record_rng, stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.pairs.shards import build_in_shards
@@ -200,7 +200,7 @@ class BdhsSampler:
               counts: Counter) -> list[dict[str, Any]]:
         """Preference records for those of `records` BDHS can rewrite (the rest counted in
         `counts`), images relative to `output`, where they will be written."""
-        usable = [r for r in records if _usable(r, counts)]
+        usable = [r for r in with_chosen(records, counts) if _has_question(r, counts)]
         results = self.rejected(usable, [image_path(dict(r), image_root) for r in usable], seed)
         built = (_pair(rebase_image(dict(r), image_root, output), res, self.settings.rho_th, counts)
                  for r, res in zip(usable, results))
@@ -232,11 +232,8 @@ def settings_from_config(pairs: Any) -> BdhsSettings:
                         temperature=pairs.temperature, top_p=pairs.top_p)
 
 
-def _usable(record: Mapping[str, Any], counts: Counter) -> bool:
-    """Whether BDHS can rewrite the record; counts why not."""
-    if not str(record.get("chosen") or "").strip():
-        counts["dropped_no_chosen"] += 1
-        return False
+def _has_question(record: Mapping[str, Any], counts: Counter) -> bool:
+    """BDHS prompts with the record's question; one without is counted and skipped."""
     if not str(record.get("question") or "").strip():
         counts["dropped_no_question"] += 1
         return False

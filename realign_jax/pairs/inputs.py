@@ -4,6 +4,8 @@ synonym table CHAIR and the builders share."""
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from realign_jax.data.jsonl import json_objects
@@ -12,6 +14,14 @@ from realign_jax.data.jsonl import json_objects
 def read_records(path: str) -> list[dict[str, Any]]:
     """Every record of a JSONL file; a line that is not a JSON object stops naming its line."""
     return [record for _, record in json_objects(path)]
+
+
+def with_chosen(records: Sequence[Mapping[str, Any]], counts: Counter) -> list[Mapping[str, Any]]:
+    """The records with a non-blank `chosen` answer; the others are counted as dropped_no_chosen."""
+    kept = [r for r in records if str(r.get("chosen") or "").strip()]
+    if len(kept) < len(records):
+        counts["dropped_no_chosen"] += len(records) - len(kept)
+    return kept
 
 
 def image_path(record: dict[str, Any], image_root: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 from realign_jax.eval.chair import load_synonyms
 from realign_jax.pairs.injection import KINDS, InjectionStats, inject_records
-from realign_jax.pairs.inputs import rebase_image, synonyms_path
+from realign_jax.pairs.inputs import rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.llm import ChatEndpoint
 from realign_jax.pairs.shards import build_in_shards
 
@@ -38,8 +38,7 @@ class LLMInjector:
         return reply if reply and reply != record["chosen"].strip() else None
 
     def pairs(self, records: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
-        usable = [r for r in records if str(r.get("chosen") or "").strip()]
-        counts["dropped_no_chosen"] += len(records) - len(usable)
+        usable = with_chosen(records, counts)
         rows = []
         for record, rejected in zip(usable, self.endpoint.map(self.rewrite, usable), strict=True):
             if rejected is None:

@@ -37,7 +37,7 @@ from realign_jax.pairs.image_index import (
     ImageIndex,
     Neighbour,
 )
-from realign_jax.pairs.inputs import image_path, rebase_image, synonyms_path
+from realign_jax.pairs.inputs import image_path, rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.masking import LLMMasker, MaskedAnswer, Masker, RuleMasker
 from realign_jax.pairs.seeds import stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
@@ -166,7 +166,7 @@ class _ShardBuilder:
         self.tools, self.masker, self.settings, self.output = tools, masker, settings, output
 
     def __call__(self, part: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
-        usable = [r for r in part if self._has_chosen(r, counts)]
+        usable = with_chosen(part, counts)
         masks = self.masker.mask_all(usable)
         live = [(r, m) for r, m in zip(usable, masks, strict=True) if m is not None]
         _count(counts, f"dropped_{self.masker.drop_reason}", len(usable) - len(live))
@@ -186,13 +186,6 @@ class _ShardBuilder:
         _count(counts, "dropped_all_neighbours_similar", len(pending))
         _count(counts, "kept", len(accepted))
         return [accepted[i] for i in sorted(accepted)]
-
-    @staticmethod
-    def _has_chosen(record: Mapping[str, Any], counts: Counter) -> bool:
-        if not str(record.get("chosen") or "").strip():
-            counts["dropped_no_chosen"] += 1
-            return False
-        return True
 
     def _try_rank(self, live: Sequence[tuple[Mapping[str, Any], MaskedAnswer]], found: Sequence[list[Neighbour]],
                   trying: Sequence[int], t: int, counts: Counter) -> dict[int, dict[str, Any]]:
