@@ -62,6 +62,7 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     ("--config.optim.lr_groups=projector", "optim.lr_groups item 'projector'"),
     ("--config.train.batch_size=6", "not divisible by the"),
     ("--config.loss.beta=-1", "loss.beta=-1.0 must be positive"),
+    ("--config.train.steps=ten", "steps"),
 ])
 def test_bad_training_config_is_one_line(tmp_path, override, message):
     result = _cli("--config=configs/train_llava.py", f"--workdir={tmp_path}", *override.split())

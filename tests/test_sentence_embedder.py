@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file
+from safetensors.numpy import load_file, save_file
 
 from realign_jax.pairs import sentence_embedder
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder, default_model_path
@@ -38,13 +38,13 @@ def test_matches_sentence_transformers(embedder):
     np.testing.assert_allclose(ours, reference, atol=1e-5)
 
 
-def test_bin_weights_with_bert_prefix_and_cls_pooling(embedder, tmp_path):
-    """A folder from a BertFor* checkpoint (`bert.` names, pytorch_model.bin), CLS pooling, no Normalize."""
+def test_bert_prefixed_weights_and_cls_pooling(embedder, tmp_path):
+    """A folder from a BertFor* checkpoint (`bert.` names), CLS pooling, no Normalize."""
     st = pytest.importorskip("sentence_transformers")
     folder = tmp_path / "cls_model"
     shutil.copytree(default_model_path(), folder, ignore=shutil.ignore_patterns("model.safetensors"))
     tensors = load_file(default_model_path() / "model.safetensors")
-    torch.save({f"bert.{name}": torch.from_numpy(t) for name, t in tensors.items()}, folder / "pytorch_model.bin")
+    save_file({f"bert.{name}": t for name, t in tensors.items()}, folder / "model.safetensors")
     (folder / "1_Pooling" / "config.json").write_text(json.dumps({"embedding_dimension": 384, "pooling_mode": "cls"}))
     modules = json.loads((folder / "modules.json").read_text())
     (folder / "modules.json").write_text(json.dumps([m for m in modules if not m["type"].endswith("Normalize")]))
@@ -85,9 +85,12 @@ def test_non_bert_model_is_refused(tmp_path):
         SentenceEmbedder.load(str(folder))
 
 
-def test_folder_without_weights_is_refused(tmp_path):
+def test_pickled_weights_are_refused(tmp_path):
+    """Only safetensors are read: a pytorch_model.bin is a pickle, which can run code when loaded."""
     folder = _copy_without(tmp_path, "model.safetensors")
-    with pytest.raises(FileNotFoundError, match=re.escape(str(folder)) + ".*model.safetensors"):
+    tensors = load_file(default_model_path() / "model.safetensors")
+    torch.save({name: torch.from_numpy(t) for name, t in tensors.items()}, folder / "pytorch_model.bin")
+    with pytest.raises(FileNotFoundError, match=re.escape(str(folder)) + ".*only safetensors are read"):
         SentenceEmbedder.load(str(folder))
 
 

@@ -29,6 +29,10 @@ _CONFIG_NAME = "preprocessor_config.json"
 _ALWAYS_ON = ("do_resize", "do_center_crop", "do_rescale", "do_normalize", "do_convert_rgb")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 _RESCALE = 1 / 255
+# Refused before decoding: a small file can declare a huge canvas (a decompression bomb), and a
+# sliver resized to `shortest_edge` or padded to a square becomes one.
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own warning threshold (it only raises at twice this)
+MAX_ASPECT_RATIO = 200.0
 
 
 @dataclass(frozen=True)
@@ -193,12 +197,24 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with Image.open(stream) as opened:
+            check_size(*opened.size, name)
             opened.load()
             return to_rgb(ImageOps.exif_transpose(opened))
     except FileNotFoundError as error:
         raise ValueError(f"{name}: image file not found") from error
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{name}: not a readable image, or truncated ({error})") from error
+
+
+def check_size(width: int, height: int, name: str) -> None:
+    """Refuse empty images and ones whose decoding or preprocessing would take unbounded memory."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{name}: the image is {width}x{height} pixels (empty)")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"{name}: the image declares {width}x{height} pixels, over the limit of "
+                         f"{MAX_IMAGE_PIXELS} (a decompression bomb, or a photo to downscale first)")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ValueError(f"{name}: the image is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO:g}")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -297,6 +313,10 @@ def preprocess(image: Image.Image, spec: ImageSpec,
     (when `perturb` is None; see `normalise`)."""
     image = to_rgb(image)
     if spec.pad_to_square:
+        side = max(image.size)
+        if side * side > MAX_IMAGE_PIXELS:
+            raise ValueError(f"the image is {image.width}x{image.height} pixels: padded to a square (LLaVA-1.5) it "
+                             f"would exceed {MAX_IMAGE_PIXELS} pixels; downscale it first")
         image = expand_to_square(image, spec.pad_color)
     width, height = image.size
     image = image.resize(resized_shape(width, height, spec.shortest_edge), resample=spec.resample)

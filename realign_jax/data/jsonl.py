@@ -14,13 +14,15 @@ from typing import Any
 def json_objects(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, object) for every non-blank line, where = "<path>, line <n>" for the caller's own
     field errors; a line that is not a JSON object raises ValueError naming it."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             where = f"{path}, line {lineno}"
             try:
-                obj = json.loads(line)
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{where}: not UTF-8 text (byte {error.start})") from None
             except json.JSONDecodeError as error:
                 raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
             if not isinstance(obj, dict):

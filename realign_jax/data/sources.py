@@ -20,6 +20,8 @@ from realign_jax.data.adapters import PovidSource, RlaifVSource, VLFeedbackSourc
 from realign_jax.data.arrayrecord import ArrayRecordSource
 from realign_jax.data.records import BadRecord, Record, from_json
 
+MAX_RECORD_BYTES = 64 << 20  # one JSONL line; a record's images are files, not inline data
+
 
 class JsonlSource:
     """One JSONL file, or every `*.jsonl` of a folder in name order (a pair builder's shards:
@@ -54,8 +56,12 @@ class JsonlSource:
             f.seek(offset)
             line = f.readline()
         where = self.where(index)
+        if len(line) > MAX_RECORD_BYTES:
+            raise BadRecord(where, "<json>", f"is {len(line)} bytes, over the {MAX_RECORD_BYTES}-byte limit of a record")
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise BadRecord(where, "<json>", f"is not UTF-8 text (byte {error.start})") from None
         except json.JSONDecodeError as error:
             raise BadRecord(where, "<json>", f"not valid JSON ({error.msg} at column {error.colno})") from None
         record = from_json(obj, where)

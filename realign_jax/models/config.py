@@ -124,12 +124,12 @@ def _check_config(config: LlavaConfig) -> None:
                 f"vision_feature_layer={layer} is outside the {vision.num_layers + 1} hidden states of the vision tower"
             )
     if config.remat not in ("none", "full", "dots"):
-        raise ValueError(f"remat={config.remat!r}: expected 'none', 'full' or 'dots'")
+        raise ValueError(f"model.remat={config.remat!r}: expected 'none', 'full' or 'dots'")
     if config.attention_impl not in ("xla", "cudnn"):
-        raise ValueError(f"attention_impl={config.attention_impl!r}: expected 'xla' or 'cudnn'")
+        raise ValueError(f"model.attention_impl={config.attention_impl!r}: expected 'xla' or 'cudnn'")
     for key in ("param_dtype", "dtype"):
         if getattr(config, key) not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"{key}={getattr(config, key)!r}: expected 'float32', 'bfloat16' or 'float16'")
+            raise ValueError(f"model.{key}={getattr(config, key)!r}: expected 'float32', 'bfloat16' or 'float16'")
     if text.hidden_act != "silu":
         raise ValueError(f"text.hidden_act={text.hidden_act!r}: only 'silu' (Llama/Mistral/Qwen2) is supported")
     if vision.hidden_act not in ("quick_gelu", "gelu"):

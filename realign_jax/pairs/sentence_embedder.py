@@ -168,17 +168,13 @@ def _read_pipeline(folder: Path) -> tuple[str, bool]:
 
 def _read_weights(folder: Path) -> Weights:
     """Tensor lookup by BertModel name; checkpoints of BertFor* heads prefix every name with `bert.`."""
-    if (folder / "model.safetensors").is_file():
-        from safetensors.numpy import load_file
+    if not (folder / "model.safetensors").is_file():
+        # Only safetensors are read: a pickle (pytorch_model.bin) can run code when loaded.
+        raise FileNotFoundError(f"{folder}: no model.safetensors (only safetensors are read; convert a "
+                                "pytorch_model.bin with transformers' save_pretrained(safe_serialization=True))")
+    from safetensors.numpy import load_file
 
-        tensors = load_file(folder / "model.safetensors")
-    elif (folder / "pytorch_model.bin").is_file():
-        import torch
-
-        state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-        tensors = {name: value.float().numpy() for name, value in state.items()}
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    tensors = load_file(folder / "model.safetensors")
     tensors = {name.removeprefix("bert."): value for name, value in tensors.items()}
 
     def lookup(name: str) -> np.ndarray:

@@ -37,6 +37,8 @@ class LoraConfig:
     def __post_init__(self) -> None:
         if self.rank < 0:
             raise ValueError(f"lora.rank={self.rank} must be >= 0")
+        if self.alpha <= 0:
+            raise ValueError(f"lora.alpha={self.alpha} must be positive")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"lora.dropout={self.dropout} must be in [0, 1)")
         try:

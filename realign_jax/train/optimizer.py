@@ -32,6 +32,11 @@ class OptimConfig:
             raise ValueError(f"optim.lr={self.lr} must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"optim.warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.weight_decay < 0 or self.clip_norm < 0:
+            raise ValueError(f"optim.weight_decay={self.weight_decay} and optim.clip_norm={self.clip_norm} must be >= 0")
+        for name in ("b1", "b2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"optim.{name}={getattr(self, name)} must be in [0, 1)")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"optim.schedule={self.schedule!r}: choose cosine or constant")
         for pattern, lr in self.lr_groups:
