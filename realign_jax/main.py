@@ -7,6 +7,7 @@ ends in one line naming the key instead of a stack trace.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
@@ -20,9 +21,20 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints,
 _XLA = flags.DEFINE_bool("xla", False, "Profiling run: trace a window of steps with jax.profiler and dump the "
                          "optimised HLO and memory analysis of the step under the work dir.")
 
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the checkpoints and logs of a run with a different config "
+                               "in --workdir instead of refusing to resume them.")
 
-def _generate(config: Any, workdir: str, xla: bool = False) -> None:
-    del xla  # --xla profiles training steps
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """The command-line switches besides the config."""
+
+    xla: bool = False
+    overwrite: bool = False
+
+
+def _generate(config: Any, workdir: str, options: RunOptions) -> None:
+    del options  # --xla profiles training steps
     from realign_jax.eval.captioning import caption
 
     caption(config, workdir)
@@ -46,11 +58,11 @@ def _prepare_world(config: Any, workdir: str) -> None:
         config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
 
 
-def _train(config: Any, workdir: str, xla: bool = False) -> None:
+def _train(config: Any, workdir: str, options: RunOptions) -> None:
     from realign_jax.train.loop import train
 
     _prepare_world(config, workdir)
-    outputs = train(config, workdir, xla=xla)
+    outputs = train(config, workdir, xla=options.xla, overwrite=options.overwrite)
     metrics = outputs["metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
     print(f"step {outputs['step']}: {shown}")
@@ -64,15 +76,15 @@ def _train(config: Any, workdir: str, xla: bool = False) -> None:
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
 
 
-def _inspect(config: Any, workdir: str, xla: bool = False) -> None:
-    del workdir, xla  # inspect only reads
+def _inspect(config: Any, workdir: str, options: RunOptions) -> None:
+    del workdir, options  # inspect only reads
     from realign_jax.train.inspect_data import inspect
 
     inspect(config)
 
 
-def _convert(config: Any, workdir: str, xla: bool = False) -> None:
-    del workdir, xla  # the output folder is convert.output
+def _convert(config: Any, workdir: str, options: RunOptions) -> None:
+    del workdir, options  # the output folder is convert.output
     from realign_jax.data.arrayrecord import convert
     from realign_jax.data.sources import open_source
 
@@ -84,8 +96,8 @@ def _convert(config: Any, workdir: str, xla: bool = False) -> None:
         print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
 
 
-def _build_pairs(config: Any, workdir: str, xla: bool = False) -> None:
-    del xla  # nothing is trained
+def _build_pairs(config: Any, workdir: str, options: RunOptions) -> None:
+    del options  # nothing is trained
     from realign_jax.pairs.build import build_pairs, check_config
 
     check_config(config)  # before a world is generated for nothing
@@ -99,21 +111,22 @@ def _build_pairs(config: Any, workdir: str, xla: bool = False) -> None:
     print(f"pairs: {result['output']}")
 
 
-def _eval(config: Any, workdir: str, xla: bool = False) -> None:
-    del xla  # --xla profiles training steps
+def _eval(config: Any, workdir: str, options: RunOptions) -> None:
+    del options  # --xla profiles training steps
     from realign_jax.eval.suite import evaluate
 
     evaluate(config, workdir)
 
 
-def _pipeline(config: Any, workdir: str, xla: bool = False) -> None:
-    del xla  # profile one stage with its own config instead
+def _pipeline(config: Any, workdir: str, options: RunOptions) -> None:
     from realign_jax.pipeline import run_pipeline
 
-    run_pipeline(config, workdir, run=lambda stage_config, stage_dir: run(stage_config, stage_dir))
+    # --xla is not passed on: profile one stage with its own config instead.
+    run_pipeline(config, workdir,
+                 run=lambda stage_config, stage_dir: run(stage_config, stage_dir, overwrite=options.overwrite))
 
 
-MODES: dict[str, Callable[[Any, str, bool], None]] = {
+MODES: dict[str, Callable[[Any, str, RunOptions], None]] = {
     "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert, "eval": _eval,
     "build_pairs": _build_pairs, "pipeline": _pipeline}
 
@@ -131,14 +144,14 @@ MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
-def run(config: Any, workdir: str, xla: bool = False) -> None:
+def run(config: Any, workdir: str, xla: bool = False, overwrite: bool = False) -> None:
     mode = config.get("mode")
     if mode in MODES:
         sections, example = MODE_SECTIONS[mode]
         missing = [name for name in sections if name not in config]
         if missing:
             raise SystemExit(f"config.mode={mode!r} needs the config sections {missing}; start from {example}")
-        MODES[mode](config, workdir, xla)
+        MODES[mode](config, workdir, RunOptions(xla=xla, overwrite=overwrite))
     else:
         raise SystemExit(f"config.mode={mode!r} is unknown; expected one of {sorted(MODES)}")
 
@@ -162,8 +175,8 @@ def main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
     try:
-        run(_CONFIG.value, _WORKDIR.value, _XLA.value)
-    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError) as error:
+        run(_CONFIG.value, _WORKDIR.value, _XLA.value, _OVERWRITE.value)
+    except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -100,6 +100,10 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     config.train.log_every = 1
     config.train.checkpoint_every = 20  # 0 = only at the end
     config.train.keep_checkpoints = 2
+    # A step whose loss or gradient is NaN/inf never updates the parameters. skip: count it and
+    # go on (stop after more than max_consecutive_skips in a row) | stop: end the run there.
+    config.train.on_nonfinite = "skip"
+    config.train.max_consecutive_skips = 10
     config.train.export = True  # merged model in HF format under <workdir>/export
     config.train.profile_start = 3  # --xla: trace steps [start, start + steps)
     config.train.profile_steps = 3

@@ -8,6 +8,7 @@ Hugging Face format at the end.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -22,6 +23,7 @@ from realign_jax.train.inputs import make_dataset, to_bucket
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import parse
 from realign_jax.train.trainer import Trainer
+from realign_jax.train.workdir import check_free_space, check_writable, claim
 
 
 def maybe_initialize_distributed() -> None:
@@ -32,6 +34,39 @@ def maybe_initialize_distributed() -> None:
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     if multi and any(m in os.environ for m in markers):
         jax.distributed.initialize()
+
+
+class NonFiniteSteps:
+    """Counts the steps whose loss or gradient was not finite (the step left the parameters
+    as they were) and applies train.on_nonfinite: 'skip' goes on until more than
+    `max_consecutive` such steps come in a row, 'stop' ends the run at the first."""
+
+    def __init__(self, policy: str, max_consecutive: int, checkpoints_dir: str):
+        self.policy, self.max_consecutive, self.checkpoints_dir = policy, max_consecutive, checkpoints_dir
+        self.total, self.consecutive = 0, 0
+
+    def check(self, step: int, metrics: dict[str, Any]) -> None:
+        if not float(metrics["nonfinite"]):
+            self.consecutive = 0
+            return
+        self.total += 1
+        self.consecutive += 1
+        if self.policy == "stop" or self.consecutive > self.max_consecutive:
+            values = {k: float(metrics[k]) for k in ("loss", "grad_norm")}
+            bad = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v)) or "a gradient"
+            why = ("train.on_nonfinite='stop'" if self.policy == "stop" else
+                   f"{self.consecutive} non-finite steps in a row (train.max_consecutive_skips="
+                   f"{self.max_consecutive})")
+            raise FloatingPointError(
+                f"step {step}: {bad} is not finite; its update was not applied. Stopped by {why}. The checkpoints "
+                f"in {self.checkpoints_dir} hold only finite parameters: lower optim.lr, check the data near this "
+                "step, or set train.on_nonfinite='skip'")
+
+    def state(self) -> dict[str, int]:
+        return {"total": self.total}
+
+    def restore(self, state: dict[str, int]) -> None:
+        self.total = int(state.get("total", 0))
 
 
 class _Preemption:
@@ -60,17 +95,25 @@ def _write_xla_artifacts(compiled: Any, workdir: str) -> list[str]:
     return [hlo, memory]
 
 
-def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None) -> dict[str, Any]:
+def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns the last logged metrics and the output paths.
 
     `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
+    `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
     """
     settings = parse(config)
     maybe_initialize_distributed()
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir)
+    if jax.process_index() == 0:
+        claim(workdir, config, overwrite)
+    checkpoints_dir = os.path.join(workdir, "checkpoints")
     trainer = Trainer(settings)
     state = trainer.init_state()
+    check_free_space(workdir, trainer.bytes_written(state, settings.keep_checkpoints, settings.export))
     bad_records = pipeline.BadRecordCounter()
+    nonfinite = NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir)
+    pending: tuple[int, Any] | None = None  # (step, metrics) of the last step not yet checked
     if config.get("online_bdhs") and config.online_bdhs.every:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
@@ -81,12 +124,14 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     # The random smoke-test pairs always run at seq_len; record sources pad to length buckets.
     buckets = pipeline.parse_buckets(config.data.length_buckets if config.data.source != "random" else "",
                                      config.data.seq_len)
-    checkpoints = Checkpointer(os.path.join(workdir, "checkpoints"), settings.checkpoint_every,
+    checkpoints = Checkpointer(checkpoints_dir, settings.checkpoint_every,
                                settings.keep_checkpoints)
     if checkpoints.latest_step() is not None:
         state, data_state = checkpoints.restore(state)
         iterator.set_state(data_state["iterator"])
         bad_records.restore(data_state["skipped"])
+        nonfinite.restore(data_state.get("nonfinite", {}))
+        print(f"resumed from checkpoint step {int(state.step)} in {checkpoints_dir}", flush=True)
     step = int(state.step)
     log = MetricsLog(workdir, resume_step=step)
     preemption = _Preemption()
@@ -112,6 +157,10 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 profiling = True
             state, metrics = trainer.step(state, batch)
             step += 1
+            # The previous step's flag is read once this one is queued, so the device never idles.
+            if pending is not None:
+                nonfinite.check(*pending)
+            pending = (step, metrics)
             if xla and "xla" not in outputs:
                 outputs["xla"] = _write_xla_artifacts(trainer.compiled(state, batch), workdir)
             if profiling and step + 1 == settings.profile_start + settings.profile_steps:
@@ -121,18 +170,26 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 outputs["profile"] = os.path.join(workdir, "profile")
             window_tokens += float(host_batch["attention_mask"].sum()) * jax.process_count()
             if step % settings.log_every == 0 or step == settings.steps:
+                nonfinite.check(*pending)  # the metrics are fetched here anyway
+                pending = None
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 # The first window after a (re)start includes compilation.
                 last["tokens_per_sec"] = window_tokens / max(now - window_start, 1e-9)
                 window_tokens, window_start = 0.0, now
                 last["data/skipped"] = float(bad_records.total)
+                last["train/skipped_nonfinite"] = float(nonfinite.total)
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
             stopping = preemption.requested or (stop_after is not None and step >= stop_after)
             if stopping or step == settings.steps or checkpoints.due(step):
-                checkpoints.save(step, state, {"iterator": iterator.get_state(), "skipped": bad_records.state()})
+                if pending is not None:
+                    nonfinite.check(*pending)
+                    pending = None
+                trainer.check_finite(state, step)
+                checkpoints.save(step, state, {"iterator": iterator.get_state(), "skipped": bad_records.state(),
+                                               "nonfinite": nonfinite.state()})
             if stopping:
                 outputs["stopped_at"] = step
                 break

@@ -1,7 +1,8 @@
 """Where logged steps go: `metrics.jsonl` (one JSON object per logged step) and TensorBoard.
 
 On resume, lines after the restored step are dropped first: those steps run again and are
-logged again, so the file never holds two different values for one step.
+logged again, so the file never holds two different values for one step. A last line cut off
+by a kill is dropped too.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ class MetricsLog:
         self.tensorboard = None
         if not self.enabled:
             return
-        kept = []
         if os.path.isfile(self.path):
-            with open(self.path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
-        with open(self.path, "w") as f:
-            f.writelines(kept)
+            kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= resume_step]
+            # Replaced in one rename: a kill here leaves the old file or the new one, never half.
+            with open(self.path + ".tmp", "w") as f:
+                f.writelines(kept)
+            os.replace(self.path + ".tmp", self.path)
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
@@ -45,6 +46,11 @@ class MetricsLog:
             self.tensorboard.close()
 
 
-def read(path: str) -> list[dict[str, Any]]:
+def _complete_lines(path: str) -> list[str]:
+    """The file's lines that end in a newline: a kill in the middle of a write cuts the last one."""
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return [line for line in f if line.endswith("\n") and line.strip()]
+
+
+def read(path: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in _complete_lines(path)]

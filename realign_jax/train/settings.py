@@ -22,6 +22,7 @@ from realign_jax.train.step import REFERENCES
 
 MODEL_RUNTIME_KEYS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
 DATA_SOURCES = ("random", *RECORD_SOURCES)
+ON_NONFINITE = ("skip", "stop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,8 @@ class TrainSettings:
     log_every: int
     checkpoint_every: int
     keep_checkpoints: int
+    on_nonfinite: str  # skip | stop (train/loop.py NonFiniteSteps)
+    max_consecutive_skips: int
     export: bool
     profile_start: int
     profile_steps: int
@@ -120,6 +123,10 @@ def parse(config: Any) -> TrainSettings:
         raise ValueError(f"train.batch_size={train.batch_size} is not a multiple of train.grad_accum={train.grad_accum}")
     if train.checkpoint_every < 0:
         raise ValueError(f"train.checkpoint_every={train.checkpoint_every} must be >= 0 (0 = only at the end)")
+    if train.on_nonfinite not in ON_NONFINITE:
+        raise ValueError(f"train.on_nonfinite={train.on_nonfinite!r}: choose one of {ON_NONFINITE}")
+    if train.max_consecutive_skips < 0:
+        raise ValueError(f"train.max_consecutive_skips={train.max_consecutive_skips} must be >= 0")
     if train.profile_steps < 1 or train.profile_start < 1:
         raise ValueError("train.profile_start and train.profile_steps must be >= 1")
     data = _section(config, "data")
@@ -129,6 +136,12 @@ def parse(config: Any) -> TrainSettings:
         raise ValueError(f"data.source={data.source!r} needs data.path (the records: file, folder or pattern)")
     if data.workers < 0:
         raise ValueError(f"data.workers={data.workers} must be >= 0 (0 = threads in the training process)")
+    for key, value, least in (("data.seq_len", data.seq_len, 1), ("data.seed", data.seed, 0), ("seed", config.seed, 0),
+                              ("loss.vocab_chunk", loss_cfg.vocab_chunk, 1)):
+        if value < least:
+            raise ValueError(f"{key}={value} must be >= {least}")
+    if data.source == "random" and data.num_examples < 1:
+        raise ValueError(f"data.num_examples={data.num_examples} must be >= 1")
     parse_buckets(data.length_buckets, data.seq_len)
     check_on_bad_record(data.on_bad_record)
     if data.truncation not in TRUNCATION:
@@ -142,6 +155,7 @@ def parse(config: Any) -> TrainSettings:
         mesh=MeshSettings(mesh.data, mesh.fsdp, mesh.tensor, _parse_rules(mesh.rules)), reference=reference,
         trainable=train.trainable, steps=train.steps, batch_size=train.batch_size, grad_accum=train.grad_accum,
         seed=config.seed, log_every=train.log_every, checkpoint_every=train.checkpoint_every,
-        keep_checkpoints=train.keep_checkpoints, export=train.export, profile_start=train.profile_start,
+        keep_checkpoints=train.keep_checkpoints, on_nonfinite=train.on_nonfinite,
+        max_consecutive_skips=train.max_consecutive_skips, export=train.export, profile_start=train.profile_start,
         profile_steps=train.profile_steps, model=model,
     )

@@ -4,8 +4,8 @@ Inside one XLA program: the policy forward over all stacked rows and its backwar
 reference log-probs under `stop_gradient` (the same parameters with LoRA switched off and
 the trainable base parameters at their start values, or read from the batch when they were
 precomputed), the loss, gradient accumulation over micro-batches, clipping and the
-optimiser update. The state is donated, so parameters and optimiser moments are updated in
-place.
+optimiser update, which is skipped when the loss or a gradient is not finite. The state is
+donated, so parameters and optimiser moments are updated in place.
 """
 
 from __future__ import annotations
@@ -127,9 +127,17 @@ def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainSt
         (grads, metrics), _ = jax.lax.scan(accumulate, init,
                                            (_micro_batches(batch, spec.grad_accum), jnp.arange(spec.grad_accum)))
         grads, metrics = jax.tree.map(lambda x: x / spec.grad_accum, (grads, metrics))
-    updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
-    trainable = optax.apply_updates(state.trainable, updates)
+    # A non-finite loss or gradient leaves the parameters and optimiser moments as they were;
+    # the loop reads `nonfinite` and skips or stops (train.on_nonfinite).
+    finite = jnp.isfinite(metrics["loss"]) & all_finite(grads)
+
+    def update(_: None) -> tuple[nnx.State, Any]:
+        updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
+        return optax.apply_updates(state.trainable, updates), opt_state
+
+    trainable, opt_state = jax.lax.cond(finite, update, lambda _: (state.trainable, state.opt_state), None)
     metrics = dict(metrics)
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["lr"] = spec.schedules["default"](state.step)
     for name, schedule in spec.schedules.items():
@@ -138,6 +146,12 @@ def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainSt
     metrics["tokens"] = jnp.sum(batch["attention_mask"])
     new_state = dataclasses.replace(state, step=state.step + 1, trainable=trainable, opt_state=opt_state, rng=rng)
     return new_state, metrics
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every element of every array in `tree` is finite (a bool scalar)."""
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else jnp.array(True)
 
 
 def _first(batch: Batch, count: int) -> Batch:

@@ -23,7 +23,7 @@ from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_t
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
 from realign_jax.train.optimizer import dotted, make_optimizer
 from realign_jax.train.settings import MODEL_RUNTIME_KEYS, TrainSettings
-from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, reference_logps, train_step
+from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, all_finite, reference_logps, train_step
 
 
 def _runtime(model: dict[str, Any]) -> dict[str, Any]:
@@ -67,6 +67,7 @@ class Trainer:
                              f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
         self._compiled: dict[tuple, Any] = {}  # batch shapes -> executable (one per length bucket)
         self._reference_fn: Any = None
+        self._all_finite: Any = None
 
     def init_state(self) -> TrainState:
         """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
@@ -145,6 +146,24 @@ class Trainer:
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
         return self.compiled(state, batch)(state, batch)
+
+    def bytes_written(self, state: TrainState, keep_checkpoints: int, export: bool) -> int:
+        """About what the run puts on disk: `keep + 1` checkpoints (one is written while the
+        kept ones still exist) and the merged export."""
+        def size(tree: Any) -> int:
+            return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+        checkpoint = size(state.checkpointed())
+        model = size((state.trainable, state.frozen)) if export else 0
+        return (keep_checkpoints + 1) * checkpoint + model
+
+    def check_finite(self, state: TrainState, step: int) -> None:
+        """Refuse to checkpoint parameters or optimiser moments holding NaN or inf."""
+        if self._all_finite is None:
+            self._all_finite = jax.jit(lambda s: all_finite((s.trainable, s.opt_state)))
+        if not bool(self._all_finite(state)):
+            raise FloatingPointError(f"step {step}: the trained parameters or optimiser moments are not finite; no "
+                                     "checkpoint was written (the last complete one is kept): lower optim.lr")
 
     def reference_logps(self, state: TrainState, batch: Batch) -> jax.Array:
         """[B, K] reference log-probs of a batch, for precomputing them once."""

@@ -1,0 +1,97 @@
+"""Checks on the work dir before a run spends hours in it: that it can be written, that the disk
+holds what the run will write, and that its checkpoints belong to this config.
+
+A run resumes from whatever checkpoints its work dir holds, so pointing a changed config at an
+old work dir would silently continue the old run under new settings. The config a run started
+with is kept in `<workdir>/run_config.json`; a later run whose config differs in a key that
+changes what the checkpoints mean is refused, naming the keys, unless it asks to overwrite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+RUN_CONFIG = "run_config.json"
+# Keys a resumed run may change: logging, checkpoint cadence, length of the run, profiling,
+# the mesh (Orbax restores into any sharding) and how the step is computed, not what it computes.
+MAY_CHANGE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.export",
+              "train.profile_start", "train.profile_steps", "train.on_nonfinite", "train.max_consecutive_skips",
+              "data.workers", "inspect", "mesh", "model.remat", "model.attention_impl")
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "online_bdhs", RUN_CONFIG)
+
+
+def check_writable(workdir: str) -> None:
+    """Create the work dir and write a probe file there, or fail with one line."""
+    probe = os.path.join(workdir, ".write_probe")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"--workdir={workdir}: cannot write there ({error.strerror or error})") from None
+
+
+def check_free_space(workdir: str, needed_bytes: int) -> None:
+    free = shutil.disk_usage(workdir).free
+    if free < needed_bytes:
+        raise ValueError(f"--workdir={workdir}: {_size(free)} free on its disk, but this run writes about "
+                         f"{_size(needed_bytes)} (checkpoints and the export); free some space or choose another "
+                         "--workdir")
+
+
+def _size(count: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _binding(config: dict[str, Any]) -> dict[str, Any]:
+    """The flattened keys that must match for a checkpoint to be resumed."""
+    return {k: v for k, v in _flat(config).items()
+            if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)}
+
+
+def claim(workdir: str, config: Any, overwrite: bool = False) -> None:
+    """Refuse a work dir whose checkpoints come from a different config, or with `overwrite`
+    delete that run's outputs first; then record this config as the work dir's."""
+    path = os.path.join(workdir, RUN_CONFIG)
+    current = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=list))
+    has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+        name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+    if has_checkpoints and os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)
+        old, new = _binding(previous), _binding(current)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+        if changed and not overwrite:
+            shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed[:6])
+            more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+            raise ValueError(f"--workdir={workdir} holds checkpoints of a run with a different config ({shown}{more}); "
+                             "use another --workdir, or pass --overwrite to delete that run's checkpoints and logs")
+        if changed:
+            for name in OUTPUTS:
+                target = os.path.join(workdir, name)
+                if os.path.isdir(target):
+                    shutil.rmtree(target)
+                elif os.path.exists(target):
+                    os.remove(target)
+    with open(path + ".tmp", "w") as f:
+        json.dump(current, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
