@@ -73,6 +73,17 @@ def _checkpoints(workdir: str) -> tuple[list[int], list[str]]:
     return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if "tmp" in n)
 
 
+def _partial_identities(workdir: str) -> set[tuple[str, int]]:
+    """(name, creation time) of the partial saves: a step saved again after a kill reuses the name."""
+    identities = set()
+    for name in _checkpoints(workdir)[1]:
+        try:
+            identities.add((name, os.stat(os.path.join(workdir, "checkpoints", name)).st_ctime_ns))
+        except FileNotFoundError:  # finished (renamed) or cleaned up meanwhile
+            pass
+    return identities
+
+
 def _start(args: list[str], log: str) -> subprocess.Popen:
     with open(log, "w") as out:  # the child keeps its own handle
         return subprocess.Popen(args, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, text=True)
@@ -93,6 +104,7 @@ def _tail(log: str) -> str:
 def _interrupt(args: list[str], workdir: str, log: str, kind: str, rng: random.Random, steps: int,
                timeout: float) -> Interruption | None:
     """Start the run and interrupt it once; None when it finished before the moment came."""
+    stale = _partial_identities(workdir)  # partial saves of earlier kills (the restart removes them)
     process = _start(args, log)
     start_step = _last_step(workdir)
     target = start_step + rng.randint(1, max(1, (steps - start_step) // 2))
@@ -100,7 +112,7 @@ def _interrupt(args: list[str], workdir: str, log: str, kind: str, rng: random.R
     sent = None
     while process.poll() is None and time.time() < deadline:
         if kind == "mid-save":
-            if _checkpoints(workdir)[1] and _last_step(workdir) > start_step:
+            if _partial_identities(workdir) - stale and _last_step(workdir) > start_step:
                 process.kill()
                 break
         elif _last_step(workdir) >= target:
@@ -196,6 +208,9 @@ def main() -> None:
               f"partial {event['partial_saves'] or '-'}, resumed from {event['resumed_from']}"
               + (f", exited {event['exit_seconds']:.1f} s after SIGTERM" if event["exit_seconds"] else ""))
     summary = {k: v for k, v in report.items() if k != "interruptions"}
+    if len(report["interruptions"]) < args.kills:
+        print(f"the run reached its last step after {len(report['interruptions'])} of {args.kills} interruptions: "
+              "give it more --steps")
     print(json.dumps(summary, indent=1))
 
 

@@ -29,7 +29,9 @@ class Checkpointer:
     def __init__(self, directory: str, every: int, keep: int):
         self.directory = os.path.abspath(directory)
         self.every = every  # 0 = only forced saves (the end, preemption)
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True)
+        # A save cut by a kill leaves `<step>.orbax-checkpoint-tmp`: never restored, removed on start.
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
+                                               cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
     def latest_step(self) -> int | None:
