@@ -28,12 +28,17 @@ from realign_jax.train.workdir import check_free_space, check_writable, claim
 
 def maybe_initialize_distributed() -> None:
     """Join the other processes of a multi-host run (TPU pod slice, SLURM, or an explicit
-    coordinator); a single process does nothing."""
-    markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS")
+    coordinator: JAX_COORDINATOR_ADDRESS=host:port with JAX_NUM_PROCESSES and JAX_PROCESS_ID);
+    a single process, or one already joined, does nothing."""
+    if jax.distributed.is_initialized():
+        return
     multi = os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
         or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if multi and any(m in os.environ for m in markers):
-        jax.distributed.initialize()
+    if not multi:
+        return
+    explicit = {key: int(os.environ[name]) for key, name in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                             ("process_id", "JAX_PROCESS_ID")) if name in os.environ}
+    jax.distributed.initialize(**explicit)
 
 
 class NonFiniteSteps:
