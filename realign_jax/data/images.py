@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,7 +197,10 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
     name = f"<{len(source)} bytes of image data>" if isinstance(source, bytes) else os.fspath(source)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(stream) as opened:
+        with warnings.catch_warnings():  # Pillow warns of a large canvas; check_size refuses it outright
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(stream)
+        with opened:
             check_size(*opened.size, name)
             opened.load()
             return to_rgb(ImageOps.exif_transpose(opened))
