@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from realign_jax.files import changed_keys, write_atomically
+
 ShardBuilder = Callable[[Sequence[Mapping[str, Any]], Counter], list[dict[str, Any]]]
 
 
@@ -24,24 +26,18 @@ def shard_name(index: int, total: int) -> str:
     return f"pairs-{index:05d}-of-{total:05d}.jsonl"
 
 
-def _write_atomically(path: str, text: str) -> None:
-    with open(path + ".partial", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".partial", path)
-
-
 def _check_manifest(output: str, manifest: Mapping[str, Any]) -> None:
     path = os.path.join(output, "build.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             existing = json.load(f)
-        if existing != manifest:
-            changed = sorted(k for k in existing.keys() | manifest.keys() if existing.get(k) != manifest.get(k))
+        changed = changed_keys(existing, manifest)
+        if changed:
             raise ValueError(f"{output} holds pairs built with other settings ({changed} differ); "
                              "delete it or choose another pairs.output")
     else:
         os.makedirs(output, exist_ok=True)
-        _write_atomically(path, json.dumps(manifest, indent=1))
+        write_atomically(path, json.dumps(manifest, indent=1))
 
 
 def build_in_shards(records: Sequence[Mapping[str, Any]], output: str, shard_size: int, build: ShardBuilder,
@@ -66,8 +62,8 @@ def build_in_shards(records: Sequence[Mapping[str, Any]], output: str, shard_siz
                 continue
             shard_counts: Counter[str] = Counter()
             rows = build(part, shard_counts)
-            _write_atomically(path + ".counts.json", json.dumps(dict(shard_counts)))
-            _write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+            write_atomically(path + ".counts.json", json.dumps(dict(shard_counts)))
+            write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
             counts.update(shard_counts)
             built += 1
             bar.update(len(part))

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from realign_jax.files import changed_keys
 from realign_jax.synthetic.config import WorldConfig
 from realign_jax.synthetic.render import render
 from realign_jax.synthetic.scenes import anchors_without_companion, sample_scene
@@ -216,8 +217,8 @@ def ensure_world(config: WorldConfig, out_dir: str | os.PathLike[str]) -> str:
     meta = Path(out_dir) / "world.json"
     if meta.is_file():
         existing, wanted = json.loads(meta.read_text())["config"], config.to_json()
-        if existing != wanted:
-            changed = sorted(k for k in existing.keys() | wanted.keys() if existing.get(k) != wanted.get(k))
+        changed = changed_keys(existing, wanted)
+        if changed:
             raise ValueError(f"{out_dir} holds a different world (keys {changed} differ); delete it or point "
                              "world.dir elsewhere")
         return str(out_dir)

@@ -13,6 +13,8 @@ from typing import Any
 
 import jax
 
+from realign_jax.files import write_atomically
+
 
 class MetricsLog:
     def __init__(self, workdir: str, resume_step: int):
@@ -23,10 +25,7 @@ class MetricsLog:
             return
         if os.path.isfile(self.path):
             kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= resume_step]
-            # Replaced in one rename: a kill here leaves the old file or the new one, never half.
-            with open(self.path + ".tmp", "w") as f:
-                f.writelines(kept)
-            os.replace(self.path + ".tmp", self.path)
+            write_atomically(self.path, "".join(kept))
         from tensorboardX import SummaryWriter
 
         self.tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)

@@ -24,6 +24,7 @@ import numpy as np
 from realign_jax.data import pipeline
 from realign_jax.data.sources import JsonlSource
 from realign_jax.eval.answering import Answerer
+from realign_jax.files import write_atomically
 from realign_jax.models.llava import LlavaModel
 from realign_jax.pairs.bdhs import BdhsSampler, settings_from_config
 from realign_jax.pairs.inputs import read_records
@@ -97,9 +98,7 @@ class OnlineBdhsBatches:
             raise ValueError(f"online BDHS round {index}: no record of {self.config.data.path} gave a pair "
                              f"({dict(counts)})")
         os.makedirs(self.folder, exist_ok=True)
-        with open(path + ".partial", "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        os.replace(path + ".partial", path)
+        write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         self.counts.update(counts)
 
     def get_state(self) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import os
 import shutil
 from typing import Any
 
+from realign_jax.files import changed_keys, write_atomically
+
 RUN_CONFIG = "run_config.json"
 # Keys a resumed run may change: logging, checkpoint cadence, length of the run, profiling,
 # the mesh (Orbax restores into any sharding) and how the step is computed, not what it computes.
@@ -79,7 +81,7 @@ def claim(workdir: str, config: Any, overwrite: bool = False) -> None:
         with open(path) as f:
             previous = json.load(f)
         old, new = _binding(previous), _binding(current)
-        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>"))
+        changed = changed_keys(old, new)
         if changed and not overwrite:
             shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed[:6])
             more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
@@ -92,6 +94,4 @@ def claim(workdir: str, config: Any, overwrite: bool = False) -> None:
                     shutil.rmtree(target)
                 elif os.path.exists(target):
                     os.remove(target)
-    with open(path + ".tmp", "w") as f:
-        json.dump(current, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, json.dumps(current, indent=1, sort_keys=True))
