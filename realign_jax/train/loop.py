@@ -44,13 +44,29 @@ def maybe_initialize_distributed() -> None:
 class NonFiniteSteps:
     """Counts the steps whose loss or gradient was not finite (the step left the parameters
     as they were) and applies train.on_nonfinite: 'skip' goes on until more than
-    `max_consecutive` such steps come in a row, 'stop' ends the run at the first."""
+    `max_consecutive` such steps come in a row, 'stop' ends the run at the first.
+
+    A step's flag is read when the next step has been queued (`queue`), so the device never
+    waits on the host; `check_pending` reads it at once where the loop syncs anyway (logging,
+    saving)."""
 
     def __init__(self, policy: str, max_consecutive: int, checkpoints_dir: str):
         self.policy, self.max_consecutive, self.checkpoints_dir = policy, max_consecutive, checkpoints_dir
         self.total, self.consecutive = 0, 0
+        self._pending: tuple[int, Any] | None = None  # (step, metrics) not checked yet
 
-    def check(self, step: int, metrics: dict[str, Any]) -> None:
+    def queue(self, step: int, metrics: dict[str, Any]) -> None:
+        """Check the previous step, and hold this one until the next."""
+        self.check_pending()
+        self._pending = (step, metrics)
+
+    def check_pending(self) -> None:
+        if self._pending is not None:
+            step, metrics = self._pending
+            self._pending = None
+            self._check(step, metrics)
+
+    def _check(self, step: int, metrics: dict[str, Any]) -> None:
         if not float(metrics["nonfinite"]):
             self.consecutive = 0
             return
@@ -118,7 +134,6 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     check_free_space(workdir, trainer.bytes_written(state, settings.keep_checkpoints, settings.export))
     bad_records = pipeline.BadRecordCounter()
     nonfinite = NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir)
-    pending: tuple[int, Any] | None = None  # (step, metrics) of the last step not yet checked
     if config.get("online_bdhs") and config.online_bdhs.every:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
@@ -162,10 +177,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 profiling = True
             state, metrics = trainer.step(state, batch)
             step += 1
-            # The previous step's flag is read once this one is queued, so the device never idles.
-            if pending is not None:
-                nonfinite.check(*pending)
-            pending = (step, metrics)
+            nonfinite.queue(step, metrics)
             if xla and "xla" not in outputs:
                 outputs["xla"] = _write_xla_artifacts(trainer.compiled(state, batch), workdir)
             if profiling and step + 1 == settings.profile_start + settings.profile_steps:
@@ -175,8 +187,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 outputs["profile"] = os.path.join(workdir, "profile")
             window_tokens += float(host_batch["attention_mask"].sum()) * jax.process_count()
             if step % settings.log_every == 0 or step == settings.steps:
-                nonfinite.check(*pending)  # the metrics are fetched here anyway
-                pending = None
+                nonfinite.check_pending()  # the metrics are fetched here anyway
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 now = time.perf_counter()
                 # The first window after a (re)start includes compilation.
@@ -189,9 +200,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             bar.update(1)
             stopping = preemption.requested or (stop_after is not None and step >= stop_after)
             if stopping or step == settings.steps or checkpoints.due(step):
-                if pending is not None:
-                    nonfinite.check(*pending)
-                    pending = None
+                nonfinite.check_pending()
                 trainer.check_finite(state, step)
                 checkpoints.save(step, state, {"iterator": iterator.get_state(), "skipped": bad_records.state(),
                                                "nonfinite": nonfinite.state()})
