@@ -42,6 +42,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from realign_jax.data.jsonl import parse_line
 from realign_jax.data.records import BadRecord, Record, from_json, require
 
 PAIR = ("chosen", "rejected")
@@ -272,9 +273,9 @@ class VLFeedbackSource:
             f.seek(self._offsets[index])
             line = f.readline()
         try:
-            obj = json.loads(line)
-        except ValueError as error:  # JSONDecodeError, or bytes that are not UTF-8
-            raise BadRecord(where, "<json>", f"not valid JSON ({error})") from None
+            obj = parse_line(line)
+        except ValueError as error:
+            raise BadRecord(where, "<json>", str(error)) from None
         scores = _silkie_scores(obj, where)
         pair = _extremes(scores)
         if pair is None:

@@ -11,6 +11,16 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def parse_line(raw: bytes) -> Any:
+    """One JSON-lines line -> its value; ValueError saying what is wrong (the caller says where)."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"not UTF-8 text (byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
+
+
 def json_objects(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     """(where, object) for every non-blank line, where = "<path>, line <n>" for the caller's own
     field errors; a line that is not a JSON object raises ValueError naming it."""
@@ -20,11 +30,9 @@ def json_objects(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
                 continue
             where = f"{path}, line {lineno}"
             try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{where}: not UTF-8 text (byte {error.start})") from None
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                obj = parse_line(raw)
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
             if not isinstance(obj, dict):
                 raise ValueError(f"{where}: expected a JSON object")
             yield where, obj

@@ -11,13 +11,13 @@ record's relative image paths resolve against the image root (default: the file'
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from realign_jax.data.adapters import PovidSource, RlaifVSource, VLFeedbackSource
 from realign_jax.data.arrayrecord import ArrayRecordSource
+from realign_jax.data.jsonl import parse_line
 from realign_jax.data.records import BadRecord, Record, from_json
 
 MAX_RECORD_BYTES = 64 << 20  # one JSONL line; a record's images are files, not inline data
@@ -59,11 +59,9 @@ class JsonlSource:
         if len(line) > MAX_RECORD_BYTES:
             raise BadRecord(where, "<json>", f"is {len(line)} bytes, over the {MAX_RECORD_BYTES}-byte limit of a record")
         try:
-            obj = json.loads(line.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise BadRecord(where, "<json>", f"is not UTF-8 text (byte {error.start})") from None
-        except json.JSONDecodeError as error:
-            raise BadRecord(where, "<json>", f"not valid JSON ({error.msg} at column {error.colno})") from None
+            obj = parse_line(line)
+        except ValueError as error:
+            raise BadRecord(where, "<json>", str(error)) from None
         record = from_json(obj, where)
         root = self.image_root if self.image_root is not None else os.path.dirname(os.path.abspath(self.files[number]))
         return dataclasses.replace(record, image=_resolve(record.image, root),
