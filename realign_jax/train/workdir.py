@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import Any
 
 from realign_jax.files import changed_keys, write_atomically
@@ -26,13 +27,12 @@ OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "online_bdhs
 
 
 def check_writable(workdir: str) -> None:
-    """Create the work dir and write a probe file there, or fail with one line."""
-    probe = os.path.join(workdir, ".write_probe")
+    """Create the work dir and write a probe file there, or fail with one line. The probe has a
+    name of its own: every process of a multi-host run probes the same shared folder."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe"):
+            pass
     except OSError as error:
         raise ValueError(f"--workdir={workdir}: cannot write there ({error.strerror or error})") from None
 
