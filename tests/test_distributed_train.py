@@ -2,14 +2,16 @@
 same losses as one process with 4 devices, checkpoints, resumes and exports: the command a
 pod slice or a SLURM job runs on every host."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from test_multiprocess_data import free_port, run_processes
+
+from realign_jax.train.metrics_log import read
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--config=configs/train_llava.py", "--config.train.steps=6", "--config.train.checkpoint_every=3",
@@ -23,28 +25,17 @@ def _env(devices: int, **extra: str) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def _run_processes(workdir: str, count: int, *extra: str) -> list[str]:
-    port = _free_port()
-    processes = [subprocess.Popen([sys.executable, "-m", "realign_jax.main", f"--workdir={workdir}", *ARGS, *extra],
-                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  env=_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                                           JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(i)))
-                 for i in range(count)]
-    outputs = [p.communicate(timeout=TIMEOUT_S)[0] for p in processes]
-    for p, out in zip(processes, outputs):
-        assert p.returncode == 0, out[-3000:]
-    return outputs
+def _run_processes(workdir: str, log_dir: Path, name: str, count: int = 2) -> list[str]:
+    """The training command as `count` jax.distributed processes with 2 CPU devices each."""
+    port = free_port()
+    command = [sys.executable, "-m", "realign_jax.main", f"--workdir={workdir}", *ARGS]
+    envs = [_env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES=str(count), JAX_PROCESS_ID=str(i))
+            for i in range(count)]
+    return run_processes([command] * count, envs, log_dir, name=name, cwd=REPO, timeout=TIMEOUT_S)
 
 
 def _losses(workdir: str) -> list[float]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line)["loss"] for line in f]
+    return [r["loss"] for r in read(os.path.join(workdir, "metrics.jsonl"))]
 
 
 @pytest.mark.slow
@@ -55,7 +46,7 @@ def test_two_processes_train_like_one(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     multi = str(tmp_path / "multi")
-    outputs = _run_processes(multi, 2)
+    _run_processes(multi, tmp_path, "first")
     assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["3", "6"]
     assert len(_losses(multi)) == 6
     np.testing.assert_allclose(_losses(multi), _losses(single), rtol=2e-5)
@@ -63,7 +54,7 @@ def test_two_processes_train_like_one(tmp_path):
     with open(exported, "rb") as f:
         weights = f.read()
     # Run again: both processes restore step 6 from the shared checkpoint and export the same model.
-    outputs = _run_processes(multi, 2)
+    outputs = _run_processes(multi, tmp_path, "again")
     assert all("resumed from checkpoint step 6" in out for out in outputs)
     with open(exported, "rb") as f:
         assert f.read() == weights

@@ -95,18 +95,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(args: list[str], log_dir: Path) -> None:
+def run_processes(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path, name: str = "worker",
+                  cwd: str | None = None, timeout: float = TIMEOUT_S) -> list[str]:
     """Starts the processes, stops them all once one fails or time runs out, and fails the
-    test with every worker's output if any did not exit cleanly."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"}
-    logs = [log_dir / f"worker{i}.log" for i in range(PROCESSES)]
+    test with every process's output if any did not exit cleanly; returns their outputs."""
+    logs = [log_dir / f"{name}{i}.log" for i in range(len(commands))]
     procs = []
-    for i, log in enumerate(logs):
+    for command, env, log in zip(commands, envs, logs):
         with open(log, "w") as f:
-            procs.append(subprocess.Popen([sys.executable, __file__, str(i), *args], env=env,
-                                          stdout=f, stderr=subprocess.STDOUT))
-    deadline = time.monotonic() + TIMEOUT_S
+            procs.append(subprocess.Popen(command, env=env, cwd=cwd, stdout=f, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
     try:
         while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
             if any(p.poll() not in (None, 0) for p in procs):
@@ -119,11 +117,19 @@ def run_workers(args: list[str], log_dir: Path) -> None:
                 p.kill()
             p.wait()
     if any(p.returncode != 0 for p in procs):
-        report = [f"the {PROCESSES}-process job failed (limit {TIMEOUT_S} s):"]
+        report = [f"the {len(procs)}-process job failed (limit {timeout} s):"]
         for i, (p, was_stopped, log) in enumerate(zip(procs, stopped, logs)):
             how = "stopped by the test" if was_stopped else f"exit {p.returncode}"
-            report.append(f"--- worker {i} ({how}) ---\n{log.read_text()[-6000:]}")
+            report.append(f"--- {name} {i} ({how}) ---\n{log.read_text()[-6000:]}")
         pytest.fail("\n".join(report), pytrace=False)
+    return [log.read_text() for log in logs]
+
+
+def run_workers(args: list[str], log_dir: Path) -> None:
+    """This file's worker as PROCESSES processes with DEVICES_PER_PROCESS CPU devices each."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}"}
+    run_processes([[sys.executable, __file__, str(i), *args] for i in range(PROCESSES)], [env] * PROCESSES, log_dir)
 
 
 def test_two_processes_read_disjoint_shards_and_build_global_batches(tmp_path):
