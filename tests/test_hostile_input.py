@@ -7,6 +7,7 @@ test_data_pipeline.py; this file adds what an adversarial or broken dataset brin
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zlib
 
@@ -87,8 +88,6 @@ def _hostile_records(tmp_path) -> tuple[str, dict[int, str]]:
     def add(record: dict | bytes, field: str | None = None) -> None:
         if field is not None:
             expected[len(lines)] = field
-        import json
-
         lines.append(record if isinstance(record, bytes) else json.dumps(record).encode())
 
     add(good_record(0))

@@ -44,7 +44,7 @@ def test_a_nan_batch_leaves_parameters_and_moments_as_they_were():
     assert any(not np.array_equal(a, b) for a, b in zip(before, _leaves(state)))
 
 
-def _diverging(tmp_path, **overrides):
+def _diverging(**overrides):
     """A run whose first update throws the weights to ~1e30: every later step's loss is NaN."""
     config = small_config("dpo", optim__lr=1e30, optim__clip_norm=0.0, train__checkpoint_every=1, **overrides)
     config.optim.lr_groups = ""
@@ -54,14 +54,14 @@ def _diverging(tmp_path, **overrides):
 
 def test_stop_policy_names_the_step_and_keeps_only_finite_checkpoints(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 2: loss=nan.*on_nonfinite='stop'"):
-        train(_diverging(tmp_path, train__on_nonfinite="stop"), str(tmp_path))
+        train(_diverging(train__on_nonfinite="stop"), str(tmp_path))
     checkpoints = Checkpointer(str(tmp_path / "checkpoints"), every=1, keep=2)
     assert checkpoints.manager.all_steps() == [1]  # step 2 was never saved
 
 
 def test_skip_policy_counts_skips_and_stops_after_too_many_in_a_row(tmp_path):
     with pytest.raises(FloatingPointError, match=r"step 5: .*4 non-finite steps in a row"):
-        train(_diverging(tmp_path, train__max_consecutive_skips=3, train__log_every=1), str(tmp_path))
+        train(_diverging(train__max_consecutive_skips=3, train__log_every=1), str(tmp_path))
     logged = read(str(tmp_path / "metrics.jsonl"))
     assert [r["train/skipped_nonfinite"] for r in logged] == [0, 1, 2, 3]
     # Every saved step holds the parameters of step 1: the skipped updates never landed.
