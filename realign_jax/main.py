@@ -21,6 +21,11 @@ _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints,
 _XLA = flags.DEFINE_bool("xla", False, "Profiling run: trace a window of steps with jax.profiler and dump the "
                          "optimised HLO and memory analysis of the step under the work dir.")
 
+_COMPILE_CACHE = flags.DEFINE_string(
+    "compile_cache", os.environ.get("JAX_COMPILATION_CACHE_DIR",
+                                    os.path.join(os.path.expanduser("~"), ".cache", "realign_jax", "xla")),
+    "Folder of compiled XLA programs kept between runs (JAX's persistent compilation cache): a rerun, or a "
+    "later stage compiling the same program, skips compiling. '' = off.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the checkpoints and logs of a run with a different config "
                                "in --workdir instead of refusing to resume them.")
 
@@ -174,6 +179,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None:
         raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
+    if _COMPILE_CACHE.value:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     try:
         run(_CONFIG.value, _WORKDIR.value, _XLA.value, _OVERWRITE.value)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as error:

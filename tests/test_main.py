@@ -119,7 +119,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     import time
 
     args = [sys.executable, "-m", "realign_jax.main", "--config=configs/train_llava.py", f"--workdir={tmp_path}",
-            "--config.train.steps=100000", "--config.train.checkpoint_every=0"]
+            "--config.train.steps=100000", "--config.train.checkpoint_every=0", f"--compile_cache={tmp_path}/xla"]
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
@@ -131,6 +131,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     steps = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
     logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
     assert len(steps) == 1 and steps[0] == logged[-1] >= 3
+    assert any(name.startswith("jit_") for name in os.listdir(tmp_path / "xla"))  # the step kept for the next run
 
 
 @pytest.mark.parametrize("config_file,arg", [("povid_train", None), ("povid_train", "noise"), ("bdhs_train", "online"),
