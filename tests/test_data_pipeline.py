@@ -156,6 +156,33 @@ def test_resumed_iterator_continues_the_exact_order(tokenizer, tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
 
 
+class CountingEncoder(ExampleEncoder):
+    """The real encoder, counting the records it encodes."""
+
+    calls = 0
+
+    def encode(self, record, where, rng=None):
+        CountingEncoder.calls += 1
+        return super().encode(record, where, rng)
+
+
+@pytest.mark.parametrize("cache_mb", [0, 1])
+def test_example_cache_serves_later_epochs_the_same_arrays(tokenizer, tmp_path, cache_mb):
+    source = JsonlSource(write_dataset(tmp_path, [good_record(i) for i in range(6)]))
+    config = EncoderConfig(kinds=("chosen", "rejected"), num_images=1, seq_len=64, num_image_tokens=NUM_IMAGE_TOKENS)
+    plain = iter(dataset(source, encoder(tokenizer, kinds=("chosen", "rejected")), 2, seed=3))
+    uncached = [next(plain) for _ in range(9)]  # three epochs
+    CountingEncoder.calls = 0
+    iterator = iter(dataset(source, CountingEncoder(tokenizer, SPEC, config), 2, seed=3, cache_mb=cache_mb,
+                            read_threads=1))
+    batches = [next(iterator) for _ in range(9)]
+    for a, b in zip(uncached, batches):
+        for key in ("input_ids", "attention_mask", "loss_mask", "pixel_values"):
+            np.testing.assert_array_equal(a[key], b[key])
+    # read-ahead encodes a little past the 18 examples taken; cached, each record once
+    assert CountingEncoder.calls == 6 if cache_mb else CountingEncoder.calls >= 18
+
+
 def test_record_schema_accepts_messages_and_rejects_bad_turns():
     record = from_json({"messages": [{"role": "system", "content": "Be brief."},
                                      {"role": "user", "content": "Describe it."}], "chosen": "A cat."}, "x:0")

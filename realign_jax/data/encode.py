@@ -75,6 +75,11 @@ class ExampleEncoder:
         self.tokenizer, self.spec, self.config = tokenizer, image_spec, config
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether a record always encodes to the same arrays (no noised or cropped image)."""
+        return self.config.num_images < 2 or self.config.second_image == "rejected_image"
+
     def _image(self, record: Record, slot: int, where: str, rng: np.random.Generator | None) -> np.ndarray:
         derived = self.config.second_image if slot == 1 and self.config.second_image != "rejected_image" else None
         field = "rejected_image" if slot == 1 and derived is None else "image"

@@ -154,33 +154,48 @@ class _GoodBatches(grain.IterDataset):
 
 class _Reader:
     """record index -> encoded example, or `_Skipped` under on_bad_record='skip' (a class, not
-    a closure, so worker processes can unpickle it)."""
+    a closure, so worker processes can unpickle it).
 
-    def __init__(self, source: Any, encoder: ExampleEncoder, on_bad_record: str, seed: int):
+    Up to `cache_bytes` of encoded examples stay in memory (each process its own), so later
+    epochs skip image decoding and tokenising; only when the encoding draws nothing at random.
+    """
+
+    def __init__(self, source: Any, encoder: ExampleEncoder, on_bad_record: str, seed: int, cache_bytes: int = 0):
         self.source, self.encoder, self.on_bad_record, self.seed = source, encoder, on_bad_record, seed
+        self.cache_bytes = cache_bytes if encoder.deterministic else 0
+        self.cache: dict[int, dict[str, np.ndarray]] = {}
+        self.cached_bytes = 0
 
     def __call__(self, item: tuple[int, int]) -> tuple[int, dict[str, np.ndarray] | _Skipped]:
         epoch, index = item
+        if index in self.cache:
+            return epoch, self.cache[index]
         rng = np.random.default_rng((self.seed, epoch, index))  # image noise: fresh per epoch, same on resume
         try:
-            return epoch, self.encoder.encode(self.source[index], self.source.where(index), rng)
+            example = self.encoder.encode(self.source[index], self.source.where(index), rng)
         except BadRecord as error:
             if self.on_bad_record == "error":
                 raise
             return epoch, _Skipped(error.reason, str(error))
+        size = sum(v.nbytes for v in example.values())
+        if self.cached_bytes + size <= self.cache_bytes:
+            self.cache[index] = example
+            self.cached_bytes += size
+        return epoch, example
 
 
 def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int, on_bad_record: str = "error",
             shard_index: int = 0, shard_count: int = 1, workers: int = 0,
-            read_threads: int = 4) -> grain.IterDataset:
+            cache_mb: int = 0, read_threads: int = 4) -> grain.IterDataset:
     """Batches of this process's share (`batch_size` is global: each process makes its part).
 
     `read_threads` threads read and encode ahead in this process; `workers > 0` moves the whole
     pipeline into that many worker processes (images and tokenisation then use more cores).
+    `cache_mb` of encoded examples are kept for later epochs (see `_Reader`).
     """
     check_on_bad_record(on_bad_record)
     local_batch = per_process_batch(batch_size, shard_count)
-    reader = _Reader(source, encoder, on_bad_record, seed)
+    reader = _Reader(source, encoder, on_bad_record, seed, cache_bytes=cache_mb * 2**20)
     examples = epoch_order(len(source), seed, shard_index, shard_count).map(reader)
     options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=2 * local_batch)
     batches: grain.IterDataset = _GoodBatches(examples.to_iter_dataset(options), local_batch, len(source))

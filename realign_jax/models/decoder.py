@@ -109,11 +109,14 @@ class Decoder(nnx.Module):
         key_visible: jax.Array,
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
+        segment_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final normed hidden states [batch, length, embed] (and the updated cache).
 
         Without a cache, `key_visible` is [batch, length] over the inputs themselves; with a
         cache, the inputs are written at `cache_index` and `cache.visible` decides.
+        `segment_ids` [batch, length] (packed rows, data/packing.py) keep attention inside
+        each segment.
         """
         length = inputs_embeds.shape[1]
         if cache is None:
@@ -124,7 +127,10 @@ class Decoder(nnx.Module):
             query_pos = cache_index + jnp.arange(length)
             key_pos = jnp.arange(key_visible.shape[1])
         causal = key_pos[None, :] <= query_pos[:, None]
-        mask = (causal[None, :, :] & key_visible[:, None, :])[:, None]  # [batch, 1, q, kv]
+        mask = causal[None, :, :] & key_visible[:, None, :]  # [batch, q, kv]
+        if segment_ids is not None:
+            mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = mask[:, None]  # [batch, 1, q, kv]
 
         x = constrain(inputs_embeds, ACT_AXES)
         if cache is None:

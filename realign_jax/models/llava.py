@@ -80,9 +80,10 @@ class LlavaModel(nnx.Module):
         attention_mask: jax.Array | None = None,
         position_ids: jax.Array | None = None,
         image_features: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Final normed decoder states [batch, length, embed]; losses take log-probs from these
-        chunk by chunk instead of materialising full logits."""
+        chunk by chunk instead of materialising full logits. `segment_ids`: packed rows."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, bool)
         if position_ids is None:
@@ -90,7 +91,7 @@ class LlavaModel(nnx.Module):
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
         embeds = self.embed(input_ids, image_features)
-        hidden, _ = self.decoder.hidden(embeds, position_ids, attention_mask.astype(bool))
+        hidden, _ = self.decoder.hidden(embeds, position_ids, attention_mask.astype(bool), segment_ids=segment_ids)
         return hidden
 
     def __call__(

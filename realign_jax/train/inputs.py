@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from realign_jax.data import images as image_ops
-from realign_jax.data import pipeline, prompting, random_pairs
+from realign_jax.data import packing, pipeline, prompting, random_pairs
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.sources import open_source
 from realign_jax.models.config import LlavaConfig
@@ -48,7 +48,8 @@ def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
         return pipeline.dataset(
             open_source(data), make_encoder(data, settings, model),
             settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record, shard_index=jax.process_index(),
-            shard_count=jax.process_count(), workers=data.workers)
+            shard_count=jax.process_count(), workers=data.workers,
+            cache_mb=data.cache_mb)
     spec = random_pairs.RandomPairsSpec(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
@@ -58,10 +59,23 @@ def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
                                 shard_count=jax.process_count())
 
 
+def _agreed(value: int) -> int:
+    """The largest `value` of all processes (they must agree on the global shapes)."""
+    if jax.process_count() > 1:
+        return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+    return value
+
+
 def to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Trim the batch to its length bucket; every process takes the longest any of them needs,
     so the global arrays agree in shape."""
-    length = pipeline.bucket_length(batch, buckets)
-    if jax.process_count() > 1:
-        length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
-    return pipeline.trim(batch, length)
+    return pipeline.trim(batch, _agreed(pipeline.bucket_length(batch, buckets)))
+
+
+def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig,
+              row_multiple: int) -> dict[str, np.ndarray]:
+    """Pack the batch's rows (`data.packing`); every process packs its own examples into as
+    many rows as the fullest of them needs."""
+    rows = _agreed(packing.rows_needed(batch, row_multiple))
+    offset = jax.process_index() * batch["input_ids"].shape[0] * len(layout.kinds)
+    return packing.pack(batch, rows, layout.image_slots, model.num_image_tokens, model.image_token_id, offset)

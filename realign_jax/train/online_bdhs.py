@@ -82,7 +82,8 @@ class OnlineBdhsBatches:
             self._inner.close()
         source = JsonlSource(path)
         self._inner = iter(pipeline.dataset(source, self.encoder, self.settings.batch_size, seed=self.seed + index,
-                                            on_bad_record=self.config.data.on_bad_record))
+                                            on_bad_record=self.config.data.on_bad_record,
+                                            cache_mb=self.config.data.cache_mb))
         if inner_state is not None:
             self._inner.set_state(inner_state)
         self.round, self.served = index, 0 if inner_state is None else self.served

@@ -108,6 +108,20 @@ def row_logps(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
         batch["input_ids"] = batch["input_ids"].at[:, noisy].set(argmax_responses(model, states, batch, layout))
         for key in ("attention_mask", "loss_mask"):
             batch[key] = batch[key].at[:, noisy].set(batch[key][:, chosen])
+    if "segment_ids" in batch:
+        sums, lengths = _packed_sums(model, states, batch, layout)
+    else:
+        sums, lengths = _padded_sums(model, states, batch, layout)
+    out = {kind: sums[:, i] for i, kind in enumerate(layout.kinds)}
+    out.update({f"length_{kind}": lengths[:, i] for i, kind in enumerate(layout.kinds)})
+    chosen = layout.kinds.index("chosen")
+    out["nll_chosen"] = -sums[:, chosen] / jnp.maximum(lengths[:, chosen], 1)
+    return out
+
+
+def _padded_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
+                 layout: RowLayout) -> tuple[jax.Array, jax.Array]:
+    """Summed response log-probs and response lengths [B, K] of rows padded to one length."""
     input_ids = batch["input_ids"]
     b, k = input_ids.shape[:2]
     ids = flat_rows(input_ids)
@@ -115,14 +129,32 @@ def row_logps(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
     hidden = model.hidden_states(ids, attention_mask=flat_rows(batch["attention_mask"]), image_features=features)
     labels, mask = shifted(ids, flat_rows(batch["loss_mask"]))
     scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk)
-    best_other_rows = jnp.array([layout.scored_by_best_other(kind) for kind in layout.kinds])
-    per_token = jnp.where(best_other_rows[None, :, None],
+    per_token = jnp.where(_best_other_kinds(layout)[None, :, None],
                           scores.best_other.reshape(b, k, -1), scores.label.reshape(b, k, -1))
     mask = mask.reshape(b, k, -1)
-    sums = jnp.sum(per_token * mask, axis=-1)
-    lengths = jnp.sum(mask, axis=-1)
-    out = {kind: sums[:, i] for i, kind in enumerate(layout.kinds)}
-    out.update({f"length_{kind}": lengths[:, i] for i, kind in enumerate(layout.kinds)})
-    chosen = layout.kinds.index("chosen")
-    out["nll_chosen"] = -sums[:, chosen] / jnp.maximum(lengths[:, chosen], 1)
-    return out
+    return jnp.sum(per_token * mask, axis=-1), jnp.sum(mask, axis=-1)
+
+
+def _packed_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
+                 layout: RowLayout) -> tuple[jax.Array, jax.Array]:
+    """The same [B, K] sums from packed rows (data/packing.py): one forward over the packed
+    rows, then per-token scores summed into the unpacked row each token came from."""
+    b, k = states.shape[0], len(layout.kinds)
+    projected = model.projector(states)
+    features = projected.reshape(-1, projected.shape[-1])[batch["image_index"]]  # [R, L, D], in token order
+    ids = batch["input_ids"]
+    hidden = model.hidden_states(ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
+                                 image_features=features, segment_ids=batch["segment_ids"])
+    labels, mask = shifted(ids, batch["loss_mask"])  # a segment's last token predicts a BOS: masked
+    scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk)
+    row = batch["row_index"]
+    per_token = jnp.where(_best_other_kinds(layout)[row % k], scores.best_other, scores.label)
+
+    def per_row(x: jax.Array) -> jax.Array:
+        return jax.ops.segment_sum((x * mask).ravel(), row.ravel(), num_segments=b * k).reshape(b, k)
+
+    return per_row(per_token), per_row(jnp.ones_like(mask))
+
+
+def _best_other_kinds(layout: RowLayout) -> jax.Array:
+    return jnp.array([layout.scored_by_best_other(kind) for kind in layout.kinds])

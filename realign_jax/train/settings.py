@@ -103,6 +103,9 @@ def parse(config: Any) -> TrainSettings:
     if reference == "precomputed" and layout.noisy_scoring == "argmax":
         raise ValueError("reference='precomputed' cannot go with loss.noisy_scoring='argmax': the noisy "
                          "response comes from the current policy, so its reference log-prob changes every step")
+    if config.data.packing and layout.noisy_scoring == "argmax":
+        raise ValueError("data.packing=True cannot go with loss.noisy_scoring='argmax': the noisy row is rebuilt "
+                         "from the chosen row inside the step, which needs the rows unpacked")
     loss = LossConfig(beta=loss_cfg.beta, label_smoothing=loss_cfg.label_smoothing,
                       length_normalize=loss_cfg.length_normalize, sft_weight=loss_cfg.sft_weight,
                       visual_weight=loss_cfg.visual_weight, mdpo_anchor_delta=loss_cfg.mdpo_anchor_delta,
@@ -119,6 +122,9 @@ def parse(config: Any) -> TrainSettings:
     for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
         if train[key] < 1:
             raise ValueError(f"train.{key}={train[key]} must be >= 1")
+    if config.data.packing and train.grad_accum > 1:
+        raise ValueError(f"data.packing=True with train.grad_accum={train.grad_accum}: packed rows do not "
+                         "split into micro-batches; use one of the two")
     if train.batch_size % train.grad_accum:
         raise ValueError(f"train.batch_size={train.batch_size} is not a multiple of train.grad_accum={train.grad_accum}")
     if train.checkpoint_every < 0:
@@ -137,6 +143,7 @@ def parse(config: Any) -> TrainSettings:
     if data.workers < 0:
         raise ValueError(f"data.workers={data.workers} must be >= 0 (0 = threads in the training process)")
     for key, value, least in (("data.seq_len", data.seq_len, 1), ("data.seed", data.seed, 0), ("seed", config.seed, 0),
+                              ("data.cache_mb", data.cache_mb, 0),
                               ("loss.vocab_chunk", loss_cfg.vocab_chunk, 1)):
         if value < least:
             raise ValueError(f"{key}={value} must be >= {least}")

@@ -7,6 +7,7 @@ output shardings, and the optimiser state is created the same way.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -115,6 +116,14 @@ class Trainer:
     def batch_sharding(self, ndim: int) -> NamedSharding:
         spec = logical_to_spec(("batch",) + (None,) * (ndim - 1), self.rules)
         return NamedSharding(self.mesh, spec)
+
+    def packed_row_multiple(self) -> int:
+        """What this process's packed row count is rounded up to: a multiple of the devices its
+        rows are split over, and coarse enough (an eighth of the batch) that a run compiles a
+        few row counts."""
+        shards = self.mesh.size // self.batch_sharding(1).shard_shape((self.mesh.size,))[0]
+        local_shards = max(1, shards // jax.process_count())
+        return math.lcm(local_shards, max(1, self.settings.batch_size // jax.process_count() // 8))
 
     def device_batch(self, host_batch: dict[str, np.ndarray]) -> Batch:
         """This process's rows -> global arrays sharded over the data axes."""

@@ -1,0 +1,97 @@
+"""Sequence packing (data/packing.py): the packed layout holds every row intact, and a packed
+step gives the padded step's losses, gradients and update, on one device and sharded."""
+
+import jax
+import numpy as np
+import pytest
+from test_train import small_config
+
+from realign_jax.data import packing
+from realign_jax.models.partitioning import make_mesh
+from realign_jax.train import settings as train_settings
+from realign_jax.train.inputs import make_dataset, to_packed
+from realign_jax.train.trainer import Trainer
+
+
+def test_first_fit_decreasing_keeps_every_row_once_within_the_length():
+    lengths = [60, 30, 60, 40, 40, 30, 100, 1]
+    bins = packing.assign_rows(lengths, 100)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= 100 for b in bins)
+    assert len(bins) == 4  # [100], [60, 40], [60, 40], [30, 30, 1]
+    with pytest.raises(ValueError, match="row 0 has 101 tokens"):
+        packing.assign_rows([101], 100)
+
+
+def _batch(loss, seq_len=128, **overrides):
+    config = small_config(loss, **overrides)
+    config.data.seq_len = seq_len
+    settings = train_settings.parse(config)
+    return config, settings
+
+
+def test_packed_rows_hold_each_row_with_its_own_positions_and_images():
+    config, settings = _batch("rdpo")
+    trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    trainer.init_state()
+    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    packed = to_packed(host, settings.layout, trainer.model_config, 1)
+    b, k, _ = host["input_ids"].shape
+    assert packed["input_ids"].shape[0] < b * k  # rows were shared
+    n, image_id = trainer.model_config.num_image_tokens, trainer.model_config.image_token_id
+    for i in range(b * k):
+        example, kind = divmod(i, k)
+        where = packed["row_index"] == i
+        row, = set(np.nonzero(where)[0])  # one packed row holds it, contiguously
+        length = int(host["attention_mask"][example, kind].sum())
+        np.testing.assert_array_equal(packed["input_ids"][where], host["input_ids"][example, kind, :length])
+        np.testing.assert_array_equal(packed["position_ids"][where], np.arange(length))
+        assert len(set(packed["segment_ids"][where])) == 1
+        # its image tokens read its own image slot's features, in order
+        before = int(np.sum(packed["input_ids"][row, :np.nonzero(where[row])[0][0]] == image_id))
+        slot = settings.layout.image_slots[kind]
+        expected = (example * host["pixel_values"].shape[1] + slot) * n + np.arange(n)
+        np.testing.assert_array_equal(packed["image_index"][row, before:before + n], expected)
+
+
+@pytest.mark.parametrize("loss,overrides,sharded", [
+    ("sft", {}, False),
+    ("rdpo", {"loss__rejected_scoring": "best_other"}, False),
+    ("rdpo", {}, True),
+], ids=["sft", "rdpo-best-other", "rdpo-sharded"])
+def test_packed_step_equals_the_padded_step(loss, overrides, sharded):
+    config, settings = _batch(loss, **overrides)
+    if sharded:
+        config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+        settings = train_settings.parse(config)
+    mesh = None if sharded else make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    trainer = Trainer(settings, mesh=mesh)
+    states = [trainer.init_state(), trainer.init_state()]  # each step donates its state
+    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    packed = to_packed(host, settings.layout, trainer.model_config, trainer.packed_row_multiple())
+    assert packed["input_ids"].shape[0] < host["input_ids"].shape[0] * host["input_ids"].shape[1]
+    results = []
+    for batch, state in zip((host, packed), states):
+        state, metrics = trainer.step(state, trainer.device_batch(batch))
+        results.append((jax.device_get(metrics), jax.device_get(state.trainable)))
+    (padded_metrics, padded_params), (packed_metrics, packed_params) = results
+    # (accuracies left out: at the first step policy = reference, so margins are ~0 and their sign is noise)
+    keys = [k for k in padded_metrics
+            if k.startswith(("loss", "logps", "rewards", "visual")) and "accuracies" not in k or k == "grad_norm"]
+    assert "loss" in keys and "grad_norm" in keys
+    for key in keys:
+        np.testing.assert_allclose(packed_metrics[key], padded_metrics[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # Adam's first update is about lr * sign(gradient): near-zero gradients may differ by ~lr
+    for a, b in zip(jax.tree.leaves(padded_params), jax.tree.leaves(packed_params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=3 * config.optim.lr)
+
+
+def test_packing_refuses_what_it_cannot_do():
+    config = small_config("dpo", train__grad_accum=2)
+    config.data.packing = True
+    with pytest.raises(ValueError, match="data.packing=True with train.grad_accum=2"):
+        train_settings.parse(config)
+    config = small_config("povid")
+    config.data.packing, config.loss.noisy_scoring = True, "argmax"
+    with pytest.raises(ValueError, match="data.packing=True cannot go with loss.noisy_scoring='argmax'"):
+        train_settings.parse(config)
