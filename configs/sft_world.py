@@ -18,9 +18,10 @@ presence), while training it with the decoder erased that (0.47 / 0.29). Caption
 decoder to read the image (image -> object names); the dense existence questions then teach
 the lookup the other way (question word -> image), which the sparse QA of the mixture never did.
 
-Expected (2 CPU cores, ~14 min for both stages on a quiet machine): POPE random F1 0.77 and
-yes-ratio 0.47, adversarial F1 0.70 and yes-ratio 0.56 (yes on absent companions 0.37 against
-0.19 on random absent objects), CHAIR_i 0.39; the README's world section has the table.
+Expected (2 CPU cores, ~10 min for both stages on a quiet machine, rows packed): POPE random
+F1 0.74 and yes-ratio 0.46, adversarial F1 0.68 and yes-ratio 0.54 (yes on absent companions
+0.37 against 0.21 on random absent objects), CHAIR_i 0.37, recall 0.50; the README's world
+section has the table.
 """
 
 import ml_collections
