@@ -14,8 +14,8 @@ another (first-fit decreasing), and each keeps its own view of the sequence:
                               row's kind, token within the image)
 
 `pixel_values` and `ref_logps` keep their per-example shapes: each image is still encoded once
-per step. The number of packed rows is rounded up to `row_multiple`, so a run compiles a few
-row counts, as length buckets do.
+per step. The caller rounds the number of packed rows up (train/inputs.py `to_packed`), so a
+run compiles a few row counts, as length buckets do.
 """
 
 from __future__ import annotations
@@ -44,27 +44,25 @@ def assign_rows(lengths: Sequence[int], seq_len: int) -> list[list[int]]:
     return bins
 
 
-def rows_needed(batch: dict[str, np.ndarray], row_multiple: int) -> int:
-    """Packed rows for this batch, rounded up to a multiple of `row_multiple`."""
+def row_lengths(batch: dict[str, np.ndarray]) -> list[int]:
+    """Tokens of each of the batch's B * K rows, example-major."""
     mask = batch["attention_mask"]
-    lengths = mask.reshape(-1, mask.shape[-1]).sum(-1)
-    used = len(assign_rows([int(n) for n in lengths], mask.shape[-1]))
-    return -(-used // row_multiple) * row_multiple
+    return [int(n) for n in mask.reshape(-1, mask.shape[-1]).sum(-1)]
 
 
-def pack(batch: dict[str, np.ndarray], num_rows: int, image_slots: Sequence[int], num_image_tokens: int,
-         image_token_id: int, row_offset: int = 0) -> dict[str, np.ndarray]:
-    """The padded batch ([B, K, L] token arrays) -> packed arrays [num_rows, L].
+def pack(batch: dict[str, np.ndarray], bins: Sequence[Sequence[int]], num_rows: int, image_slots: Sequence[int],
+         num_image_tokens: int, image_token_id: int, row_offset: int = 0) -> dict[str, np.ndarray]:
+    """The padded batch ([B, K, L] token arrays) -> packed arrays [num_rows, L], packed row r
+    holding the rows `bins[r]` (`assign_rows` of `row_lengths`).
 
     `image_slots[k]`: the image slot row kind k reads; `row_offset`: this process's first
     global example times K (global indices, as the jitted step sees the whole batch).
     """
-    ids, mask, loss = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+    ids, loss = batch["input_ids"], batch["loss_mask"]
     b, k, length = ids.shape
     num_images = batch["pixel_values"].shape[1]
-    flat_ids, flat_mask, flat_loss = (x.reshape(b * k, length) for x in (ids, mask, loss))
-    lengths = [int(n) for n in flat_mask.sum(-1)]
-    bins = assign_rows(lengths, length)
+    flat_ids, flat_loss = ids.reshape(b * k, length), loss.reshape(b * k, length)
+    lengths = row_lengths(batch)
     if len(bins) > num_rows:
         raise ValueError(f"the batch needs {len(bins)} packed rows, more than the {num_rows} given")
     out = {key: np.zeros((num_rows, length), np.int32) for key in ("input_ids", "attention_mask", "loss_mask",

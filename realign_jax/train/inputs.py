@@ -74,8 +74,9 @@ def to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[st
 
 def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig,
               row_multiple: int) -> dict[str, np.ndarray]:
-    """Pack the batch's rows (`data.packing`); every process packs its own examples into as
-    many rows as the fullest of them needs."""
-    rows = _agreed(packing.rows_needed(batch, row_multiple))
+    """Pack the batch's rows (`data.packing`) into a multiple of `row_multiple` rows; every
+    process packs its own examples into as many rows as the fullest of them needs."""
+    bins = packing.assign_rows(packing.row_lengths(batch), batch["input_ids"].shape[-1])
+    rows = _agreed(-(-len(bins) // row_multiple) * row_multiple)
     offset = jax.process_index() * batch["input_ids"].shape[0] * len(layout.kinds)
-    return packing.pack(batch, rows, layout.image_slots, model.num_image_tokens, model.image_token_id, offset)
+    return packing.pack(batch, bins, rows, layout.image_slots, model.num_image_tokens, model.image_token_id, offset)
