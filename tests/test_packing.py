@@ -30,36 +30,55 @@ def _batch(loss, seq_len=128, **overrides):
     return config, settings
 
 
-def test_packed_rows_hold_each_row_with_its_own_positions_and_images():
+@pytest.mark.parametrize("share_prefix", [False, True], ids=["rows", "shared-prefix"])
+def test_packed_rows_hold_each_row_with_its_own_positions_and_images(share_prefix):
     config, settings = _batch("rdpo")
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     trainer.init_state()
     host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
-    packed = to_packed(host, settings.layout, trainer.model_config, 1)
+    packed = to_packed(host, settings.layout, trainer.model_config, 1, share_prefix)
     b, k, _ = host["input_ids"].shape
     assert packed["input_ids"].shape[0] < b * k  # rows were shared
     n, image_id = trainer.model_config.num_image_tokens, trainer.model_config.image_token_id
     for i in range(b * k):
         example, kind = divmod(i, k)
-        where = packed["row_index"] == i
-        row, = set(np.nonzero(where)[0])  # one packed row holds it, contiguously
+        own = (packed["row_index"] == i) & (packed["branch_ids"] > 0)  # (a shared prefix counts as its unit's first row's)
+        row, = set(np.nonzero(own)[0])  # one packed row holds it
+        segment, = set(packed["segment_ids"][own])
+        branch, = set(packed["branch_ids"][own])
+        # what row i's tokens see: a shared prefix (branch 0 of its unit) and its own branch
+        seen = (packed["segment_ids"][row] == segment) & (
+            (packed["branch_ids"][row] == 0) | (packed["branch_ids"][row] == branch))
         length = int(host["attention_mask"][example, kind].sum())
-        np.testing.assert_array_equal(packed["input_ids"][where], host["input_ids"][example, kind, :length])
-        np.testing.assert_array_equal(packed["position_ids"][where], np.arange(length))
-        assert len(set(packed["segment_ids"][where])) == 1
+        np.testing.assert_array_equal(packed["input_ids"][row, seen], host["input_ids"][example, kind, :length])
+        np.testing.assert_array_equal(packed["position_ids"][row, seen], np.arange(length))
+        np.testing.assert_array_equal(packed["loss_mask"][row, seen], host["loss_mask"][example, kind, :length])
         # its image tokens read its own image slot's features, in order
-        before = int(np.sum(packed["input_ids"][row, :np.nonzero(where[row])[0][0]] == image_id))
+        first = np.nonzero(seen)[0][0]
+        before = int(np.sum(packed["input_ids"][row, :first] == image_id))
         slot = settings.layout.image_slots[kind]
         expected = (example * host["pixel_values"].shape[1] + slot) * n + np.arange(n)
         np.testing.assert_array_equal(packed["image_index"][row, before:before + n], expected)
+    if share_prefix:  # chosen and rejected share their prompt; the retrieved-image row has its own
+        plain = to_packed(host, settings.layout, trainer.model_config, 1)
+        prompt = int(np.argmax(host["loss_mask"][0, 0]))  # random pairs: one prompt length
+        pair = host["attention_mask"][:, :2].sum(-1).sum(-1) - (prompt - 1)  # [prompt[:-1] | chosen | rejected]
+        fits = pair <= host["input_ids"].shape[-1]  # a longer pair is split back into its rows
+        assert 0 < fits.sum() < b
+        assert packed["attention_mask"].sum() == plain["attention_mask"].sum() - fits.sum() * (prompt - 1)
+        shared = int(np.argmax(fits)) * k
+        rows_of = {kind: packed["row_index"] == shared + settings.layout.kinds.index(kind) for kind in ("rejected", "chosen_alt_image")}
+        assert set(packed["branch_ids"][rows_of["rejected"]]) == {2}
+        assert set(packed["branch_ids"][rows_of["chosen_alt_image"]]) == {1}
 
 
-@pytest.mark.parametrize("loss,overrides,sharded", [
-    ("sft", {}, False),
-    ("rdpo", {"loss__rejected_scoring": "best_other"}, False),
-    ("rdpo", {}, True),
-], ids=["sft", "rdpo-best-other", "rdpo-sharded"])
-def test_packed_step_equals_the_padded_step(loss, overrides, sharded):
+@pytest.mark.parametrize("loss,overrides,sharded,share_prefix,pack_len", [
+    ("sft", {}, False, False, 0),
+    ("rdpo", {"loss__rejected_scoring": "best_other"}, False, True, 0),
+    ("rdpo", {}, True, False, 0),
+    ("rdpo", {}, True, True, 256),
+], ids=["sft", "rdpo-best-other-shared-prefix", "rdpo-sharded", "rdpo-sharded-shared-prefix-long-rows"])
+def test_packed_step_equals_the_padded_step(loss, overrides, sharded, share_prefix, pack_len):
     config, settings = _batch(loss, **overrides)
     if sharded:
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
@@ -68,7 +87,8 @@ def test_packed_step_equals_the_padded_step(loss, overrides, sharded):
     trainer = Trainer(settings, mesh=mesh)
     states = [trainer.init_state(), trainer.init_state()]  # each step donates its state
     host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
-    packed = to_packed(host, settings.layout, trainer.model_config, trainer.packed_row_multiple())
+    packed = to_packed(host, settings.layout, trainer.model_config, trainer.packed_row_multiple(), share_prefix,
+                       pack_len)
     assert packed["input_ids"].shape[0] < host["input_ids"].shape[0] * host["input_ids"].shape[1]
     results = []
     for batch, state in zip((host, packed), states):
@@ -94,4 +114,11 @@ def test_packing_refuses_what_it_cannot_do():
     config = small_config("povid")
     config.data.packing, config.loss.noisy_scoring = True, "argmax"
     with pytest.raises(ValueError, match="data.packing=True cannot go with loss.noisy_scoring='argmax'"):
+        train_settings.parse(config)
+    config = small_config("dpo")
+    config.data.share_prefix = True
+    with pytest.raises(ValueError, match="data.share_prefix=True needs data.packing=True"):
+        train_settings.parse(config)
+    config.data.packing, config.data.pack_len = True, config.data.seq_len - 1
+    with pytest.raises(ValueError, match="data.pack_len=.* is shorter than data.seq_len"):
         train_settings.parse(config)

@@ -110,13 +110,15 @@ class Decoder(nnx.Module):
         cache: KVCache | None = None,
         cache_index: jax.Array | int = 0,
         segment_ids: jax.Array | None = None,
+        branch_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final normed hidden states [batch, length, embed] (and the updated cache).
 
         Without a cache, `key_visible` is [batch, length] over the inputs themselves; with a
         cache, the inputs are written at `cache_index` and `cache.visible` decides.
         `segment_ids` [batch, length] (packed rows, data/packing.py) keep attention inside
-        each segment.
+        each segment; `branch_ids` (shared prefixes) let a token see branch 0, the shared
+        prefix, and its own branch only.
         """
         length = inputs_embeds.shape[1]
         if cache is None:
@@ -130,6 +132,8 @@ class Decoder(nnx.Module):
         mask = causal[None, :, :] & key_visible[:, None, :]  # [batch, q, kv]
         if segment_ids is not None:
             mask &= segment_ids[:, :, None] == segment_ids[:, None, :]
+        if branch_ids is not None:
+            mask &= (branch_ids[:, None, :] == 0) | (branch_ids[:, :, None] == branch_ids[:, None, :])
         mask = mask[:, None]  # [batch, 1, q, kv]
 
         x = constrain(inputs_embeds, ACT_AXES)

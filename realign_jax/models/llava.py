@@ -81,9 +81,11 @@ class LlavaModel(nnx.Module):
         position_ids: jax.Array | None = None,
         image_features: jax.Array | None = None,
         segment_ids: jax.Array | None = None,
+        branch_ids: jax.Array | None = None,
     ) -> jax.Array:
         """Final normed decoder states [batch, length, embed]; losses take log-probs from these
-        chunk by chunk instead of materialising full logits. `segment_ids`: packed rows."""
+        chunk by chunk instead of materialising full logits. `segment_ids`, `branch_ids`:
+        packed rows and shared prefixes (data/packing.py)."""
         if attention_mask is None:
             attention_mask = jnp.ones(input_ids.shape, bool)
         if position_ids is None:
@@ -91,7 +93,8 @@ class LlavaModel(nnx.Module):
         if image_features is None and pixel_values is not None:
             image_features = self.encode_images(pixel_values)
         embeds = self.embed(input_ids, image_features)
-        hidden, _ = self.decoder.hidden(embeds, position_ids, attention_mask.astype(bool), segment_ids=segment_ids)
+        hidden, _ = self.decoder.hidden(embeds, position_ids, attention_mask.astype(bool),
+                                        segment_ids=segment_ids, branch_ids=branch_ids)
         return hidden
 
     def __call__(

@@ -56,6 +56,12 @@ def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.Co
     # Lay each batch's rows end to end in rows of seq_len tokens (attention kept inside each
     # example, data/packing.py) instead of padding them: same losses, fewer tokens computed
     config.data.packing = False
+    # With packing: the rows of an example that read the same image and prompt keep one copy of
+    # it ([prompt | chosen | rejected], data/packing.py): same losses, the prefix computed once
+    config.data.share_prefix = False
+    # Tokens per packed row; 0 = data.seq_len. Longer rows let a whole [prompt | chosen |
+    # rejected] unit fit when single rows come near seq_len (a unit that does not fit is split)
+    config.data.pack_len = 0
     # MB of encoded examples kept in memory per process, so later epochs skip decoding and
     # tokenising (not with noised or cropped images, which are drawn afresh); 0 = off
     config.data.cache_mb = 1024

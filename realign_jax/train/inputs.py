@@ -72,11 +72,15 @@ def to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[st
     return pipeline.trim(batch, _agreed(pipeline.bucket_length(batch, buckets)))
 
 
-def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig,
-              row_multiple: int) -> dict[str, np.ndarray]:
-    """Pack the batch's rows (`data.packing`) into a multiple of `row_multiple` rows; every
-    process packs its own examples into as many rows as the fullest of them needs."""
-    bins = packing.assign_rows(packing.row_lengths(batch), batch["input_ids"].shape[-1])
+def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig, row_multiple: int,
+              share_prefix: bool = False, pack_len: int = 0) -> dict[str, np.ndarray]:
+    """Pack the batch's rows (`data.packing`, `data.share_prefix`) into a multiple of
+    `row_multiple` rows of `pack_len` tokens (0: the batch's row length); every process packs
+    its own examples into as many rows as the fullest of them needs."""
+    pack_len = pack_len or batch["input_ids"].shape[-1]
+    groups = packing.units(batch, layout.image_slots, share_prefix, pack_len)
+    bins = [[groups[i] for i in members] for members in packing.assign_rows([u.length for u in groups], pack_len)]
     rows = _agreed(-(-len(bins) // row_multiple) * row_multiple)
     offset = jax.process_index() * batch["input_ids"].shape[0] * len(layout.kinds)
-    return packing.pack(batch, bins, rows, layout.image_slots, model.num_image_tokens, model.image_token_id, offset)
+    return packing.pack(batch, bins, rows, pack_len, layout.image_slots, model.num_image_tokens,
+                        model.image_token_id, offset)

@@ -143,9 +143,10 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         iterator = iter(make_dataset(config.data, settings, trainer.model_config))
     if config.data.packing:
         row_multiple = trainer.packed_row_multiple()
+        share_prefix, pack_len = config.data.get("share_prefix", False), config.data.get("pack_len", 0)
 
         def shaped(batch: dict[str, Any]) -> dict[str, Any]:
-            return to_packed(batch, settings.layout, trainer.model_config, row_multiple)
+            return to_packed(batch, settings.layout, trainer.model_config, row_multiple, share_prefix, pack_len)
     else:
         # The random smoke-test pairs always run at seq_len; record sources pad to length buckets.
         buckets = pipeline.parse_buckets(config.data.length_buckets if config.data.source != "random" else "",

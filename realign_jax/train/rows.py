@@ -138,13 +138,15 @@ def _padded_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Arra
 def _packed_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
                  layout: RowLayout) -> tuple[jax.Array, jax.Array]:
     """The same [B, K] sums from packed rows (data/packing.py): one forward over the packed
-    rows, then per-token scores summed into the unpacked row each token came from."""
+    rows, then per-token scores summed into the unpacked row each token came from (a shared
+    prefix's tokens predict only prompt tokens, which carry no loss)."""
     b, k = states.shape[0], len(layout.kinds)
     projected = model.projector(states)
     features = projected.reshape(-1, projected.shape[-1])[batch["image_index"]]  # [R, L, D], in token order
     ids = batch["input_ids"]
     hidden = model.hidden_states(ids, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"],
-                                 image_features=features, segment_ids=batch["segment_ids"])
+                                 image_features=features, segment_ids=batch["segment_ids"],
+                                 branch_ids=batch["branch_ids"])
     labels, mask = shifted(ids, batch["loss_mask"])  # a segment's last token predicts a BOS: masked
     scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk)
     row = batch["row_index"]

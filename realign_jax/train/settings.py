@@ -103,6 +103,12 @@ def parse(config: Any) -> TrainSettings:
     if reference == "precomputed" and layout.noisy_scoring == "argmax":
         raise ValueError("reference='precomputed' cannot go with loss.noisy_scoring='argmax': the noisy "
                          "response comes from the current policy, so its reference log-prob changes every step")
+    pack_len = config.data.get("pack_len", 0)
+    if pack_len and pack_len < config.data.seq_len:
+        raise ValueError(f"data.pack_len={pack_len} is shorter than data.seq_len={config.data.seq_len}: a row "
+                         "must fit a packed row (0 = seq_len)")
+    if config.data.get("share_prefix") and not config.data.packing:
+        raise ValueError("data.share_prefix=True needs data.packing=True: shared prefixes live in packed rows")
     if config.data.packing and layout.noisy_scoring == "argmax":
         raise ValueError("data.packing=True cannot go with loss.noisy_scoring='argmax': the noisy row is rebuilt "
                          "from the chosen row inside the step, which needs the rows unpacked")
