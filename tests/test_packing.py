@@ -7,9 +7,11 @@ import pytest
 from test_train import small_config
 
 from realign_jax.data import packing
-from realign_jax.models.partitioning import make_mesh
+from realign_jax.models.llava import LlavaModel
+from realign_jax.models.partitioning import axis_rules, make_mesh
 from realign_jax.train import settings as train_settings
 from realign_jax.train.inputs import make_dataset, to_packed
+from realign_jax.train.step import train_step
 from realign_jax.train.trainer import Trainer
 
 
@@ -122,3 +124,27 @@ def test_packing_refuses_what_it_cannot_do():
     config.data.packing, config.data.pack_len = True, config.data.seq_len - 1
     with pytest.raises(ValueError, match="data.pack_len=.* is shorter than data.seq_len"):
         train_settings.parse(config)
+
+
+@pytest.mark.parametrize("share_prefix,vision_trained,encodings", [
+    (False, False, 1), (True, False, 1), (False, True, 2),
+], ids=["padded", "shared-prefix", "trained-tower"])
+def test_each_image_is_encoded_once_per_step(monkeypatch, share_prefix, vision_trained, encodings):
+    """With a frozen tower the step runs it once over the batch's B x M images, for the policy,
+    the reference and every row; a trained tower needs the reference's own pass."""
+    calls = []
+    encode = LlavaModel.vision_features
+    monkeypatch.setattr(LlavaModel, "vision_features", lambda self, pixels: calls.append(pixels.shape[0])
+                        or encode(self, pixels))
+    config, settings = _batch("rdpo")
+    if vision_trained:
+        config.reference, config.lora.rank, config.train.trainable = "frozen_copy", 0, r"^vision_tower\."
+        settings = train_settings.parse(config)
+    trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
+    state = trainer.init_state()
+    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    if share_prefix:
+        host = to_packed(host, settings.layout, trainer.model_config, 1, share_prefix=True)
+    with axis_rules(trainer.mesh, trainer.rules):  # traced, not compiled: the count is of the step's program
+        jax.eval_shape(lambda st, b: train_step(trainer.spec, st, b), state, trainer.device_batch(host))
+    assert calls == [config.train.batch_size * 2] * encodings  # each example's image and its retrieved one
