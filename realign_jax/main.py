@@ -1,6 +1,6 @@
 """The command line: `python -m realign_jax.main --config=configs/<name>.py[:arg] [--config.key=value ...]`.
 
-The config's `mode` picks what runs: generate, sft, train, inspect, convert, eval,
+The config's `mode` picks what runs: generate, sft, train, precompute, inspect, convert, eval,
 build_pairs, or pipeline (all of them for one method, configs/rdpo_llava.py). A config error
 ends in one line naming the key instead of a stack trace.
 """
@@ -116,6 +116,17 @@ def _build_pairs(config: Any, workdir: str, options: RunOptions) -> None:
     print(f"pairs: {result['output']}")
 
 
+def _precompute(config: Any, workdir: str, options: RunOptions) -> None:
+    del options  # nothing is trained
+    from realign_jax.train.precompute import precompute
+
+    result = precompute(config, workdir)
+    print(f"precompute: reference log-probs of {result['written']} records -> {result['output']}")
+    if result["skipped"]:
+        print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
+    print(f"train on them: --config.reference=precomputed --config.data.path={result['output']}")
+
+
 def _eval(config: Any, workdir: str, options: RunOptions) -> None:
     del options  # --xla profiles training steps
     from realign_jax.eval.suite import evaluate
@@ -133,13 +144,14 @@ def _pipeline(config: Any, workdir: str, options: RunOptions) -> None:
 
 MODES: dict[str, Callable[[Any, str, RunOptions], None]] = {
     "generate": _generate, "train": _train, "sft": _train, "inspect": _inspect, "convert": _convert, "eval": _eval,
-    "build_pairs": _build_pairs, "pipeline": _pipeline}
+    "build_pairs": _build_pairs, "pipeline": _pipeline, "precompute": _precompute}
 
 
 # The config sections each mode reads, and a config that has them.
 MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "generate": (("model", "data", "generate"), "configs/generate_llava.py"),
     "train": (("model", "data", "train"), "configs/train_llava.py"),
+    "precompute": (("model", "data", "train"), "configs/train_llava.py"),
     "sft": (("model", "data", "train"), "configs/sft_llava.py"),
     "inspect": (("model", "data", "train", "inspect"), "configs/train_llava.py"),
     "convert": (("data", "convert"), "configs/convert_data.py"),

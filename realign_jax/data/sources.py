@@ -50,22 +50,30 @@ class JsonlSource:
         number, _, in_file = self._offsets[index]
         return f"{self.files[number]}:record {in_file}"
 
-    def __getitem__(self, index: int) -> Record:
+    def raw(self, index: int) -> Any:
+        """Record `index` as the file holds it: the parsed JSON value, before any check."""
         number, offset, _ = self._offsets[index]
         with open(self.files[number], "rb") as f:
             f.seek(offset)
             line = f.readline()
-        where = self.where(index)
         if len(line) > MAX_RECORD_BYTES:
-            raise BadRecord(where, "<json>", f"is {len(line)} bytes, over the {MAX_RECORD_BYTES}-byte limit of a record")
+            raise BadRecord(self.where(index), "<json>",
+                            f"is {len(line)} bytes, over the {MAX_RECORD_BYTES}-byte limit of a record")
         try:
-            obj = parse_line(line)
+            return parse_line(line)
         except ValueError as error:
-            raise BadRecord(where, "<json>", str(error)) from None
-        record = from_json(obj, where)
-        root = self.image_root if self.image_root is not None else os.path.dirname(os.path.abspath(self.files[number]))
-        return dataclasses.replace(record, image=_resolve(record.image, root),
-                                   rejected_image=_resolve(record.rejected_image, root))
+            raise BadRecord(self.where(index), "<json>", str(error)) from None
+
+    def __getitem__(self, index: int) -> Record:
+        record = from_json(self.raw(index), self.where(index))
+        return dataclasses.replace(record, image=_resolve(record.image, self.image_folder(index)),
+                                   rejected_image=_resolve(record.rejected_image, self.image_folder(index)))
+
+    def image_folder(self, index: int) -> str:
+        """Where record `index`'s relative image paths point."""
+        if self.image_root is not None:
+            return self.image_root
+        return os.path.dirname(os.path.abspath(self.files[self._offsets[index][0]]))
 
 
 def _jsonl_files(path: str) -> list[str]:

@@ -3,6 +3,7 @@ sources, or the random smoke-test pairs (`data.source='random'`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -84,3 +85,16 @@ def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig, row
     offset = jax.process_index() * batch["input_ids"].shape[0] * len(layout.kinds)
     return packing.pack(batch, bins, rows, pack_len, layout.image_slots, model.num_image_tokens,
                         model.image_token_id, offset)
+
+
+def batch_shaper(data: Any, settings: TrainSettings, trainer: Any) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """What each host batch goes through before the step: packing (`data.packing`,
+    `data.share_prefix`, `data.pack_len`) or trimming to its length bucket. The random
+    smoke-test pairs always run at seq_len unless packed."""
+    if data.packing:
+        row_multiple = trainer.packed_row_multiple()
+        share_prefix, pack_len = data.get("share_prefix", False), data.get("pack_len", 0)
+        return lambda batch: to_packed(batch, settings.layout, trainer.model_config, row_multiple, share_prefix,
+                                       pack_len)
+    buckets = pipeline.parse_buckets(data.length_buckets if data.source != "random" else "", data.seq_len)
+    return lambda batch: to_bucket(batch, buckets)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from realign_jax.data import pipeline
 from realign_jax.train.checkpoint import Checkpointer
-from realign_jax.train.inputs import make_dataset, to_bucket, to_packed
+from realign_jax.train.inputs import batch_shaper, make_dataset
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import parse
 from realign_jax.train.trainer import Trainer
@@ -141,19 +141,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir, lambda: trainer.policy(state))
     else:
         iterator = iter(make_dataset(config.data, settings, trainer.model_config))
-    if config.data.packing:
-        row_multiple = trainer.packed_row_multiple()
-        share_prefix, pack_len = config.data.get("share_prefix", False), config.data.get("pack_len", 0)
-
-        def shaped(batch: dict[str, Any]) -> dict[str, Any]:
-            return to_packed(batch, settings.layout, trainer.model_config, row_multiple, share_prefix, pack_len)
-    else:
-        # The random smoke-test pairs always run at seq_len; record sources pad to length buckets.
-        buckets = pipeline.parse_buckets(config.data.length_buckets if config.data.source != "random" else "",
-                                         config.data.seq_len)
-
-        def shaped(batch: dict[str, Any]) -> dict[str, Any]:
-            return to_bucket(batch, buckets)
+    shaped = batch_shaper(config.data, settings, trainer)
     checkpoints = Checkpointer(checkpoints_dir, settings.checkpoint_every,
                                settings.keep_checkpoints)
     if checkpoints.latest_step() is not None:

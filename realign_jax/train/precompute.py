@@ -1,0 +1,92 @@
+"""The reference's log-probs computed once over a JSONL record file (`mode=precompute`), so
+that training with `reference='precomputed'` skips the reference forward in every step.
+
+    python -m realign_jax.main --config=configs/train_llava.py:loss=rdpo --config.mode=precompute \\
+        --config.data.source=jsonl --config.data.path=/data/pairs.jsonl --workdir=/tmp/ref
+    python -m realign_jax.main --config=configs/train_llava.py:loss=rdpo --config.reference=precomputed \\
+        --config.data.source=jsonl --config.data.path=/tmp/ref/records.jsonl --workdir=/tmp/rdpo
+
+Same config as the training run (model, data, loss, batch): the reference is the starting
+model (adapters off under LoRA). `<workdir>/records.jsonl` holds every input record as it was,
+in input order, plus `ref_logps` ({row kind: summed log-prob}); relative image paths are made
+absolute so the file works from its new folder. It pays off when training runs more than one
+epoch: the fused step runs the reference forward once per epoch, this once in all
+(benchmarks/step_throughput.py measures both).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from realign_jax.data.pipeline import BadRecordCounter
+from realign_jax.data.records import BadRecord, check_on_bad_record
+from realign_jax.data.sources import JsonlSource
+from realign_jax.train import settings as train_settings
+from realign_jax.train.inputs import batch_shaper, make_encoder
+from realign_jax.train.trainer import Trainer
+
+OUTPUT = "records.jsonl"
+
+
+def precompute(config: Any, workdir: str) -> dict[str, Any]:
+    """Write `<workdir>/records.jsonl`; returns its path and the records written and skipped."""
+    config = config.copy_and_resolve_references()
+    check_on_bad_record(config.data.on_bad_record)
+    if config.data.source != "jsonl":
+        raise ValueError(f"mode=precompute reads and writes JSONL records; data.source={config.data.source!r} "
+                         "(convert other sources with their builders' JSONL output)")
+    if jax.process_count() > 1:
+        raise ValueError("mode=precompute runs as one process; start it on one host")
+    if config.reference == "precomputed":  # the reference these log-probs stand for
+        config.reference = "lora_off" if config.lora.rank else "frozen_copy"
+    settings = train_settings.parse(config)
+    trainer = Trainer(settings)
+    state = trainer.init_state()
+    encoder = make_encoder(config.data, settings, trainer.model_config)
+    if not encoder.deterministic:
+        raise ValueError(f"{settings.objective} with loss.alt_image / loss.noisy_scoring drawing images afresh: "
+                         "their reference log-probs change every epoch, so they cannot be precomputed")
+    source = JsonlSource(config.data.path, config.data.image_root or None)
+    shaped = batch_shaper(config.data, settings, trainer)
+    kinds = settings.layout.kinds
+    os.makedirs(workdir, exist_ok=True)
+    output = os.path.join(workdir, OUTPUT)
+    skipped = BadRecordCounter()
+    written = 0
+    with open(output + ".tmp", "w") as out:  # renamed when complete: a stopped run leaves no half file
+        for start in tqdm(range(0, len(source), settings.batch_size), desc="reference log-probs", unit="batch"):
+            indices, examples = [], []
+            for index in range(start, min(start + settings.batch_size, len(source))):
+                try:
+                    examples.append(encoder.encode(source[index], source.where(index)))
+                    indices.append(index)
+                except BadRecord as error:
+                    if config.data.on_bad_record == "error":
+                        raise
+                    skipped.add(error.reason, str(error))
+            if not examples:
+                continue
+            examples += [examples[-1]] * (settings.batch_size - len(examples))  # a full batch: one compiled shape
+            host = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+            ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shaped(host))))
+            for row, index in enumerate(indices):
+                out.write(json.dumps(_with_ref_logps(source, index, dict(zip(kinds, ref[row].tolist())))) + "\n")
+            written += len(indices)
+    os.replace(output + ".tmp", output)
+    return {"output": output, "written": written, "skipped": skipped.total, "skipped_examples": skipped.examples}
+
+
+def _with_ref_logps(source: JsonlSource, index: int, ref_logps: dict[str, float]) -> dict[str, Any]:
+    """The record as the input file holds it, its image paths absolute, with `ref_logps`."""
+    obj = dict(source.raw(index))
+    for field in ("image", "rejected_image"):
+        if isinstance(obj.get(field), str) and not os.path.isabs(obj[field]):
+            obj[field] = os.path.join(source.image_folder(index), obj[field])
+    obj["ref_logps"] = ref_logps
+    return obj
