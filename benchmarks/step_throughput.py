@@ -1,20 +1,34 @@
-"""Throughput, utilisation and memory of one compiled preference step on random weights and
-random-token pairs, on whatever backend JAX finds.
+"""Throughput, utilisation and memory of the compiled preference step on random weights and
+random-token pairs, each speed option on and off in one run, on whatever backend JAX finds.
 
+    python benchmarks/step_throughput.py                        # tiny shape, any CPU (~2 min)
+    python benchmarks/step_throughput.py --preset small --batch 4 --seq-len 160
     python benchmarks/step_throughput.py --preset llava-1.5-7b --loss rdpo --batch 8 --seq-len 768 \\
-        --lora-rank 128 --dtype bfloat16 --remat full          # one H100/H200
-    python benchmarks/step_throughput.py                        # tiny shape, any CPU
+        --lora-rank 128 --dtype bfloat16 --remat full --attention cudnn  # one H100
 
-Prints pairs/s and tokens/s (tokens = every row's padded length, the work the step does),
-peak device memory, and utilisation against a bf16 matmul peak measured in the same run.
+The same batches run through the step in each variant:
 
-FLOP accounting (matmul FLOPs from `models/accounting.py`, 2 per multiply-add): per example,
-each of the loss's K rows costs one decoder + projector forward for the policy, a backward for
-the policy (1x forward when the base is frozen under LoRA: only activation gradients; 2x for
-full fine-tuning: activation and weight gradients) and one forward for the reference (none
-when the reference is precomputed). The frozen vision tower runs forward once per distinct
-image of an example (1, or 2 with a retrieved / noised image). LoRA's own matmuls are left
-out (under 1% at rank 128 on 7B), so utilisation is of the FLOPs the step really needs.
+    padded              rows padded to the batch's length bucket (`data.length_buckets=auto`)
+    packed              rows packed end to end (`data.packing=True`, data/packing.py)
+    shared_prefix       packed, chosen and rejected sharing the image + prompt (`data.share_prefix=True`)
+    precomputed_ref     shared_prefix with the reference log-probs read from the batch
+                        (`reference='precomputed'`): the step without its reference forward;
+                        the pass computing them once is timed too, so epochs-to-break-even shows
+
+It prints per variant ms/step (median, after each shape was compiled and run once), pairs/s,
+tokens computed per step, the ratio to the first variant, and utilisation against a matmul
+peak measured in the same run. Random pairs: [BOS, image tokens, 4 prompt tokens] and answers
+of 2 up to what `--seq-len` leaves (for LLaVA-1.5 at 768: 581 + up to 187, the image prefix
+dominates, as in real data).
+
+FLOP accounting (matmul FLOPs from `models/accounting.py`, 2 per multiply-add) of the work the
+step really needs, the same for every variant: per example, each distinct image runs the frozen
+vision tower and the projector forward once; the decoder runs over the shared layout's real
+tokens (image + prompt once per image, each answer once, no padding) forward for the policy,
+backward for the policy (1x forward when the base is frozen under LoRA: activation gradients
+only; 2x under full fine-tuning: activation and weight gradients) and forward for the
+reference (not in precomputed_ref's step). LoRA's own matmuls are left out (under 1% at rank
+128 on 7B). A variant computing padding or a prefix twice does more work than this.
 """
 
 from __future__ import annotations
@@ -24,6 +38,7 @@ import itertools
 import os
 import sys
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,17 +47,23 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 import train_llava  # noqa: E402
+from packing import median_step_ms  # noqa: E402  (benchmarks/packing.py)
 
+from realign_jax.data import packing, pipeline  # noqa: E402
 from realign_jax.models.accounting import forward_flops  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
-from realign_jax.train.inputs import make_dataset  # noqa: E402
+from realign_jax.train.inputs import make_dataset, to_bucket, to_packed  # noqa: E402
 from realign_jax.train.trainer import Trainer  # noqa: E402
 
+VARIANTS = ("padded", "packed", "shared_prefix", "precomputed_ref")
+PROMPT_TEXT = 4  # random pairs' prompt tokens after the image (data/random_pairs.py)
 
-def matmul_peak(size: int, repeats: int = 10) -> float:
-    """Measured bf16 matmul FLOP/s of this device: the ceiling utilisation is reported against."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.bfloat16)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.bfloat16)
+
+def matmul_peak(size: int, dtype: Any, repeats: int = 10) -> float:
+    """Measured matmul FLOP/s of this device in the step's dtype: the ceiling utilisation is
+    reported against."""
+    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
     f = jax.jit(lambda x, y: x @ y)
     for _ in range(3):
         f(a, b).block_until_ready()
@@ -53,15 +74,21 @@ def matmul_peak(size: int, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - began)
 
 
-def step_flops(trainer: Trainer, seq_len: int, batch: int) -> float:
-    """The FLOPs one step needs, as the module docstring counts them."""
+def needed_flops(trainer: Trainer, batch: dict[str, np.ndarray], reference: bool) -> float:
+    """The FLOPs one step needs for this host batch, as the module docstring counts them."""
     s, config = trainer.settings, trainer.model_config
-    per_row = forward_flops(config, seq_len - config.num_image_tokens)
-    rows = len(s.layout.kinds)
+    image = forward_flops(config, 0)
+    units = packing.units(batch, s.layout.image_slots, share_prefix=True, pack_len=10**9)
+    decoder = sum(forward_flops(config, u.length - config.num_image_tokens).decoder for u in units)
     backward = 1 if s.lora.rank and not s.trainable.startswith("^(projector|decoder)") else 2
-    reference = 0 if s.reference in ("precomputed", "none") else 1
-    text = (per_row.decoder + per_row.projector) * rows * (1 + backward + reference)
-    return batch * (text + per_row.vision * s.layout.num_images)
+    images = batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1]
+    return decoder * (1 + backward + reference) + images * (image.vision + image.projector * (1 + backward))
+
+
+def build(config: Any, reference: str) -> Trainer:
+    config = config.copy_and_resolve_references()
+    config.reference = reference
+    return Trainer(train_settings.parse(config))
 
 
 def main() -> None:
@@ -69,70 +96,86 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--loss", default="rdpo")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq-len", type=int, default=64, help="tokens per row, the image's included")
+    parser.add_argument("--seq-len", type=int, default=64, help="longest row, the image's tokens included")
+    parser.add_argument("--pack-len", type=int, default=0, help="packed row length; 0 = one that holds a "
+                        "[prompt | chosen | rejected] unit of the longest answers")
     parser.add_argument("--lora-rank", type=int, default=8, help="0 = full fine-tuning with a frozen copy")
     parser.add_argument("--dtype", default="float32", help="compute and weight dtype")
     parser.add_argument("--remat", default="none", choices=("none", "full", "dots"))
     parser.add_argument("--attention", default="xla", choices=("xla", "cudnn"))
-    parser.add_argument("--steps", type=int, default=5, help="timed steps, after 2 untimed")
+    parser.add_argument("--steps", type=int, default=6, help="batches timed per variant")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"a comma list of {VARIANTS}")
     parser.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak; 0 = by backend")
     args = parser.parse_args()
+    variants = args.variants.split(",")
+    if unknown := set(variants) - set(VARIANTS):
+        parser.error(f"--variants: unknown {sorted(unknown)}; choose from {VARIANTS}")
 
     config = train_llava.get_config(f"loss={args.loss}")
     config.model.preset, config.model.remat, config.model.attention_impl = args.preset, args.remat, args.attention
     config.model.dtype = config.model.param_dtype = args.dtype
-    config.data.seq_len, config.data.num_examples = args.seq_len, args.batch * (args.steps + 2)
-    config.train.batch_size, config.train.steps = args.batch, args.steps + 2
-    config.lora.rank = args.lora_rank
-    config.lora.alpha = 2.0 * args.lora_rank
+    config.train.batch_size, config.train.steps = args.batch, args.steps
+    config.lora.rank, config.lora.alpha = args.lora_rank, 2.0 * args.lora_rank
     if args.lora_rank == 0:
         config.reference, config.train.trainable = "frozen_copy", r"^(projector|decoder)\."
-    settings = train_settings.parse(config)
+    config.data.seq_len, config.data.num_examples = args.seq_len, args.batch * args.steps
+    fused = build(config, config.reference)
+    fused.init_state()  # (sets fused.model_config)
+    prompt = 1 + fused.model_config.num_image_tokens + PROMPT_TEXT
+    raw = list(itertools.islice(make_dataset(config.data, fused.settings, fused.model_config), args.steps))
+    pack_len = args.pack_len or -(-(2 * args.seq_len - prompt + 1) // 64) * 64
+    buckets = pipeline.parse_buckets("auto", args.seq_len)
+    row_multiple = fused.packed_row_multiple()
+    layouts = {
+        "padded": lambda b: to_bucket(b, buckets),
+        "packed": lambda b: to_packed(b, fused.settings.layout, fused.model_config, row_multiple, False, pack_len),
+        "shared_prefix": lambda b: to_packed(b, fused.settings.layout, fused.model_config, row_multiple, True,
+                                             pack_len),
+    }
     device = jax.devices()[0]
+    peak = matmul_peak(args.peak_size or (8192 if jax.default_backend() == "gpu" else 1024), jnp.dtype(args.dtype))
+    rows = len(fused.settings.layout.kinds)
     print(f"device: {device.device_kind} x {jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}")
-
-    began = time.perf_counter()
-    trainer = Trainer(settings)
-    state = trainer.init_state()
-    jax.block_until_ready(state)
-    init_s = time.perf_counter() - began
-    dataset = make_dataset(config.data, settings, trainer.model_config)
-    batches = [trainer.device_batch(b) for b in itertools.islice(dataset, args.steps + 2)]
-    began = time.perf_counter()
-    compiled = trainer.compile(state, batches[0])
-    compile_s = time.perf_counter() - began
-    memory = compiled.memory_analysis()
-
-    for batch in batches[:2]:
-        state, metrics = trainer.step(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for batch in batches[2:2 + args.steps]:
-        began = time.perf_counter()
-        state, metrics = trainer.step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - began)
-    step_s = float(np.median(times))
-
-    peak = matmul_peak(args.peak_size or (8192 if jax.default_backend() == "gpu" else 1024))
-    flops = step_flops(trainer, args.seq_len, args.batch)
-    rows = len(settings.layout.kinds)
-    print(f"shape: {args.preset}, loss {args.loss} ({rows} rows/example, {settings.layout.num_images} image(s)), "
-          f"batch {args.batch}, seq_len {args.seq_len}, {args.dtype}, remat {args.remat}, "
-          f"{'LoRA r=' + str(args.lora_rank) if args.lora_rank else 'full fine-tuning'}, reference {settings.reference}")
-    print(f"init {init_s:.1f} s, compile {compile_s:.1f} s; loss {float(metrics['loss']):.4f} (finite: "
-          f"{bool(np.isfinite(float(metrics['loss'])))})")
-    print(f"step {step_s * 1e3:.1f} ms (median of {len(times)}; min {min(times) * 1e3:.1f}, max {max(times) * 1e3:.1f})")
-    print(f"pairs/s {args.batch / step_s:.2f}, tokens/s {args.batch * rows * args.seq_len / step_s:,.0f}")
-    print(f"step FLOPs {flops / 1e12:.2f} T -> {flops / step_s / 1e12:.1f} TFLOP/s; measured bf16 matmul peak "
-          f"{peak / 1e12:.1f} TFLOP/s; utilisation {flops / step_s / peak:.1%}")
+    print(f"shape: {args.preset}, loss {args.loss} ({rows} rows/example, {fused.settings.layout.num_images} "
+          f"image(s)), batch {args.batch}, seq_len {args.seq_len} (prompt {prompt}, answers 2..{args.seq_len - prompt}), "
+          f"pack_len {pack_len}, {args.dtype}, remat {args.remat}, "
+          f"{'LoRA r=' + str(args.lora_rank) if args.lora_rank else 'full fine-tuning'}, reference {config.reference}")
+    print(f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s; real tokens/step "
+          f"{np.mean([b['attention_mask'].sum() for b in raw]):,.0f} (unshared)")
+    print(f"{'variant':<16} {'ms/step':>9} {'pairs/s':>8} {'tokens/step':>12} {'util':>6} {'speed-up':>9}  loss")
+    first_ms = None
+    for variant in variants:
+        trainer = fused if variant != "precomputed_ref" else build(config, "precomputed")
+        host = [layouts["shared_prefix" if variant == "precomputed_ref" else variant](b) for b in raw]
+        batches = [trainer.device_batch(b) for b in host]
+        extra = ""
+        if variant == "precomputed_ref":  # the pass: the fused trainer's reference over the same batches
+            base = fused.init_state()
+            ref_ms, ref = median_call_ms(lambda b: fused.reference_logps(base, b), batches)
+            batches = [trainer.device_batch({**h, "ref_logps": np.asarray(r)}) for h, r in zip(host, ref)]
+            extra = f"  (+ the precompute pass once: {ref_ms:.1f} ms/batch)"
+        _, first = trainer.step(trainer.init_state(), batches[0])
+        ms, _ = median_step_ms(trainer, trainer.init_state(), batches)
+        flops = np.mean([needed_flops(trainer, b, variant != "precomputed_ref") for b in raw])
+        first_ms = first_ms or ms
+        print(f"{variant:<16} {ms:>9.1f} {args.batch / ms * 1e3:>8.2f} {np.mean([b['input_ids'].size for b in host]):>12,.0f} "
+              f"{flops / (ms / 1e3) / peak:>6.1%} {first_ms / ms:>8.2f}x  {float(first['loss']):.5f}{extra}")
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         print(f"peak device memory {stats['peak_bytes_in_use'] / 2**30:.2f} GiB of "
               f"{stats.get('bytes_limit', 0) / 2**30:.1f} GiB")
-    if memory is not None:
-        print(f"compiled step: arguments {memory.argument_size_in_bytes / 2**30:.2f} GiB, temporaries "
-              f"{memory.temp_size_in_bytes / 2**30:.2f} GiB, outputs {memory.output_size_in_bytes / 2**30:.2f} GiB")
+
+
+def median_call_ms(fn: Any, batches: list) -> tuple[float, list]:
+    """Median time of `fn` over the batches (after one untimed call per distinct shape) and its results."""
+    for batch in {Trainer._shapes(b): b for b in batches}.values():
+        jax.block_until_ready(fn(batch))
+    times, results = [], []
+    for batch in batches:
+        began = time.perf_counter()
+        results.append(jax.block_until_ready(fn(batch)))
+        times.append(time.perf_counter() - began)
+    return 1e3 * float(np.median(times)), results
 
 
 if __name__ == "__main__":
