@@ -15,7 +15,8 @@ The same batches run through the step in each variant:
                         (`reference='precomputed'`): the step without its reference forward;
                         the pass computing them once is timed too, so epochs-to-break-even shows
 
-It prints per variant ms/step (median, after each shape was compiled and run once), pairs/s,
+It prints per variant ms/step (median; each shape compiled and run once first, then the variants
+take turns batch by batch, so a shared machine's load hits them alike), pairs/s,
 tokens computed per step, the ratio to the first variant, and utilisation against a matmul
 peak measured in the same run. Random pairs: [BOS, image tokens, 4 prompt tokens] and answers
 of 2 up to what `--seq-len` leaves (for LLaVA-1.5 at 768: 581 + up to 187, the image prefix
@@ -47,8 +48,6 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 import train_llava  # noqa: E402
-from packing import median_step_ms  # noqa: E402  (benchmarks/packing.py)
-
 from realign_jax.data import packing, pipeline  # noqa: E402
 from realign_jax.models.accounting import forward_flops  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
@@ -143,39 +142,52 @@ def main() -> None:
     print(f"measured {args.dtype} matmul peak {peak / 1e12:.3f} TFLOP/s; real tokens/step "
           f"{np.mean([b['attention_mask'].sum() for b in raw]):,.0f} (unshared)")
     print(f"{'variant':<16} {'ms/step':>9} {'pairs/s':>8} {'tokens/step':>12} {'util':>6} {'speed-up':>9}  loss")
+    # Every variant's batches compiled and run once; then the timed steps interleave the variants
+    # batch by batch, so load on a shared machine hits them alike.
+    precomputed = build(config, "precomputed") if "precomputed_ref" in variants else None
+    states = {"fused": fused.init_state(), "precomputed": precomputed.init_state() if precomputed else None}
+    runs, first_loss, tokens, pass_batches = {}, {}, {}, []
+    for variant in variants:
+        host = [layouts["shared_prefix" if variant == "precomputed_ref" else variant](b) for b in raw]
+        tokens[variant] = np.mean([b["input_ids"].size for b in host])
+        if variant == "precomputed_ref":  # the pass: the fused trainer's reference over the same batches
+            pass_batches = [fused.device_batch(h) for h in host]
+            ref = [np.asarray(fused.reference_logps(states["fused"], b)) for b in pass_batches]
+            runs[variant] = (precomputed, "precomputed", [precomputed.device_batch({**h, "ref_logps": r})
+                                                          for h, r in zip(host, ref)])
+        else:
+            runs[variant] = (fused, "fused", [fused.device_batch(h) for h in host])
+        trainer, key, batches = runs[variant]
+        _, metrics = trainer.step(trainer.init_state(), batches[0])
+        first_loss[variant] = float(metrics["loss"])
+        for batch in {Trainer._shapes(b): b for b in batches}.values():
+            states[key], _ = trainer.step(states[key], batch)
+    times: dict[str, list[float]] = {variant: [] for variant in variants}
+    pass_times = []
+    for i in range(len(raw)):
+        for variant in variants:
+            trainer, key, batches = runs[variant]
+            began = time.perf_counter()
+            states[key], metrics = trainer.step(states[key], batches[i])
+            jax.block_until_ready(metrics)
+            times[variant].append(time.perf_counter() - began)
+            if variant == "precomputed_ref":
+                began = time.perf_counter()
+                jax.block_until_ready(fused.reference_logps(states["fused"], pass_batches[i]))
+                pass_times.append(time.perf_counter() - began)
     first_ms = None
     for variant in variants:
-        trainer = fused if variant != "precomputed_ref" else build(config, "precomputed")
-        host = [layouts["shared_prefix" if variant == "precomputed_ref" else variant](b) for b in raw]
-        batches = [trainer.device_batch(b) for b in host]
-        extra = ""
-        if variant == "precomputed_ref":  # the pass: the fused trainer's reference over the same batches
-            base = fused.init_state()
-            ref_ms, ref = median_call_ms(lambda b: fused.reference_logps(base, b), batches)
-            batches = [trainer.device_batch({**h, "ref_logps": np.asarray(r)}) for h, r in zip(host, ref)]
-            extra = f"  (+ the precompute pass once: {ref_ms:.1f} ms/batch)"
-        _, first = trainer.step(trainer.init_state(), batches[0])
-        ms, _ = median_step_ms(trainer, trainer.init_state(), batches)
-        flops = np.mean([needed_flops(trainer, b, variant != "precomputed_ref") for b in raw])
+        ms = 1e3 * float(np.median(times[variant]))
         first_ms = first_ms or ms
-        print(f"{variant:<16} {ms:>9.1f} {args.batch / ms * 1e3:>8.2f} {np.mean([b['input_ids'].size for b in host]):>12,.0f} "
-              f"{flops / (ms / 1e3) / peak:>6.1%} {first_ms / ms:>8.2f}x  {float(first['loss']):.5f}{extra}")
+        flops = np.mean([needed_flops(runs[variant][0], b, variant != "precomputed_ref") for b in raw])
+        extra = f"  (+ the precompute pass once: {1e3 * np.median(pass_times):.1f} ms/batch)" if pass_times and \
+            variant == "precomputed_ref" else ""
+        print(f"{variant:<16} {ms:>9.1f} {args.batch / ms * 1e3:>8.2f} {tokens[variant]:>12,.0f} "
+              f"{flops / (ms / 1e3) / peak:>6.1%} {first_ms / ms:>8.2f}x  {first_loss[variant]:.5f}{extra}")
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         print(f"peak device memory {stats['peak_bytes_in_use'] / 2**30:.2f} GiB of "
               f"{stats.get('bytes_limit', 0) / 2**30:.1f} GiB")
-
-
-def median_call_ms(fn: Any, batches: list) -> tuple[float, list]:
-    """Median time of `fn` over the batches (after one untimed call per distinct shape) and its results."""
-    for batch in {Trainer._shapes(b): b for b in batches}.values():
-        jax.block_until_ready(fn(batch))
-    times, results = [], []
-    for batch in batches:
-        began = time.perf_counter()
-        results.append(jax.block_until_ready(fn(batch)))
-        times.append(time.perf_counter() - began)
-    return 1e3 * float(np.median(times)), results
 
 
 if __name__ == "__main__":
