@@ -19,13 +19,61 @@ On your own checkpoint and records (the SFT stages are skipped):
 Stage keys: `--config.sft.captions_steps`, `--config.pairs.k` / `.tau` / `.max_records`,
 `--config.align.stage1.train.steps` / `.optim.lr` / `.loss.beta` / `.loss.visual_weight`,
 `--config.eval.benchmarks`.
+
+`configs/rdpo_llava.py:7b` and `:13b` are instead the rDPO training step alone (`mode=train`) at
+LLaVA-1.5 size, laid out for a TPU v5p-8 (4 chips, 95 GiB each): the papers' LoRA (r=128,
+alpha=256 on q/k/v/o, the projector trained in full, lr 1e-5 / projector 2e-5, beta 0.1), bf16
+compute on float32 weights, batch 32 pairs of 3 rows (chosen, rejected, chosen under the
+retrieved image) of 1024 tokens (576 image tokens + prompt + answer; longer answers are cut at
+the end), the base sharded over all chips (FSDP), and remat `dots` (matmul outputs kept: 18%
+fewer FLOPs than `full`) with the batch in 2 (7B) / 4 (13B) micro-batches, the fewest that fit.
+Check a layout fits before renting the slice (realign_jax/aot.py; libtpu in its own venv):
+
+    python -m realign_jax.aot --config=configs/rdpo_llava.py:7b --topology=v5p-8
+    python -m realign_jax.aot --config=configs/rdpo_llava.py:13b --topology=v5p-8
+
+Expected, per chip: 7B arguments 7.60 GiB, temporaries 57.14 GiB, total 64.79 of 95 GiB, FITS,
+step >= 2.25 s; 13B 14.01, 48.17, 62.24 GiB, FITS, step >= 4.33 s (lower bounds: the step's
+FLOPs at 459 TFLOP/s). Then train with `--config.model.path=/ckpt/llava-1.5-7b-hf
+--config.data.source=... --config.data.path=...` (without a path it trains random weights of
+the preset's shape: a throughput check). Elsewhere:
+- v5e-16 (16 GiB chips) and v6e-8 (32 GiB): `--config.model.remat=full --config.train.grad_accum=1`
+  (v5e-16: 10.02 / 13.25 GiB for 7B / 13B, v6e-8: 16.95 / 26.27 GiB).
+- 8 x H100 80GB: `--config.model.attention_impl=cudnn`, 7B with `--config.train.grad_accum=1`
+  (50.90 GiB), 13B with `--config.train.grad_accum=2` (45.98 GiB); `--topology=h100-8` checks it.
+- dots with the whole batch at once: XLA asks for 106 GiB (7B) on a v5p chip; the base replicated
+  instead of sharded (`--config.mesh.data=-1 --config.mesh.fsdp=1`) fits 7B with remat full
+  (63.62 GiB) but not 13B.
 """
 
 import ml_collections
 
 from realign_jax.pipeline import pipeline_config
+from realign_jax.train.config_base import training_config
+
+SIZES = {"7b": "llava-1.5-7b", "13b": "llava-1.5-13b"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return pipeline_config("rdpo")
+    if not arg:
+        return pipeline_config("rdpo")
+    if arg not in SIZES:
+        raise ValueError(f"configs/rdpo_llava.py:{arg}: choose one of {sorted(SIZES)} (or no argument: the pipeline)")
+    config = training_config(mode="train", loss="rdpo")
+    config.model.preset = SIZES[arg]  # shapes for a run without model.path (random weights) and for aot.py
+    # bf16 compute; the weights stay float32 (training_config's param_dtype): LoRA adapters take
+    # their base kernel's dtype, and bf16 adapters and projector would round away lr-1e-5 updates.
+    config.model.dtype = "bfloat16"
+    config.model.remat = "dots"
+    config.lora.rank, config.lora.alpha = 128, 256.0
+    config.optim.lr = 1e-5
+    config.optim.lr_groups = r"^projector\.=2e-5"
+    config.data.seq_len = 1024
+    config.data.num_examples = 256  # the random source's pairs, for a run without data
+    config.train.batch_size = 32
+    config.train.grad_accum = {"7b": 2, "13b": 4}[arg]  # the fewest micro-batches that fit a v5p chip with dots
+    config.train.steps = 1000
+    config.train.log_every = 10
+    config.train.checkpoint_every = 200
+    config.mesh.data, config.mesh.fsdp = 1, -1  # the base sharded over every chip, the batch split over them
+    return config

@@ -38,12 +38,13 @@ def model_config(settings: TrainSettings) -> LlavaConfig:
     return preset(settings.model["preset"], **_runtime(settings.model))
 
 
-def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any) -> LlavaModel:
-    """The starting weights, created or read directly into their shards."""
+def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any, load: bool = True) -> LlavaModel:
+    """The starting weights, created or read directly into their shards (`load=False`: random
+    weights of the checkpoint's shapes, for tracing the state abstractly)."""
     model_settings = settings.model
-    if model_settings.get("path"):
+    if load and model_settings.get("path"):
         return hf.load_pretrained(model_settings["path"], mesh=mesh, rules=rules, **_runtime(model_settings))
-    config = preset(model_settings["preset"], **_runtime(model_settings))
+    config = model_config(settings)
     graphdef, abstract = nnx.split(abstract_model(config))
     shardings = state_shardings(abstract, mesh, rules)
     seed = model_settings.get("seed", 0)
@@ -70,10 +71,10 @@ class Trainer:
         self._reference_fn: Any = None
         self._all_finite: Any = None
 
-    def init_state(self) -> TrainState:
+    def init_state(self, load: bool = True) -> TrainState:
         """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
         s = self.settings
-        model = _base_model(s, self.mesh, self.rules)
+        model = _base_model(s, self.mesh, self.rules, load)
         self.model_config = model.config
         self.plain_graphdef = nnx.graphdef(model)
         if s.lora.rank:
@@ -108,6 +109,14 @@ class Trainer:
             step=jax.device_put(jnp.zeros((), jnp.int32), replicated), trainable=trainable, opt_state=opt_state,
             rng=jax.device_put(jax.random.PRNGKey(s.seed), replicated), frozen=frozen, reference=reference,
         )
+
+    def abstract_state(self) -> TrainState:
+        """The state's shapes, dtypes and shardings, with no weight allocated or read: what
+        compiling the step ahead of time for another machine's devices needs (realign_jax/aot.py)."""
+        state = jax.eval_shape(lambda: self.init_state(load=False))
+        # One sharding per variable (or bare leaf); the variables stay, their logical axes name the layout.
+        return jax.tree.map(lambda sharding, node: jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), node), self.state_shardings(state), state)
 
     # -- sharding of inputs and outputs ---------------------------------------------------
     def state_shardings(self, state: TrainState) -> Any:

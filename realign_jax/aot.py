@@ -1,0 +1,342 @@
+"""Ahead-of-time fit check: compile the full-size training step for a TPU slice or a GPU host on
+any machine, with no weight allocated, and say whether it fits before anyone rents the hardware.
+
+    python -m realign_jax.aot --config=configs/rdpo_llava.py:7b --topology=v5p-8
+    python -m realign_jax.aot --config=configs/rdpo_llava.py:13b --topology=v5e-16 \\
+        --config.model.remat=full --config.train.grad_accum=1
+    python -m realign_jax.aot --config=configs/train_llava.py --topology=cpu:8     # any machine (CI)
+
+TPU targets need libtpu and GPU targets the CUDA plugin, each in its own venv (next to the
+CPU-only JAX they make every `import jax` print warnings); neither needs the hardware:
+
+    python3 -m venv /work/tpuvenv && /work/tpuvenv/bin/pip install -e . "jax[tpu]==0.10.2"
+    python3 -m venv /work/gpuvenv && /work/gpuvenv/bin/pip install -e . "jax[cuda12]==0.10.2"
+
+The state is `jax.eval_shape` of the trainer's own initialisation (random-init shapes: the
+preset's, or model.path's config.json; no checkpoint is read) and the batch is
+ShapeDtypeStructs of the padded layout at data.seq_len (a packed batch of that seq_len never
+has more rows). Both carry the NamedShardings training gives them on the target's devices, and
+`Trainer.compile` lowers and compiles the step as training does. Printed per device: XLA's
+memory analysis against the chip's HBM, XLA's cost analysis, the step's FLOPs, a step-time lower
+bound with the utilisation it implies, and FITS / DOES NOT FIT (exit status 1). With no
+--topology it compiles for this process's own devices (a TPU VM's or GPU host's, or the CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from typing import Any
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from jax.experimental import topologies
+from ml_collections import config_flags
+
+from realign_jax.data import random_pairs
+from realign_jax.models.accounting import forward_flops
+from realign_jax.models.partitioning import make_mesh
+from realign_jax.train.settings import TrainSettings, parse
+from realign_jax.train.trainer import Trainer
+
+GiB = 2**30
+TIGHT = 0.05  # a fit with less HBM free than this is flagged
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str
+    hbm_bytes: float
+    peak_flops: float  # dense bf16 matmul FLOP/s
+
+
+# Per chip, from the vendors' spec tables: cloud.google.com/tpu/docs/v5p, .../v5e and .../v6e
+# ("system architecture": peak bf16 compute, HBM capacity) and NVIDIA's H100 SXM datasheet
+# (its bf16 Tensor Core 1,979 TFLOP/s is with 2:4 sparsity; dense is half). Keyed by jax's
+# `device_kind`. The runtime keeps a little of the HBM for itself: treat a few % headroom as none.
+CHIPS: dict[str, Chip] = {
+    "TPU v5": Chip("v5p", 95 * GiB, 459e12),
+    "TPU v5 lite": Chip("v5e", 16 * GiB, 197e12),
+    "TPU v6 lite": Chip("v6e", 32 * GiB, 918e12),
+    "NVIDIA H100 80GB HBM3": Chip("H100", 80 * GiB, 989e12),
+}
+
+# --topology names -> (platform, the PJRT plugin's topology name); jax.experimental.topologies
+# builds compile-only devices from these. Cloud TPU slices: v5p counts TensorCores (2 per chip),
+# v5e and v6e count chips. GPUs: one host of N H100s, described by H100_TARGET_CONFIG.
+TOPOLOGIES: dict[str, tuple[str, str]] = {
+    "v5p-8": ("tpu", "v5:2x2x1"), "v5p-16": ("tpu", "v5:2x2x2"), "v5p-32": ("tpu", "v5:2x2x4"),
+    "v5e-4": ("tpu", "v5e:2x2"), "v5e-8": ("tpu", "v5e:2x4"), "v5e-16": ("tpu", "v5e:4x4"),
+    "v5e-32": ("tpu", "v5e:4x8"), "v6e-4": ("tpu", "v6e:2x2"), "v6e-8": ("tpu", "v6e:2x4"),
+    "v6e-16": ("tpu", "v6e:4x4"), "v6e-32": ("tpu", "v6e:4x8"),
+    "h100-1": ("cuda", "1x1x1"), "h100-8": ("cuda", "1x1x8"),
+}
+
+# The H100 SXM as XLA's GPU compiler needs to know it with no GPU attached
+# (stream_executor.GpuTargetConfigProto): compute capability 9.0's limits from the CUDA C++
+# Programming Guide ("Compute Capabilities") and the H100 SXM datasheet (132 SMs, 50 MB L2,
+# 3.35 TB/s, 80 GB); cuDNN 9 as jax[cuda12] installs it.
+H100_TARGET_CONFIG = """
+gpu_device_info {
+  cuda_compute_capability { major: 9 minor: 0 }
+  core_count: 132 fpus_per_core: 128 clock_rate_ghz: 1.98
+  threads_per_block_limit: 1024 threads_per_warp: 32 threads_per_core_limit: 2048
+  block_dim_limit_x: 2147483647 block_dim_limit_y: 65535 block_dim_limit_z: 65535
+  shared_memory_per_block: 49152 shared_memory_per_block_optin: 232448 shared_memory_per_core: 233472
+  registers_per_core_limit: 65536 registers_per_block_limit: 65536
+  memory_bandwidth: 3350000000000 l2_cache_size: 52428800 device_memory_size: 85899345920
+}
+platform_name: "CUDA"
+dnn_version_info { major: 9 }
+runtime_version { major: 12 minor: 8 }
+device_description_str: "NVIDIA H100 80GB HBM3"
+"""
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A training config (configs/*.py, mode=train or sft).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", "", f"What to compile for: {', '.join(TOPOLOGIES)} (TPU slices need libtpu, H100s the CUDA "
+    "plugin: jax[tpu] / jax[cuda12], each in its own venv), 'cpu:N' (N CPU devices of this machine), or '' = "
+    "this process's own devices.")
+
+
+def topology_devices(topology: str) -> list[Any]:
+    """The devices `--topology` names: compile-only TPU or GPU devices, or real local ones."""
+    if not topology:
+        return jax.devices()
+    if topology == "cpu" or topology.startswith("cpu:"):
+        devices = jax.devices("cpu")
+        count = topology.partition(":")[2]
+        if not count.isdigit() or not 1 <= int(count) <= len(devices):
+            raise ValueError(f"--topology={topology}: this process has {len(devices)} CPU devices; ask for 1 to "
+                             f"{len(devices)} (more: XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+        return devices[:int(count)]
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"--topology={topology!r} is unknown; choose one of {sorted(TOPOLOGIES)}, 'cpu:N' or ''")
+    platform, name = TOPOLOGIES[topology]
+    if platform == "tpu":
+        # libtpu looks for a TPU VM's metadata when it loads; naming the slice and this host
+        # instead keeps its warnings off a machine without TPUs (a TPU VM's own settings stay).
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", topology)
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        options, extra = {}, "tpu"
+    else:
+        # No GPU to ask: the target is described (main() has already loaded the plugin without its
+        # driver check and turned autotuning off, _prepare_backends).
+        options, extra, name = {"target_config": H100_TARGET_CONFIG, "topology": name}, "cuda12", ""
+    try:
+        return list(topologies.get_topology_desc(name, platform, **options).devices)
+    except (RuntimeError, NotImplementedError) as error:  # NotImplementedError: no CUDA plugin
+        missing = isinstance(error, NotImplementedError) or "not installed" in str(error)
+        hint = f"; it needs jax[{extra}] in its own venv: pip install -e . 'jax[{extra}]=={jax.__version__}'"
+        raise ValueError(f"--topology={topology} could not be built: {error}{hint if missing else ''}") from None
+
+
+def chip_of(device: Any) -> Chip:
+    """The device's chip figures: from CHIPS, the host's RAM shared by the process's devices for a
+    CPU, or what an attached accelerator of another kind reports (no peak: no time estimate)."""
+    if device.device_kind in CHIPS:
+        return CHIPS[device.device_kind]
+    if device.platform == "cpu":
+        return Chip("cpu", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / len(jax.devices("cpu")), 0.0)
+    limit = (device.memory_stats() or {}).get("bytes_limit")
+    if not limit:
+        raise ValueError(f"--topology: no memory size known for {device.device_kind!r}; add it to aot.CHIPS")
+    return Chip(device.device_kind, limit, 0.0)
+
+
+def abstract_batch(settings: TrainSettings, trainer: Trainer, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+    """The step's global batch as sharded ShapeDtypeStructs: one random example's arrays (the
+    random source writes the layout the encoder does) with the batch size in front."""
+    config = trainer.model_config
+    example = random_pairs.make_example(0, random_pairs.RandomPairsSpec(
+        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=seq_len,
+        vocab_size=config.text.vocab_size, image_token_id=config.image_token_id,
+        num_image_tokens=config.num_image_tokens, image_size=config.vision.image_size, num_examples=1))
+    if settings.reference == "precomputed":
+        example["ref_logps"] = np.zeros(len(settings.layout.kinds), np.float32)
+    return {k: jax.ShapeDtypeStruct((settings.batch_size,) + v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim + 1))
+            for k, v in example.items()}
+
+
+def step_flops(settings: TrainSettings, trainer: Trainer, seq_len: int) -> tuple[float, float]:
+    """(needed, executed) matmul FLOPs of one step over all devices. Needed, as
+    benchmarks/step_throughput.py counts them: per row a policy forward, a backward (1x forward
+    under LoRA: activation gradients only; 2x for full fine-tuning) and a reference forward
+    unless precomputed; the frozen tower once per image. Executed adds what remat recomputes in
+    the policy's decoder layers: `full` everything but o_proj and down_proj (whose outputs only
+    feed the residual, so XLA drops them), `dots` the attention einsums (they have batch dims).
+    On an unrolled 3-layer model this is within 3% of XLA's own count."""
+    config = trainer.model_config
+    t, rows = config.text, len(settings.layout.kinds) * settings.batch_size
+    per_row = forward_flops(config, seq_len - config.num_image_tokens)
+    backward = 1 if settings.lora.rank else 2
+    reference = 0 if settings.reference in ("precomputed", "none") else 1
+    needed = (per_row.decoder + per_row.projector) * rows * (1 + backward + reference) \
+        + per_row.vision * settings.layout.num_images * settings.batch_size
+    head_dim = t.resolved_head_dim
+    attention = 2 * 2 * seq_len * t.num_heads * head_dim
+    qkv_gate_up = 2 * t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * head_dim \
+        + 2 * 2 * t.hidden_size * t.intermediate_size
+    per_token = {"full": attention + qkv_gate_up, "dots": attention}.get(config.remat, 0)
+    return needed, needed + per_token * t.num_layers * seq_len * rows
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """Per-device figures of one compiled step (bytes, FLOPs); `out_of_memory` holds XLA's
+    refusal when the program's buffers exceed the chip (the TPU compiler checks this itself)."""
+
+    topology: str
+    devices: int
+    mesh: dict[str, int]
+    chip: Chip
+    needed_flops: float  # per device, from models/accounting.py (step_flops)
+    executed_flops: float
+    argument_bytes: int = 0
+    output_bytes: int = 0
+    alias_bytes: int = 0
+    temp_bytes: int = 0
+    code_bytes: int = 0
+    xla_cost: dict[str, float] = dataclasses.field(default_factory=dict)  # empty where the backend gives none
+    out_of_memory: str = ""
+
+    @property
+    def total_bytes(self) -> int:
+        """What the step holds at its peak: donated outputs reuse their arguments' buffers."""
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes + self.code_bytes
+
+    @property
+    def fits(self) -> bool:
+        return not self.out_of_memory and self.total_bytes <= self.chip.hbm_bytes
+
+    @property
+    def step_seconds(self) -> float | None:
+        """Lower bound: the executed FLOPs at the chip's peak (memory-bound ops, collectives and
+        imperfect overlap only add to it). Not from XLA's cost analysis, which counts a while
+        loop's body once: a scanned 32-layer decoder would look 32x cheaper."""
+        return self.executed_flops / self.chip.peak_flops if self.chip.peak_flops else None
+
+
+def check(config: Any, topology: str = "") -> Report:
+    """Compile the config's training step for `topology` and measure it, allocating no weight."""
+    devices = topology_devices(topology)
+    settings = parse(config)
+    ms = settings.mesh
+    trainer = Trainer(settings, mesh=make_mesh(ms.data, ms.fsdp, ms.tensor, devices=devices))
+    state = trainer.abstract_state()
+    batch = abstract_batch(settings, trainer, config.data.seq_len)
+    needed, executed = step_flops(settings, trainer, config.data.seq_len)
+    common = dict(topology=topology or f"{devices[0].platform} (this process)", devices=len(devices),
+                  mesh=dict(trainer.mesh.shape), chip=chip_of(devices[0]), needed_flops=needed / len(devices),
+                  executed_flops=executed / len(devices))
+    try:
+        compiled = trainer.compile(state, batch)
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        return Report(**common, out_of_memory=str(error).splitlines()[0].rstrip("."))
+    memory = compiled.memory_analysis()
+    return Report(
+        **common, argument_bytes=memory.argument_size_in_bytes, output_bytes=memory.output_size_in_bytes,
+        alias_bytes=memory.alias_size_in_bytes, temp_bytes=memory.temp_size_in_bytes,
+        code_bytes=memory.generated_code_size_in_bytes, xla_cost=dict(compiled.cost_analysis() or {}))
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.2f} MiB"
+
+
+def tflop(n: float) -> str:
+    return f"{n / 1e12:.2f} TFLOP" if n >= 1e11 else f"{n / 1e9:.3f} GFLOP"
+
+
+def describe(report: Report, config: Any) -> str:
+    """The printed summary; every figure is per device."""
+    r, model = report, config.model
+    lines = [
+        f"topology {r.topology}: {r.devices} x {r.chip.name}, mesh {r.mesh}",
+        f"model {model.path or model.preset}, {config.loss.name}, batch {config.train.batch_size} "
+        f"(grad_accum {config.train.grad_accum}), seq_len {config.data.seq_len}, {model.dtype} compute, "
+        f"{model.param_dtype} weights, remat {model.remat}, attention {model.attention_impl}, "
+        f"LoRA r={config.lora.rank}",
+    ]
+    if not r.out_of_memory:
+        capacity = " HBM" if r.chip.peak_flops else " (host RAM / devices)"
+        lines += [
+            "memory per device:",
+            f"  arguments   {gib(r.argument_bytes)}  (state + batch)",
+            f"  outputs     {gib(r.output_bytes)}  ({gib(r.alias_bytes)} of it in donated argument buffers)",
+            f"  temporaries {gib(r.temp_bytes)}",
+            f"  code        {gib(r.code_bytes)}",
+            f"  total       {gib(r.total_bytes)} of {gib(r.chip.hbm_bytes)}{capacity}",
+            f"XLA cost per device: {tflop(r.xla_cost.get('flops', 0))}, "
+            f"{r.xla_cost.get('bytes accessed', 0) / 1e9:.1f} GB accessed (each loop body counted once: scanned "
+            "layers, vocabulary chunks)" if r.xla_cost else "XLA cost: none from this backend",
+        ]
+    lines.append(f"step FLOPs per device: {tflop(r.needed_flops)} needed, {tflop(r.executed_flops)} executed with "
+                 f"remat {model.remat}")
+    seconds = r.step_seconds
+    if seconds is None:
+        lines.append(f"no peak FLOP/s known for {r.chip.name}: no step time estimate")
+    else:
+        lines.append(f"estimated step >= {seconds:.2f} s (executed FLOPs at {r.chip.peak_flops / 1e12:.0f} TFLOP/s "
+                     f"bf16 peak): utilisation <= {r.needed_flops / (seconds * r.chip.peak_flops):.0%}, "
+                     f"<= {config.train.batch_size / seconds:.1f} examples/s")
+    advice = "raise --config.train.grad_accum or --config.mesh.fsdp" + (
+        ", or set --config.model.remat=full" if model.remat != "full" else "")
+    if r.out_of_memory:
+        lines.append(f"DOES NOT FIT: XLA refused the program: {r.out_of_memory}; {advice}")
+    elif r.fits:
+        free = 1 - r.total_bytes / r.chip.hbm_bytes
+        tight = "" if free >= TIGHT else f"; under {TIGHT:.0%} free is tight: the runtime keeps some HBM for itself"
+        lines.append(f"FITS: {gib(r.total_bytes)} of {gib(r.chip.hbm_bytes)} per device ({free:.0%} free{tight})")
+    else:
+        lines.append(f"DOES NOT FIT: {gib(r.total_bytes)} > {gib(r.chip.hbm_bytes)} per device; {advice}")
+    return "\n".join(lines)
+
+
+def _prepare_backends(topology: str) -> None:
+    """What XLA reads when JAX starts its backends: N host devices for `cpu:N`; for a GPU target
+    on a machine without one, the CUDA plugin loaded without its driver check, and gemms that
+    need no autotuning (Triton's tile search runs on the device)."""
+    flags_now = os.environ.get("XLA_FLAGS", "")
+    count = topology.partition(":")[2]
+    if topology.startswith("cpu:") and count.isdigit() and "device_count" not in flags_now:
+        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_force_host_platform_device_count={count}".strip()
+    if TOPOLOGIES.get(topology, ("",))[0] == "cuda":
+        os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+        os.environ["XLA_FLAGS"] = f"{flags_now} --xla_gpu_enable_triton_gemm=false --xla_gpu_autotune_level=0".strip()
+
+
+def main(argv: list[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the report
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None:
+        raise SystemExit("--config is required, e.g. --config=configs/rdpo_llava.py:7b")
+    _prepare_backends(_TOPOLOGY.value)
+    try:
+        report = check(_CONFIG.value, _TOPOLOGY.value)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(describe(report, _CONFIG.value))
+    if not report.fits:
+        raise SystemExit(1)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a bad flag or unknown `--config.key` in one line."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as error:
+        raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
+    except (KeyError, AttributeError) as error:
+        raise SystemExit(f"error: unknown config key {error} in {[a for a in argv[1:] if a.startswith('--config.')]}") \
+            from None
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)
