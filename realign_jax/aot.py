@@ -35,6 +35,7 @@ from absl import app, flags, logging
 from jax.experimental import topologies
 from ml_collections import config_flags
 
+from realign_jax.cli import parse_flags
 from realign_jax.data import random_pairs
 from realign_jax.models.accounting import forward_flops
 from realign_jax.models.partitioning import make_mesh
@@ -94,11 +95,15 @@ runtime_version { major: 12 minor: 8 }
 device_description_str: "NVIDIA H100 80GB HBM3"
 """
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A training config (configs/*.py, mode=train or sft).")
-_TOPOLOGY = flags.DEFINE_string(
-    "topology", "", f"What to compile for: {', '.join(TOPOLOGIES)} (TPU slices need libtpu, H100s the CUDA "
-    "plugin: jax[tpu] / jax[cuda12], each in its own venv), 'cpu:N' (N CPU devices of this machine), or '' = "
-    "this process's own devices.")
+
+def define_flags() -> None:
+    """The command's flags; defined when it runs, not on import, since realign_jax.main (which
+    tests import beside this module) defines its own `--config`."""
+    config_flags.DEFINE_config_file("config", None, "A training config (configs/*.py, mode=train or sft).")
+    flags.DEFINE_string(
+        "topology", "", f"What to compile for: {', '.join(TOPOLOGIES)} (TPU slices need libtpu, H100s the CUDA "
+        "plugin: jax[tpu] / jax[cuda12], each in its own venv), 'cpu:N' (N CPU devices of this machine), or '' = "
+        "this process's own devices.")
 
 
 def topology_devices(topology: str) -> list[Any]:
@@ -314,29 +319,20 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the report
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
+    config, topology = flags.FLAGS.config, flags.FLAGS.topology
+    if config is None:
         raise SystemExit("--config is required, e.g. --config=configs/rdpo_llava.py:7b")
-    _prepare_backends(_TOPOLOGY.value)
+    _prepare_backends(topology)
     try:
-        report = check(_CONFIG.value, _TOPOLOGY.value)
+        report = check(config, topology)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(describe(report, _CONFIG.value))
+    print(describe(report, config))
     if not report.fits:
         raise SystemExit(1)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with a bad flag or unknown `--config.key` in one line."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
-    except (KeyError, AttributeError) as error:
-        raise SystemExit(f"error: unknown config key {error} in {[a for a in argv[1:] if a.startswith('--config.')]}") \
-            from None
-
-
 if __name__ == "__main__":
+    define_flags()
     app.run(main, flags_parser=parse_flags)

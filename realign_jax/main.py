@@ -16,6 +16,8 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from realign_jax.cli import parse_flags
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
 _XLA = flags.DEFINE_bool("xla", False, "Profiling run: trace a window of steps with jax.profiler and dump the "
@@ -171,18 +173,6 @@ def run(config: Any, workdir: str, xla: bool = False, overwrite: bool = False) -
         MODES[mode](config, workdir, RunOptions(xla=xla, overwrite=overwrite))
     else:
         raise SystemExit(f"config.mode={mode!r} is unknown; expected one of {sorted(MODES)}")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's parser, with an unknown `--config.key` reported in one line (it otherwise raises
-    a KeyError chain from inside ml_collections)."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
-    except (KeyError, AttributeError) as error:
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        raise SystemExit(f"error: unknown config key {error} in {bad}") from None
 
 
 def main(argv: list[str]) -> None:
