@@ -65,15 +65,17 @@ class JsonlSource:
             raise BadRecord(self.where(index), "<json>", str(error)) from None
 
     def __getitem__(self, index: int) -> Record:
-        record = from_json(self.raw(index), self.where(index))
-        return dataclasses.replace(record, image=_resolve(record.image, self.image_folder(index)),
-                                   rejected_image=_resolve(record.rejected_image, self.image_folder(index)))
+        return self.record(self.raw(index), index)
 
-    def image_folder(self, index: int) -> str:
-        """Where record `index`'s relative image paths point."""
-        if self.image_root is not None:
-            return self.image_root
-        return os.path.dirname(os.path.abspath(self.files[self._offsets[index][0]]))
+    def record(self, obj: Any, index: int) -> Record:
+        """Record `index` from its `raw` value: checked, its relative image paths resolved
+        against the image root (default: its file's folder)."""
+        record = from_json(obj, self.where(index))
+        root = self.image_root
+        if root is None:
+            root = os.path.dirname(os.path.abspath(self.files[self._offsets[index][0]]))
+        return dataclasses.replace(record, image=_resolve(record.image, root),
+                                   rejected_image=_resolve(record.rejected_image, root))
 
 
 def _jsonl_files(path: str) -> list[str]:

@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from realign_jax.data.pipeline import BadRecordCounter
-from realign_jax.data.records import BadRecord, check_on_bad_record
+from realign_jax.data.records import BadRecord, Record, check_on_bad_record
 from realign_jax.data.sources import JsonlSource
 from realign_jax.train import settings as train_settings
 from realign_jax.train.inputs import batch_shaper, make_encoder
@@ -61,11 +61,13 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
     written = 0
     with open(output + ".tmp", "w") as out:  # renamed when complete: a stopped run leaves no half file
         for start in tqdm(range(0, len(source), settings.batch_size), desc="reference log-probs", unit="batch"):
-            indices, examples = [], []
+            records, examples = [], []  # (the file's JSON, the checked record) of each good one
             for index in range(start, min(start + settings.batch_size, len(source))):
                 try:
-                    examples.append(encoder.encode(source[index], source.where(index)))
-                    indices.append(index)
+                    obj = source.raw(index)
+                    record = source.record(obj, index)
+                    examples.append(encoder.encode(record, source.where(index)))
+                    records.append((obj, record))
                 except BadRecord as error:
                     if config.data.on_bad_record == "error":
                         raise
@@ -75,18 +77,19 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
             examples += [examples[-1]] * (settings.batch_size - len(examples))  # a full batch: one compiled shape
             host = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
             ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shaped(host))))
-            for row, index in enumerate(indices):
-                out.write(json.dumps(_with_ref_logps(source, index, dict(zip(kinds, ref[row].tolist())))) + "\n")
-            written += len(indices)
+            for row, (obj, record) in enumerate(records):
+                out.write(json.dumps(_with_ref_logps(obj, record, dict(zip(kinds, ref[row].tolist())))) + "\n")
+            written += len(records)
     os.replace(output + ".tmp", output)
     return {"output": output, "written": written, "skipped": skipped.total, "skipped_examples": skipped.examples}
 
 
-def _with_ref_logps(source: JsonlSource, index: int, ref_logps: dict[str, float]) -> dict[str, Any]:
-    """The record as the input file holds it, its image paths absolute, with `ref_logps`."""
-    obj = dict(source.raw(index))
+def _with_ref_logps(obj: dict[str, Any], record: Record, ref_logps: dict[str, float]) -> dict[str, Any]:
+    """The record as the input file holds it, its image paths the resolved (absolute) ones the
+    source read, with `ref_logps`."""
+    obj = dict(obj)
     for field in ("image", "rejected_image"):
-        if isinstance(obj.get(field), str) and not os.path.isabs(obj[field]):
-            obj[field] = os.path.join(source.image_folder(index), obj[field])
+        if isinstance(obj.get(field), str):
+            obj[field] = getattr(record, field)
     obj["ref_logps"] = ref_logps
     return obj
