@@ -53,7 +53,7 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
         raise ValueError(f"{settings.objective} with loss.alt_image / loss.noisy_scoring drawing images afresh: "
                          "their reference log-probs change every epoch, so they cannot be precomputed")
     source = JsonlSource(config.data.path, config.data.image_root or None)
-    shaped = batch_shaper(config.data, settings, trainer)
+    shaped = batch_shaper(config.data, settings, trainer, micro_batches=1)
     kinds = settings.layout.kinds
     os.makedirs(workdir, exist_ok=True)
     output = os.path.join(workdir, OUTPUT)

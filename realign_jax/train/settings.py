@@ -128,9 +128,6 @@ def parse(config: Any) -> TrainSettings:
     for key in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
         if train[key] < 1:
             raise ValueError(f"train.{key}={train[key]} must be >= 1")
-    if config.data.packing and train.grad_accum > 1:
-        raise ValueError(f"data.packing=True with train.grad_accum={train.grad_accum}: packed rows do not "
-                         "split into micro-batches; use one of the two")
     if train.batch_size % train.grad_accum:
         raise ValueError(f"train.batch_size={train.batch_size} is not a multiple of train.grad_accum={train.grad_accum}")
     if train.checkpoint_every < 0:
