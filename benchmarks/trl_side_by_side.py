@@ -274,6 +274,20 @@ def pair_flops(config: LlavaConfig, lengths: tuple[int, int, int], mode: str, ra
     return total
 
 
+def shared_pair_flops(config: LlavaConfig, lengths: tuple[int, int, int], mode: str, rank: int) -> float:
+    """`pair_flops` in the shared-prefix layout: the image and prompt once, each answer after a
+    copy of the prompt's last token (data/packing.py), no padding. The least ours can compute,
+    so the matmul peak over it bounds our pairs/s on this machine."""
+    from realign_jax.models.accounting import forward_flops
+
+    prompt, chosen, rejected = lengths
+    text = prompt - config.num_image_tokens
+    twice = forward_flops(config, text + chosen).decoder + forward_flops(config, text + rejected).decoder
+    once = forward_flops(config, text + chosen + rejected + 1).decoder
+    backward = 1 if mode == "lora" else 2
+    return pair_flops(config, lengths, mode, rank) - (twice - once) * (1 + backward + 1)
+
+
 # -- the two sides, each in its own process ------------------------------------------------------
 
 def our_config(model_dir: str, records: str, seq_len: int, mode: str, rank: int, alpha: float, batch: int,
@@ -571,9 +585,9 @@ def run_case(ws: Workspace, mode: str, args: argparse.Namespace, variants: list[
 
     config = shape_config(ws.shape)
     start = (1 + args.warmup) * args.batch
-    timed = [pair_flops(config, ws.lengths[i], mode, args.lora_rank)
-             for i in ws.order[start:start + args.rounds * args.steps * args.batch]]
-    flops = sum(timed) / len(timed)
+    timed = ws.order[start:start + args.rounds * args.steps * args.batch]
+    flops = statistics.mean(pair_flops(config, ws.lengths[i], mode, args.lora_rank) for i in timed)
+    shared = statistics.mean(shared_pair_flops(config, ws.lengths[i], mode, args.lora_rank) for i in timed)
     lora = f"LoRA r={args.lora_rank} alpha={args.lora_alpha:g}" if mode == "lora" else "full fine-tuning"
     print(f"\n== {ws.shape}, {lora}: batch {args.batch}, {args.rounds} x {args.steps} timed steps; "
           f"{flops / 1e9:.2f} GFLOP needed per pair; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s "
@@ -596,6 +610,8 @@ def run_case(ws: Workspace, mode: str, args: argparse.Namespace, variants: list[
         print(f"{label:28s} peak RSS {f['peak_rss'] / 2**20:5.0f} MiB ({f['peak_rss'] / trl['peak_rss']:.2f}x TRL; "
               f"{f['rss_after_import'] / 2**20:.0f} after imports, {f['rss_end'] / 2**20:.0f} at the end), state "
               f"{f['state_bytes'] / 2**20:.2f} MiB ({f['state_bytes'] / trl['state_bytes']:.2f}x TRL)")
+    print(f"ours' ceiling: {peak / shared:.2f} pairs/s = {peak / shared / trl_rate:.2f}x TRL (the shared-prefix "
+          f"layout's {shared / 1e9:.2f} GFLOP per pair, no padding, at the matmul peak)")
     collation = 1 - sum(s["compute_seconds"] for s in segments["trl"]) / sum(s["seconds"] for s in segments["trl"])
     print(f"TRL spends {collation:.0%} of its loop outside its steps (collation, data loading)")
     print("first step (loss, mean log-prob sum of chosen / rejected):")

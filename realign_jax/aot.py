@@ -14,11 +14,12 @@ CPU-only JAX they make every `import jax` print warnings); neither needs the har
 
 The state is `jax.eval_shape` of the trainer's own initialisation (random-init shapes: the
 preset's, or model.path's config.json; no checkpoint is read) and the batch is
-ShapeDtypeStructs of the padded layout at data.seq_len (a packed batch of that seq_len never
-has more rows). Both carry the NamedShardings training gives them on the target's devices, and
-`Trainer.compile` lowers and compiles the step as training does. Printed per device: XLA's
-memory analysis against the chip's HBM, XLA's cost analysis, the step's FLOPs, a step-time lower
-bound with the utilisation it implies, and FITS / DOES NOT FIT (exit status 1). With no
+ShapeDtypeStructs of one batch of random pairs at data.seq_len, padded or packed as the config
+says (`data.packing`, `data.share_prefix`: the packed row count is that batch's). Both carry
+the NamedShardings training gives them on the target's devices, and `Trainer.compile` lowers
+and compiles the step as training does. Printed per device: XLA's memory analysis against the
+chip's HBM, XLA's cost analysis, the step's FLOPs, a step-time lower bound with the utilisation
+it implies, and FITS / DOES NOT FIT (exit status 1). With no
 --topology it compiles for this process's own devices (a TPU VM's or GPU host's, or the CPU).
 """
 
@@ -39,6 +40,7 @@ from realign_jax.cli import parse_flags
 from realign_jax.data import random_pairs
 from realign_jax.models.accounting import forward_flops
 from realign_jax.models.partitioning import make_mesh
+from realign_jax.train.inputs import to_packed
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer
 
@@ -151,41 +153,56 @@ def chip_of(device: Any) -> Chip:
     return Chip(device.device_kind, limit, 0.0)
 
 
-def abstract_batch(settings: TrainSettings, trainer: Trainer, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-    """The step's global batch as sharded ShapeDtypeStructs: one random example's arrays (the
-    random source writes the layout the encoder does) with the batch size in front."""
+def host_batch(settings: TrainSettings, trainer: Trainer, data: Any) -> dict[str, np.ndarray]:
+    """One global batch of the random source's pairs (the layout the encoder writes: answers of 2
+    up to what data.seq_len leaves after the image and prompt) shaped as training shapes it:
+    padded at data.seq_len, or packed (`data.packing`, `share_prefix`, `pack_len`)."""
     config = trainer.model_config
-    example = random_pairs.make_example(0, random_pairs.RandomPairsSpec(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=seq_len,
+    spec = random_pairs.RandomPairsSpec(
+        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         vocab_size=config.text.vocab_size, image_token_id=config.image_token_id,
-        num_image_tokens=config.num_image_tokens, image_size=config.vision.image_size, num_examples=1))
+        num_image_tokens=config.num_image_tokens, image_size=config.vision.image_size,
+        num_examples=settings.batch_size, seed=data.seed)
+    examples = [random_pairs.make_example(i, spec) for i in range(settings.batch_size)]
+    batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
     if settings.reference == "precomputed":
-        example["ref_logps"] = np.zeros(len(settings.layout.kinds), np.float32)
-    return {k: jax.ShapeDtypeStruct((settings.batch_size,) + v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim + 1))
-            for k, v in example.items()}
+        batch["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
+    if data.packing:
+        batch = to_packed(batch, settings.layout, config, trainer.packed_row_multiple(), data.get("share_prefix", False),
+                          data.get("pack_len", 0), settings.grad_accum)
+    return batch
 
 
-def step_flops(settings: TrainSettings, trainer: Trainer, seq_len: int) -> tuple[float, float]:
+def abstract_batch(batch: dict[str, np.ndarray], trainer: Trainer) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch as the sharded ShapeDtypeStructs the step is compiled for."""
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim)) for k, v in batch.items()}
+
+
+def step_flops(settings: TrainSettings, trainer: Trainer, batch: dict[str, np.ndarray]) -> tuple[float, float]:
     """(needed, executed) matmul FLOPs of one step over all devices. Needed, as
-    benchmarks/step_throughput.py counts them: per row a policy forward, a backward (1x forward
-    under LoRA: activation gradients only; 2x for full fine-tuning) and a reference forward
-    unless precomputed; the frozen tower once per image. Executed adds what remat recomputes in
-    the policy's decoder layers: `full` everything but o_proj and down_proj (whose outputs only
-    feed the residual, so XLA drops them), `dots` the attention einsums (they have batch dims).
-    On an unrolled 3-layer model this is within 3% of XLA's own count."""
+    benchmarks/step_throughput.py counts them, over the rows the step computes (padded rows, or
+    packed rows with their padding): a policy forward, a backward (1x forward under LoRA:
+    activation gradients only; 2x for full fine-tuning) and a reference forward unless
+    precomputed; the frozen tower and the projector once per image. Executed adds what remat
+    recomputes in the policy's decoder layers: `full` everything but o_proj and down_proj
+    (whose outputs only feed the residual, so XLA drops them), `dots` the attention einsums
+    (they have batch dims). On an unrolled 3-layer model this is within 3% of XLA's own count."""
     config = trainer.model_config
-    t, rows = config.text, len(settings.layout.kinds) * settings.batch_size
-    per_row = forward_flops(config, seq_len - config.num_image_tokens)
+    t = config.text
+    row_len = batch["input_ids"].shape[-1]
+    rows = batch["input_ids"].size // row_len
+    per_row = forward_flops(config, row_len - config.num_image_tokens)
     backward = 1 if settings.lora.rank else 2
     reference = 0 if settings.reference in ("precomputed", "none") else 1
-    needed = (per_row.decoder + per_row.projector) * rows * (1 + backward + reference) \
-        + per_row.vision * settings.layout.num_images * settings.batch_size
+    images = batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1]
+    needed = per_row.decoder * rows * (1 + backward + reference) \
+        + images * (per_row.vision + per_row.projector * (1 + backward + reference))
     head_dim = t.resolved_head_dim
-    attention = 2 * 2 * seq_len * t.num_heads * head_dim
+    attention = 2 * 2 * row_len * t.num_heads * head_dim
     qkv_gate_up = 2 * t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * head_dim \
         + 2 * 2 * t.hidden_size * t.intermediate_size
     per_token = {"full": attention + qkv_gate_up, "dots": attention}.get(config.remat, 0)
-    return needed, needed + per_token * t.num_layers * seq_len * rows
+    return needed, needed + per_token * t.num_layers * row_len * rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,6 +214,7 @@ class Report:
     devices: int
     mesh: dict[str, int]
     chip: Chip
+    layout: str  # the batch's rows as compiled, e.g. "96 padded rows x 1024"
     needed_flops: float  # per device, from models/accounting.py (step_flops)
     executed_flops: float
     argument_bytes: int = 0
@@ -231,9 +249,14 @@ def check(config: Any, topology: str = "") -> Report:
     ms = settings.mesh
     trainer = Trainer(settings, mesh=make_mesh(ms.data, ms.fsdp, ms.tensor, devices=devices))
     state = trainer.abstract_state()
-    batch = abstract_batch(settings, trainer, config.data.seq_len)
-    needed, executed = step_flops(settings, trainer, config.data.seq_len)
+    host = host_batch(settings, trainer, config.data)
+    batch = abstract_batch(host, trainer)
+    needed, executed = step_flops(settings, trainer, host)
+    rows, row_len = host["input_ids"].size // host["input_ids"].shape[-1], host["input_ids"].shape[-1]
+    kind = ("packed, shared prefixes" if config.data.get("share_prefix") else "packed") if config.data.packing \
+        else "padded"
     common = dict(topology=topology or f"{devices[0].platform} (this process)", devices=len(devices),
+                  layout=f"{rows} {kind} rows x {row_len}",
                   mesh=dict(trainer.mesh.shape), chip=chip_of(devices[0]), needed_flops=needed / len(devices),
                   executed_flops=executed / len(devices))
     try:
@@ -265,7 +288,7 @@ def describe(report: Report, config: Any) -> str:
         f"model {model.path or model.preset}, {config.loss.name}, batch {config.train.batch_size} "
         f"(grad_accum {config.train.grad_accum}), seq_len {config.data.seq_len}, {model.dtype} compute, "
         f"{model.param_dtype} weights, remat {model.remat}, attention {model.attention_impl}, "
-        f"LoRA r={config.lora.rank}",
+        f"LoRA r={config.lora.rank}; the batch as {r.layout} tokens",
     ]
     if not r.out_of_memory:
         capacity = " HBM" if r.chip.peak_flops else " (host RAM / devices)"

@@ -44,6 +44,21 @@ def test_memory_is_measured_and_grows_with_the_batch():
     assert not refused.fits and "DOES NOT FIT: XLA refused" in aot.describe(refused, tiny_config(8))
 
 
+def test_packed_shared_prefix_batch_is_compiled_as_training_packs_it():
+    """With data.packing + share_prefix (and grad_accum) the step is compiled for the packed rows
+    of a random batch: fewer rows and FLOPs than the padded layout, as training would run it."""
+    padded_config, packed_config = tiny_config(64), tiny_config(64)
+    for config in (padded_config, packed_config):
+        config.train.grad_accum, config.data.seq_len = 2, 48
+    packed_config.data.packing, packed_config.data.share_prefix, packed_config.data.pack_len = True, True, 96
+    padded, packed = aot.check(padded_config, "cpu:8"), aot.check(packed_config, "cpu:8")
+    assert padded.layout == "192 padded rows x 48"
+    rows = int(packed.layout.split()[0])
+    assert packed.layout.endswith("packed, shared prefixes rows x 96") and rows % 2 == 0 and rows * 96 < 192 * 48
+    assert packed.needed_flops < padded.needed_flops and packed.fits
+    assert "the batch as" in aot.describe(packed, packed_config)
+
+
 def test_abstract_state_matches_the_real_one():
     """What aot.py compiles against is what training builds: same shapes, dtypes and shardings."""
     config = tiny_config(8)
