@@ -89,6 +89,9 @@ def test_config_sizes():
     assert (config.mode, config.loss.name, config.model.preset) == ("train", "rdpo", "llava-1.5-13b")
     assert (config.lora.rank, config.lora.alpha, config.model.dtype) == (128, 256.0, "bfloat16")
     assert config.model.param_dtype == "float32"  # trained adapters and projector keep float32 masters
+    assert not config.data.packing  # 8 pairs per micro-batch on 4 chips pack no tighter than they pad
+    seven = rdpo_llava.get_config("7b")
+    assert (seven.data.packing, seven.data.share_prefix, seven.data.pack_len) == (True, True, 3072)
     assert rdpo_llava.get_config("").mode == "pipeline"
     with pytest.raises(ValueError, match="rdpo_llava.py:70b.*'13b', '7b'"):
         rdpo_llava.get_config("70b")
