@@ -38,9 +38,10 @@ from ml_collections import config_flags
 
 from realign_jax.cli import parse_flags
 from realign_jax.data import random_pairs
+from realign_jax.data.pipeline import stack_examples
 from realign_jax.models.accounting import forward_flops
 from realign_jax.models.partitioning import make_mesh
-from realign_jax.train.inputs import to_packed
+from realign_jax.train.inputs import batch_shaper, random_pairs_spec
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer
 
@@ -157,20 +158,18 @@ def host_batch(settings: TrainSettings, trainer: Trainer, data: Any) -> dict[str
     """One global batch of the random source's pairs (the layout the encoder writes: answers of 2
     up to what data.seq_len leaves after the image and prompt) shaped as training shapes it:
     padded at data.seq_len, or packed (`data.packing`, `share_prefix`, `pack_len`)."""
-    config = trainer.model_config
-    spec = random_pairs.RandomPairsSpec(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
-        vocab_size=config.text.vocab_size, image_token_id=config.image_token_id,
-        num_image_tokens=config.num_image_tokens, image_size=config.vision.image_size,
-        num_examples=settings.batch_size, seed=data.seed)
-    examples = [random_pairs.make_example(i, spec) for i in range(settings.batch_size)]
-    batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    spec = random_pairs_spec(data, settings, trainer.model_config, settings.batch_size)
+    batch = stack_examples([random_pairs.make_example(i, spec) for i in range(settings.batch_size)])
     if settings.reference == "precomputed":
         batch["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
-    if data.packing:
-        batch = to_packed(batch, settings.layout, config, trainer.packed_row_multiple(), data.get("share_prefix", False),
-                          data.get("pack_len", 0), settings.grad_accum)
-    return batch
+    # (padded: kept at seq_len, an upper bound, rather than trimmed to this batch's bucket)
+    return batch_shaper(data, settings, trainer)(batch) if data.packing else batch
+
+
+def row_shape(batch: dict[str, np.ndarray]) -> tuple[int, int]:
+    """(rows, tokens per row) the step computes: B * K padded rows, or the packed rows."""
+    row_len = batch["input_ids"].shape[-1]
+    return batch["input_ids"].size // row_len, row_len
 
 
 def abstract_batch(batch: dict[str, np.ndarray], trainer: Trainer) -> dict[str, jax.ShapeDtypeStruct]:
@@ -189,8 +188,7 @@ def step_flops(settings: TrainSettings, trainer: Trainer, batch: dict[str, np.nd
     (they have batch dims). On an unrolled 3-layer model this is within 3% of XLA's own count."""
     config = trainer.model_config
     t = config.text
-    row_len = batch["input_ids"].shape[-1]
-    rows = batch["input_ids"].size // row_len
+    rows, row_len = row_shape(batch)
     per_row = forward_flops(config, row_len - config.num_image_tokens)
     backward = 1 if settings.lora.rank else 2
     reference = 0 if settings.reference in ("precomputed", "none") else 1
@@ -252,7 +250,7 @@ def check(config: Any, topology: str = "") -> Report:
     host = host_batch(settings, trainer, config.data)
     batch = abstract_batch(host, trainer)
     needed, executed = step_flops(settings, trainer, host)
-    rows, row_len = host["input_ids"].size // host["input_ids"].shape[-1], host["input_ids"].shape[-1]
+    rows, row_len = row_shape(host)
     kind = ("packed, shared prefixes" if config.data.get("share_prefix") else "packed") if config.data.packing \
         else "padded"
     common = dict(topology=topology or f"{devices[0].platform} (this process)", devices=len(devices),

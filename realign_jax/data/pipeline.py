@@ -109,6 +109,11 @@ class _Skipped:
     message: str
 
 
+def stack_examples(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Encoded examples -> a host batch: each key's arrays stacked on a new leading axis."""
+    return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
 class _GoodBatchesIterator(grain.DatasetIterator):
     def __init__(self, parent: grain.DatasetIterator, batch_size: int, num_records: int):
         super().__init__(parent)
@@ -129,7 +134,7 @@ class _GoodBatchesIterator(grain.DatasetIterator):
                 continue
             self._bad_in_a_row = 0
             examples.append(item)
-        batch: dict[str, Any] = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+        batch: dict[str, Any] = stack_examples(examples)
         batch[BAD_RECORDS] = skipped
         batch[EPOCH] = epoch
         return batch

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from realign_jax.data.pipeline import BadRecordCounter
+from realign_jax.data.pipeline import BadRecordCounter, stack_examples
 from realign_jax.data.records import BadRecord, Record, check_on_bad_record
 from realign_jax.data.sources import JsonlSource
 from realign_jax.train import settings as train_settings
@@ -75,7 +75,7 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
             if not examples:
                 continue
             examples += [examples[-1]] * (settings.batch_size - len(examples))  # a full batch: one compiled shape
-            host = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+            host = stack_examples(examples)
             ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shaped(host))))
             for row, (obj, record) in enumerate(records):
                 out.write(json.dumps(_with_ref_logps(obj, record, dict(zip(kinds, ref[row].tolist())))) + "\n")
