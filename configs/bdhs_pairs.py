@@ -1,4 +1,4 @@
-"""BDHS pairs (`mode=build_pairs`, shared/METHODS.md section 4): the base model rewrites each
+"""BDHS pairs (`mode=build_pairs`, docs/methods.md section 4): the base model rewrites each
 chosen answer with its image hidden (each image token visible only when its draw is >= rho_th),
 sentence by sentence from a random cut, until the rewrite is far enough from the original
 (cosine < eps_s) or `rounds` are used up (the last round writes a whole answer unguided).

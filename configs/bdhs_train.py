@@ -1,4 +1,4 @@
-"""DPO on BDHS pairs (shared/METHODS.md section 4), offline or online:
+"""DPO on BDHS pairs (docs/methods.md section 4), offline or online:
 
     # offline: pairs sampled once from the SFT base with its image hidden, then plain DPO
     python -m realign_jax.main --config=configs/bdhs_pairs.py --workdir=/tmp/bdhs \\

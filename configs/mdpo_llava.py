@@ -1,4 +1,4 @@
-"""mDPO end to end (`mode=pipeline`, shared/METHODS.md section 5), a sibling of rdpo_llava.py:
+"""mDPO end to end (`mode=pipeline`, docs/methods.md section 5), a sibling of rdpo_llava.py:
 DPO on the Re-Align pairs' texts, plus the conditional term against a random crop of the image
 keeping 1-20% of it (`align.stage1.loss.alt_image=crop`), plus the anchor that keeps the
 chosen reward positive. rDPO is this with a retrieved image instead of the crop and no anchor.

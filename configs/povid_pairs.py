@@ -1,4 +1,4 @@
-"""POVID's injected pairs (`mode=build_pairs`, shared/METHODS.md section 3): each chosen answer
+"""POVID's injected pairs (`mode=build_pairs`, docs/methods.md section 3): each chosen answer
 gets a rejected twin with rule-based hallucinations (an absent object that co-occurs with the
 mentioned ones, a wrong colour or size, a swapped relation, a wrong count, a flipped yes/no).
 

@@ -1,4 +1,4 @@
-"""POVID's two-stage training (shared/METHODS.md section 3), one config per stage, run one after
+"""POVID's two-stage training (docs/methods.md section 3), one config per stage, run one after
 the other on the pairs of configs/povid_pairs.py:
 
     # the pairs: each chosen answer with a rule-injected rejected twin

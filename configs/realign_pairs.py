@@ -1,4 +1,4 @@
-"""Re-Align's dual-preference pairs (`mode=build_pairs`, shared/METHODS.md section 2): each
+"""Re-Align's dual-preference pairs (`mode=build_pairs`, docs/methods.md section 2): each
 chosen answer is masked (objects, attributes, relations), the image's nearest images by the
 VLM's own vision tower are retrieved, and the VLM refills the masks looking at neighbour
 t = 1..k until the refill's sentence-embedding cosine with the chosen answer is below tau; the

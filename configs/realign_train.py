@@ -1,4 +1,4 @@
-"""rDPO (shared/METHODS.md section 2) on the Re-Align pairs of configs/realign_pairs.py: the
+"""rDPO (docs/methods.md section 2) on the Re-Align pairs of configs/realign_pairs.py: the
 textual term (chosen against the refilled answer, both on the image) plus the visual term
 (chosen on its image against chosen on the retrieved image), w_v = 1.
 

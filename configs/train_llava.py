@@ -1,4 +1,4 @@
-"""Plain DPO (sigmoid loss, METHODS.md section 1) on LLaVA with LoRA, the base most methods build on.
+"""Plain DPO (sigmoid loss, docs/methods.md section 1) on LLaVA with LoRA, the base most methods build on.
 
 With no model path it trains a tiny random LLaVA on random-token pairs (`data.source=random`)
 in about a minute on 2 CPU cores; it proves the machinery, not a result:

@@ -1,4 +1,4 @@
-"""POVID's diffusion noise: the schedule of METHODS.md, applied to [0, 1] pixels before
+"""POVID's diffusion noise: the schedule of docs/methods.md, applied to [0, 1] pixels before
 standardisation, fresh per epoch and reproducible on resume."""
 
 from __future__ import annotations

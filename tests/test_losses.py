@@ -1,4 +1,4 @@
-"""Each loss equals a plain-numpy transcription of its METHODS.md formula, in value and gradient."""
+"""Each loss equals a plain-numpy transcription of its docs/methods.md formula, in value and gradient."""
 
 import jax
 import numpy as np
@@ -16,7 +16,7 @@ def logsig(x):
 
 
 def reference_numpy(name, p, r, lengths, nll, cfg):
-    """METHODS.md sections 1-5, written out independently of the implementation."""
+    """docs/methods.md sections 1-5, written out independently of the implementation."""
     def d(k, normalize=cfg.length_normalize):
         x = p[k] - r[k]
         return x / lengths[k] if normalize else x

@@ -1,4 +1,4 @@
-"""POVID's image distortion: forward diffusion noise on the [0, 1] pixels (METHODS.md §3).
+"""POVID's image distortion: forward diffusion noise on the [0, 1] pixels (docs/methods.md §3).
 
     betas = sigmoid(linspace(-6, 6, 1000)) * (5e-3 - 1e-5) + 1e-5
     abar  = cumprod(1 - betas)

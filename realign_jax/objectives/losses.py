@@ -1,4 +1,4 @@
-"""Preference losses as pure functions of per-row response log-probs (METHODS.md 1-5).
+"""Preference losses as pure functions of per-row response log-probs (docs/methods.md 1-5).
 
 Inputs are SUMS over response tokens of log pi(y_t | ...), for the policy and the frozen
 reference, keyed by row kind:
@@ -25,7 +25,7 @@ Metrics = dict[str, jax.Array]
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    """Hyperparameters shared by the registry (METHODS.md defaults)."""
+    """Hyperparameters shared by the registry (docs/methods.md defaults)."""
 
     beta: float = 0.1
     label_smoothing: float = 0.0  # conservative DPO epsilon (cDPO; not TRL's "robust" loss)
@@ -105,7 +105,7 @@ def ipo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, M
     normalized = dataclasses.replace(config, length_normalize=True)
     h = _ratio(policy, reference, "chosen", normalized) - _ratio(policy, reference, "rejected", normalized)
     per_row = jnp.square(h - 1 / (2 * config.beta))
-    # Rewards are logged as beta * D(y) on raw sums (METHODS.md section 1, and TRL's IPO logs).
+    # Rewards are logged as beta * D(y) on raw sums (docs/methods.md section 1, and TRL's IPO logs).
     return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
 
 

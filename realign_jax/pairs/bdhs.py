@@ -1,5 +1,5 @@
 """BDHS: rejected answers the model writes itself with the image mostly hidden
-(shared/METHODS.md section 4, arXiv 2407.02477), so the hallucinations come from its own
+(docs/methods.md section 4, arXiv 2407.02477), so the hallucinations come from its own
 language prior rather than from rules or another model.
 
 Each round, for every record still waiting:
@@ -92,7 +92,7 @@ def flipped_verdict(answer: str) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class BdhsSettings:
-    """BDHS's knobs (METHODS.md section 4 defaults); errors name the `pairs.` config keys."""
+    """BDHS's knobs (docs/methods.md section 4 defaults); errors name the `pairs.` config keys."""
 
     rho_th: float = 0.99
     eps_s: float = 0.97

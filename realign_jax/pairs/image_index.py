@@ -1,5 +1,5 @@
 """Nearest images by the VLM's own vision tower: Re-Align's retrieval of a "similar but
-different" rejected image (shared/METHODS.md section 2, step 3).
+different" rejected image (docs/methods.md section 2, step 3).
 
 `ImageEmbedder` turns images into unit vectors with the tower the VLM reads through, so the
 neighbours are images the model itself finds alike. `ImageIndex` searches them with ScaNN by

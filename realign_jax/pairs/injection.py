@@ -1,4 +1,4 @@
-"""POVID's textual hallucination injection, rule-based (shared/METHODS.md section 3).
+"""POVID's textual hallucination injection, rule-based (docs/methods.md section 3).
 
 POVID has GPT-4V rewrite a ground-truth answer with plausible hallucinations. Here no hosted
 model is needed: `InjectionStats` learns from the chosen answers of the data set itself which

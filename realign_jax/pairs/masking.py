@@ -1,4 +1,4 @@
-"""Re-Align's masked answers (shared/METHODS.md section 2, step 2): the ground-truth answer with
+"""Re-Align's masked answers (docs/methods.md section 2, step 2): the ground-truth answer with
 the spans about objects, attributes and relations replaced by [MASK], for the VLM to fill from a
 retrieved image.
 

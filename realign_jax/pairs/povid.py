@@ -1,4 +1,4 @@
-"""POVID's textual pairs (shared/METHODS.md section 3): the chosen answer with hallucinations
+"""POVID's textual pairs (docs/methods.md section 3): the chosen answer with hallucinations
 injected, by rules learnt from the data set (pairs/injection.py, the default) or by an
 OpenAI-compatible LLM (`pairs.injector=llm`, as the paper's GPT-4V rewrite). POVID's second
 kind of rejected answer, the model's own response to a noised image, is made inside the

@@ -1,4 +1,4 @@
-"""Re-Align's dual-preference pairs (shared/METHODS.md section 2, arXiv 2502.13146): the rejected
+"""Re-Align's dual-preference pairs (docs/methods.md section 2, arXiv 2502.13146): the rejected
 answer is the ground truth with its object/attribute/relation segments refilled by the VLM from a
 retrieved, similar but different image, which becomes the rejected image.
 

@@ -1,5 +1,5 @@
 """The embedded default data: a procedurally drawn world of simple objects with a strong
-co-occurrence prior, its ground truth, SFT text and tokenizer (shared/DESIGN.md,
+co-occurrence prior, its ground truth, SFT text and tokenizer (docs/design.md,
 "The embedded default: a synthetic world"). `generate_world(WorldConfig(), out_dir)` writes it."""
 
 from realign_jax.synthetic.config import WorldConfig

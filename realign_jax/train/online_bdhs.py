@@ -1,4 +1,4 @@
-"""Online BDHS (shared/METHODS.md section 4): rejected answers sampled from the *current*
+"""Online BDHS (docs/methods.md section 4): rejected answers sampled from the *current*
 policy, with its image hidden, every `online_bdhs.every` steps of training.
 
 `OnlineBdhsBatches` stands where the Grain iterator stands in the training loop. At each
