@@ -105,8 +105,12 @@ def test_packed_step_equals_the_padded_step(loss, overrides, sharded, share_pref
     keys = [k for k in padded_metrics
             if k.startswith(("loss", "logps", "rewards", "visual")) and "accuracies" not in k or k == "grad_norm"]
     assert "loss" in keys and "grad_norm" in keys
+    # Rewards are beta * (policy - reference) log-prob differences, ~0 at the first step: two layouts
+    # sum the same log-probs in another order, and float32 keeps ~7 digits of a sum that size.
+    logp_scale = max((float(np.max(np.abs(padded_metrics[k]))) for k in keys if k.startswith("logps")), default=0.0)
     for key in keys:
-        np.testing.assert_allclose(packed_metrics[key], padded_metrics[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        floor = max(1e-6, 1e-6 * logp_scale) if "rewards" in key else 1e-6
+        np.testing.assert_allclose(packed_metrics[key], padded_metrics[key], rtol=1e-4, atol=floor, err_msg=key)
     # Adam's first update is about lr * sign(gradient): near-zero gradients may differ by ~lr
     for a, b in zip(jax.tree.leaves(padded_params), jax.tree.leaves(packed_params)):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=3 * config.optim.lr)
