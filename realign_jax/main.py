@@ -191,6 +191,12 @@ def main(argv: list[str]) -> None:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training steps (building, compiling, a builder, an evaluator): one
+        # line, not a traceback. Inside them the loop saves a checkpoint instead (train/interrupts.py).
+        print("\ninterrupted (Ctrl-C); finished stages and checkpoints are kept: rerun the same command to go on",
+              file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -134,6 +134,55 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert any(name.startswith("jit_") for name in os.listdir(tmp_path / "xla"))  # the step kept for the next run
 
 
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
+    """Ctrl-C is a stop request like SIGTERM: the step ends, a checkpoint is written there, exit 0
+    with the resume line and no traceback. The signal goes to the process group, as a terminal
+    sends it."""
+    import signal
+    import time
+
+    args = [sys.executable, "-m", "realign_jax.main", "--config=configs/train_llava.py", f"--workdir={tmp_path}",
+            "--config.train.steps=100000", "--config.train.checkpoint_every=0", f"--compile_cache={tmp_path}/xla"]
+    metrics = tmp_path / "metrics.jsonl"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None and (
+            not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "Ctrl-C: saving a checkpoint" in stderr and "run the same command to resume" in stdout
+    saved = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints"))
+    assert len(saved) == 1 and saved[0] == json.loads(metrics.read_text().splitlines()[-1])["step"] >= 2
+
+
+SECOND_CTRL_C = """
+import os, signal, time
+from realign_jax.train.interrupts import StopRequests
+stops = StopRequests()
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.2)
+print("first:", stops.requested, flush=True)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)
+print("still running", flush=True)
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    """The first Ctrl-C only asks the loop to stop; the second one ends the process with 130 at once
+    (as safe as the SIGKILLs the kill harness survives)."""
+    result = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 130, result.stderr
+    assert result.stdout.splitlines() == ["first: Ctrl-C"]
+    assert "second Ctrl-C: exiting now" in result.stderr and "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("config_file,arg", [("povid_train", None), ("povid_train", "noise"), ("bdhs_train", "online"),
                                              ("realign_train", None),
                                              ("realign_pairs", None), ("bdhs_pairs", None)])

@@ -2,7 +2,7 @@
 
 It resumes from the newest checkpoint in `<workdir>/checkpoints` (parameters, optimiser,
 step, RNG and the data iterator: Grain's, or online BDHS's rounds, train/online_bdhs.py), saves every `train.checkpoint_every` steps, at the end and
-when the process receives SIGTERM (TPU preemption), and exports the merged model in
+when the process receives SIGTERM (TPU preemption) or Ctrl-C, and exports the merged model in
 Hugging Face format at the end.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from typing import Any
 
@@ -20,6 +19,7 @@ from tqdm import tqdm
 from realign_jax.data import pipeline
 from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.inputs import batch_shaper, make_dataset
+from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import parse
 from realign_jax.train.trainer import Trainer
@@ -90,20 +90,6 @@ class NonFiniteSteps:
         self.total = int(state.get("total", 0))
 
 
-class _Preemption:
-    """Turns SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
-
-    def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-
 def _write_xla_artifacts(compiled: Any, workdir: str) -> list[str]:
     directory = os.path.join(workdir, "xla")
     os.makedirs(directory, exist_ok=True)
@@ -152,7 +138,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         print(f"resumed from checkpoint step {int(state.step)} in {checkpoints_dir}", flush=True)
     step = int(state.step)
     log = MetricsLog(workdir, resume_step=step)
-    preemption = _Preemption()
+    stop_requests = StopRequests()
     outputs: dict[str, Any] = {"workdir": workdir, "resumed_from": step or None}
     last: dict[str, float] = {}
     profiling = False
@@ -196,7 +182,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
-            stopping = preemption.requested or (stop_after is not None and step >= stop_after)
+            stopping = stop_requests.requested is not None or (stop_after is not None and step >= stop_after)
             if stopping or step == settings.steps or checkpoints.due(step):
                 nonfinite.check_pending()
                 trainer.check_finite(state, step)
@@ -215,7 +201,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             jax.profiler.stop_trace()
         bar.close()
         iterator.close()  # stops Grain's read-ahead threads and worker processes
-        preemption.restore()
+        stop_requests.restore()
         checkpoints.close()
         log.close()
     if bad_records.total:
