@@ -73,14 +73,15 @@ def _train(config: Any, workdir: str, options: RunOptions) -> None:
     metrics = outputs["metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
     print(f"step {outputs['step']}: {shown}")
-    if "stopped_at" in outputs:
-        print(f"stopped at step {outputs['stopped_at']} with a checkpoint; run the same command to resume")
     if "skipped_records" in outputs:
         print(f"skipped bad records: {outputs['skipped_records']} (data.on_bad_record='skip')")
     for key in ("export", "profile", "xla"):
         if key in outputs:
             print(f"{key}: {outputs[key]}")
     print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}")
+    if "stopped_at" in outputs:
+        print(f"stopped at step {outputs['stopped_at']} with a checkpoint; run the same command to resume")
+        raise SystemExit(0)  # a pipeline must not go on to its next stage without this one's export
 
 
 def _inspect(config: Any, workdir: str, options: RunOptions) -> None:

@@ -160,6 +160,33 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path):
     assert len(saved) == 1 and saved[0] == json.loads(metrics.read_text().splitlines()[-1])["step"] >= 2
 
 
+def test_a_stopped_run_does_not_return_as_finished(tmp_path, capsys):
+    """A stage that stops on a signal ends the command (exit 0, the resume line) instead of
+    returning: the pipeline must not go on to the next stage without this stage's export."""
+    import signal
+    import threading
+    import time
+
+    import train_llava
+
+    config = train_llava.get_config()
+    config.train.steps = 100000
+    config.train.checkpoint_every = 0
+    metrics = tmp_path / "metrics.jsonl"
+
+    def stop_after_two_steps() -> None:
+        while not metrics.exists() or len(metrics.read_text().splitlines()) < 2:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_after_two_steps, daemon=True).start()
+    with pytest.raises(SystemExit) as stopped:
+        cli.run(config, str(tmp_path))
+    assert stopped.value.code == 0
+    assert "run the same command to resume" in capsys.readouterr().out
+    assert not (tmp_path / "export").exists()
+
+
 SECOND_CTRL_C = """
 import os, signal, time
 from realign_jax.train.interrupts import StopRequests
