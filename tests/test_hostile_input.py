@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import zlib
 
@@ -74,6 +75,51 @@ def test_unusual_modes_become_finite_rgb_pixels(mode):
         else Image.new("RGB", (48, 40), (200, 100, 50)).convert(mode)
     pixels = image_ops.preprocess(image_ops.to_rgb(image), image_ops.ImageSpec(size=32, shortest_edge=32))
     assert pixels.shape == (3, 32, 32) and np.isfinite(pixels).all()
+
+
+def _not_files(tmp_path) -> dict[str, str]:
+    """Paths that are not image files -> the words their refusal must hold."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder.png").mkdir()
+    os.symlink("/dev/zero", tmp_path / "zeros.png")
+    os.symlink("/proc/self/status", tmp_path / "status.png")
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (tmp_path / "huge.png").write_bytes(png(Image.fromarray(noise)))  # ~12 kB, over the limit set below
+    return {"pipe.png": "a named pipe", "folder.png": "a directory", "zeros.png": "a device",
+            "status.png": "a kernel file", "huge.png": "over the limit of 100 for an image file"}
+
+
+def test_what_is_not_a_regular_file_is_refused_without_reading_it(tmp_path, monkeypatch):
+    """A named pipe would block forever, /dev/zero never ends, /proc files lie about their size:
+    each is refused before it is opened (links followed), and quickly."""
+    import threading
+
+    monkeypatch.setattr(image_ops, "MAX_IMAGE_FILE_BYTES", 100)
+    for name, words in _not_files(tmp_path).items():
+        outcome: list[Exception] = []
+
+        def load(path=str(tmp_path / name)) -> None:
+            try:
+                image_ops.load_image(path)
+            except Exception as error:  # handed to the test thread
+                outcome.append(error)
+            else:
+                outcome.append(AssertionError("loaded"))
+
+        reader = threading.Thread(target=load, daemon=True)  # a hang fails the test instead of stalling it
+        reader.start()
+        reader.join(timeout=10)
+        assert outcome, f"{name}: load_image did not return within 10 s"
+        assert isinstance(outcome[0], ValueError) and words in str(outcome[0]), (name, outcome[0])
+
+
+def test_a_record_whose_image_is_a_named_pipe_is_a_bad_record(tokenizer, tmp_path):
+    path = write_dataset(tmp_path, [good_record(0) | {"image": "pipe.png"}])
+    os.mkfifo(tmp_path / "pipe.png")
+    source = JsonlSource(path)
+    with pytest.raises(BadRecord, match="pipe.png: a named pipe") as raised:
+        encoder(tokenizer).encode(source[0], source.where(0))
+    assert raised.value.field == "image" and f"{path}:record 0" in str(raised.value)
 
 
 def _hostile_records(tmp_path) -> tuple[str, dict[int, str]]:

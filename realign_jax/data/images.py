@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ _RESCALE = 1 / 255
 # sliver resized to `shortest_edge` or padded to a square becomes one.
 MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own warning threshold (it only raises at twice this)
 MAX_ASPECT_RATIO = 200.0
+# Refused before opening: a bigger file is not a photo a VLM is trained on (an 89-Mpixel RGB
+# image is 268 MB even uncompressed), and reading it would stall the pipeline.
+MAX_IMAGE_FILE_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
     now, with a ``ValueError`` naming the source, rather than later inside a batch.
     """
     name = f"<{len(source)} bytes of image data>" if isinstance(source, bytes) else os.fspath(source)
+    if not isinstance(source, bytes):
+        check_regular_file(name)
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         with warnings.catch_warnings():  # Pillow warns of a large canvas; check_size refuses it outright
@@ -208,6 +214,31 @@ def load_image(source: str | os.PathLike[str] | bytes) -> Image.Image:
         raise ValueError(f"{name}: image file not found") from error
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"{name}: not a readable image, or truncated ({error})") from error
+
+
+def check_regular_file(path: str) -> None:
+    """Refuse, before opening, what is not a plain file of a sane size (links are followed).
+
+    A named pipe would block the reader forever, and a device or /proc file is endless or lies
+    about its size: each is a bad record, never a hang.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: image file not found") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the image file ({error.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a directory" if stat.S_ISDIR(info.st_mode) else "a named pipe" if stat.S_ISFIFO(info.st_mode)
+                else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                else "a socket" if stat.S_ISSOCK(info.st_mode) else "not a regular file")
+        raise ValueError(f"{path}: {kind}, not an image file")
+    if os.path.realpath(path).startswith(("/proc/", "/sys/", "/dev/")):
+        raise ValueError(f"{path}: a kernel file, not an image file")
+    if info.st_size == 0:
+        raise ValueError(f"{path}: the image file is empty (0 bytes)")
+    if info.st_size > MAX_IMAGE_FILE_BYTES:
+        raise ValueError(f"{path}: {info.st_size} bytes, over the limit of {MAX_IMAGE_FILE_BYTES} for an image file")
 
 
 def check_size(width: int, height: int, name: str) -> None:
