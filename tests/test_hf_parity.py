@@ -81,6 +81,23 @@ def test_save_pretrained_round_trips_bit_exactly(hf_checkpoint, tmp_path):
         assert torch.equal(again[name], tensor), name
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_weights_are_as_readable_as_the_config(hf_checkpoint, tmp_path, umask):
+    """Every exported file gets the mode the umask gives (safetensors alone writes 0600)."""
+    path, _, _ = hf_checkpoint
+    model = hf.load_pretrained(path)
+    previous = os.umask(umask)
+    try:
+        hf.save_pretrained(model, str(tmp_path / "one"))
+        hf.save_pretrained(model, str(tmp_path / "shards"), max_shard_bytes=30_000)
+    finally:
+        os.umask(previous)
+    for folder in ("one", "shards"):
+        modes = {name: os.stat(tmp_path / folder / name).st_mode & 0o777 for name in os.listdir(tmp_path / folder)}
+        assert any(name.endswith(".safetensors") for name in modes)
+        assert set(modes.values()) == {0o666 & ~umask}, modes
+
+
 def test_config_round_trip(hf_checkpoint):
     path, _, _ = hf_checkpoint
     config = hf.config_from_hf(path)

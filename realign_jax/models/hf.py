@@ -308,6 +308,16 @@ def _build_array(param: _Param, tensors: _CheckpointTensors, dtype: Any, shardin
     return jax.make_array_from_callback(param.shape, sharding, block)
 
 
+def _save_readable(save_file: Callable[..., None], tensors: dict[str, np.ndarray], path: str,
+                   metadata: dict[str, str]) -> None:
+    """safetensors writes its files 0600; give them the mode `open` gives config.json (0666 less
+    the umask), so whoever may read the export, a serving container say, can read the weights."""
+    save_file(tensors, path, metadata=metadata)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def save_pretrained(
     model: LlavaModel, path: str, *, max_shard_bytes: int = 5 * 2**30, dtype: Any = None,
     copy_side_files_from: str | None = None,
@@ -337,12 +347,12 @@ def save_pretrained(
     config_to_hf(config).save_pretrained(path)
     metadata = {"format": "pt"}
     if len(shards) == 1:
-        save_file(shards[0], os.path.join(path, "model.safetensors"), metadata=metadata)
+        _save_readable(save_file, shards[0], os.path.join(path, "model.safetensors"), metadata)
     else:
         weight_map: dict[str, str] = {}
         for n, shard in enumerate(shards, start=1):
             filename = f"model-{n:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(path, filename), metadata=metadata)
+            _save_readable(save_file, shard, os.path.join(path, filename), metadata)
             weight_map.update(dict.fromkeys(shard, filename))
         total = sum(t.nbytes for s in shards for t in s.values())
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
