@@ -153,6 +153,43 @@ def _hostile_records(tmp_path) -> tuple[str, dict[int, str]]:
     return path, expected
 
 
+HOSTILE_JSON = {  # line -> (the field its error names, words the error holds)
+    "deep": (b'{"id": "deep", "image": "img0.png", "question": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+             "<json>", "nested deeper than 32 levels"),
+    "deep-but-decodable": (json.dumps(good_record(1) | {"provenance": {"a": json.loads("[" * 40 + "]" * 40)}}).encode(),
+                           "<json>", "field 'provenance' is nested deeper than 32 levels"),
+    "surrogate": (json.dumps(good_record(2)).replace('"chosen": "A red', '"chosen": "\\ud800 A red').encode(),
+                  "<json>", "field 'chosen' holds a lone UTF-16 surrogate"),
+    "provenance-number": (json.dumps(good_record(3) | {"provenance": 5}).encode(), "provenance",
+                          "must be a JSON object"),
+    "provenance-text": (json.dumps(good_record(4) | {"provenance": "x"}).encode(), "provenance",
+                        "must be a JSON object"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_JSON))
+def test_hostile_json_is_one_named_bad_record(tokenizer, tmp_path, case):
+    """Nesting that overflows the decoder, lone surrogates a tokenizer cannot take and a provenance
+    that is not an object: each one BadRecord naming file, record and field, not a traceback."""
+    line, field, words = HOSTILE_JSON[case]
+    path = write_dataset(tmp_path, [good_record(0), line.decode()])
+    source = JsonlSource(path)
+    encoder(tokenizer).encode(source[0], source.where(0))
+    with pytest.raises(BadRecord) as raised:
+        encoder(tokenizer).encode(source[1], source.where(1))
+    assert raised.value.field == field and words in str(raised.value), str(raised.value)
+    assert f"{path}:record 1" in str(raised.value)
+
+
+def test_hostile_json_is_counted_under_skip(tokenizer, tmp_path):
+    path = write_dataset(tmp_path, [good_record(0)] + [line.decode() for line, _, _ in HOSTILE_JSON.values()])
+    counter = BadRecordCounter()
+    batches = dataset(JsonlSource(path), encoder(tokenizer), 1, seed=0, on_bad_record="skip")
+    good = [take_bad_records(b, counter) for _, b in zip(range(2), batches)]
+    assert all(np.isfinite(b["pixel_values"]).all() for b in good)
+    assert counter.counts["<json>"] >= 3 and counter.counts["provenance"] >= 2, dict(counter.counts)
+
+
 def test_hostile_records_are_named_one_by_one(tokenizer, tmp_path):
     path, expected = _hostile_records(tmp_path)
     source = JsonlSource(path)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import bisect
 import itertools
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -42,7 +41,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from realign_jax.data.jsonl import parse_line
+from realign_jax.data.jsonl import decode, parse_line
 from realign_jax.data.records import BadRecord, Record, from_json, require
 
 PAIR = ("chosen", "rejected")
@@ -165,8 +164,11 @@ class PovidSource:
     (default: the JSON file's folder, as for `JsonlSource`)."""
 
     def __init__(self, path: str, image_root: str | None = None):
-        with open(path, encoding="utf-8") as f:
-            rows = json.load(f)
+        with open(path, "rb") as f:
+            try:
+                rows = decode(f.read())  # each row is checked as a record when read
+            except ValueError as error:
+                raise ValueError(f"{path!r}: {error}") from None
         if not isinstance(rows, list) or not rows:
             raise ValueError(f"{path!r}: expected a non-empty JSON list of POVID items")
         self.path, self._rows = path, rows
@@ -245,7 +247,7 @@ class VLFeedbackSource:
             for line in f:
                 if line.strip():
                     try:
-                        scores = _silkie_scores(json.loads(line), "")
+                        scores = _silkie_scores(parse_line(line), "")
                     except ValueError:  # bad JSON or a BadRecord layout: kept, reading it says what is wrong
                         scores = None
                     if scores is not None and _extremes(scores) is None:

@@ -120,6 +120,16 @@ def from_json(obj: Any, where: str) -> Record:
     """Validate one JSON object into a Record; `where` (e.g. 'train.jsonl:17') names it in errors."""
     if not isinstance(obj, Mapping):
         raise BadRecord(where, "<record>", f"must be a JSON object, got {type(obj).__name__}")
+    try:
+        check_value(obj)
+    except BadValue as error:
+        field = error.field or "<record>"
+        raise BadRecord(where, field, error.problem if error.path == error.field else
+                        f"at {error.path}: {error.problem}") from None
+    provenance = obj.get("provenance")
+    if provenance is not None and not isinstance(provenance, Mapping):
+        raise BadRecord(where, "provenance", f"must be a JSON object (e.g. {{\"builder\": \"realign\"}}), "
+                                             f"got {provenance!r}")
     ref_logps = obj.get("ref_logps")
     if ref_logps is not None and (not isinstance(ref_logps, Mapping) or
                                   not all(isinstance(v, (int, float)) for v in ref_logps.values())):
@@ -134,7 +144,7 @@ def from_json(obj: Any, where: str) -> Record:
         rejected_image=_image_ref(obj, "rejected_image", where), image_noise=noise,
         rejected_noisy=_optional_text(obj, "rejected_noisy", where),
         ref_logps={k: float(v) for k, v in ref_logps.items()} if ref_logps else None,
-        provenance=dict(obj.get("provenance") or {}),
+        provenance=dict(provenance or {}),
     )
     if record.chosen is not None and record.chosen == record.rejected:
         raise BadRecord(where, "rejected", "is identical to chosen")
