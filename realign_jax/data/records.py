@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from realign_jax.data import image_noise
+from realign_jax.data.jsonl import BadValue, check_value
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 
 Message = Mapping[str, str]
