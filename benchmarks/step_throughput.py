@@ -22,14 +22,16 @@ peak measured in the same run. Random pairs: [BOS, image tokens, 4 prompt tokens
 of 2 up to what `--seq-len` leaves (for LLaVA-1.5 at 768: 581 + up to 187, the image prefix
 dominates, as in real data).
 
-FLOP accounting (matmul FLOPs from `models/accounting.py`, 2 per multiply-add) of the work the
-step really needs, the same for every variant: per example, each distinct image runs the frozen
-vision tower and the projector forward once; the decoder runs over the shared layout's real
-tokens (image + prompt once per image, each answer once, no padding) forward for the policy,
-backward for the policy (1x forward when the base is frozen under LoRA: activation gradients
-only; 2x under full fine-tuning: activation and weight gradients) and forward for the
-reference (not in precomputed_ref's step). LoRA's own matmuls are left out (under 1% at rank
-128 on 7B). A variant computing padding or a prefix twice does more work than this.
+FLOP accounting (`models/accounting.step_flops`: matmul FLOPs, 2 per multiply-add; its
+docstring says what each term counts) of the work the step really needs, the same for every
+variant but precomputed_ref (no reference forward): per example, each distinct image runs the
+frozen vision tower once and the projector for the policy and the reference, with its backward
+where it trains; the decoder runs over the shared layout's real tokens (image + prompt once per
+image, each answer once, no padding) forward for the policy, backward for the policy (1x forward
+when the base is frozen under LoRA: activation gradients only; 2x under full fine-tuning:
+activation and weight gradients), LoRA's own matmuls, and forward for the reference. A variant
+computing padding or a prefix twice does more work than this. The matmul peak is
+benchmarks/peak.py's (best of a few bursts).
 """
 
 from __future__ import annotations
@@ -49,39 +51,24 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 import train_llava  # noqa: E402
 from realign_jax.data import packing, pipeline  # noqa: E402
-from realign_jax.models.accounting import forward_flops  # noqa: E402
+from peak import matmul_peak  # noqa: E402  (benchmarks/peak.py)
+from realign_jax.models.accounting import step_flops  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
 from realign_jax.train.inputs import make_dataset, to_bucket, to_packed  # noqa: E402
-from realign_jax.train.trainer import Trainer  # noqa: E402
+from realign_jax.train.trainer import Trainer, trained_parts  # noqa: E402
 
 VARIANTS = ("padded", "packed", "shared_prefix", "precomputed_ref")
 PROMPT_TEXT = 4  # random pairs' prompt tokens after the image (data/random_pairs.py)
 
 
-def matmul_peak(size: int, dtype: Any, repeats: int = 10) -> float:
-    """Measured matmul FLOP/s of this device in the step's dtype: the ceiling utilisation is
-    reported against."""
-    a = jax.random.normal(jax.random.key(0), (size, size), dtype)
-    b = jax.random.normal(jax.random.key(1), (size, size), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    for _ in range(3):
-        f(a, b).block_until_ready()
-    began = time.perf_counter()
-    for _ in range(repeats):
-        out = f(a, b)
-    out.block_until_ready()
-    return 2 * size**3 * repeats / (time.perf_counter() - began)
-
-
-def needed_flops(trainer: Trainer, batch: dict[str, np.ndarray], reference: bool) -> float:
+def needed_flops(trainer: Trainer, state: Any, batch: dict[str, np.ndarray]) -> float:
     """The FLOPs one step needs for this host batch, as the module docstring counts them."""
-    s, config = trainer.settings, trainer.model_config
-    image = forward_flops(config, 0)
+    s = trainer.settings
     units = packing.units(batch, s.layout.image_slots, share_prefix=True, pack_len=10**9)
-    decoder = sum(forward_flops(config, u.length - config.num_image_tokens).decoder for u in units)
-    backward = 1 if s.lora.rank and not s.trainable.startswith("^(projector|decoder)") else 2
-    images = batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1]
-    return decoder * (1 + backward + reference) + images * (image.vision + image.projector * (1 + backward))
+    trains, adapted = trained_parts(state.trainable)
+    return step_flops(trainer.model_config, [u.length for u in units],
+                      batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1], trains=trains,
+                      lora_rank=s.lora.rank, lora_targets=adapted, reference=s.reference).needed
 
 
 def build(config: Any, reference: str) -> Trainer:
@@ -132,7 +119,9 @@ def main() -> None:
                                              pack_len),
     }
     device = jax.devices()[0]
-    peak = matmul_peak(args.peak_size or (8192 if jax.default_backend() == "gpu" else 1024), jnp.dtype(args.dtype))
+    size = args.peak_size or (8192 if jax.default_backend() == "gpu" else 1024)
+    peak = matmul_peak(lambda n: jax.random.normal(jax.random.key(n), (size, size), jnp.dtype(args.dtype)),
+                       jax.jit(jnp.matmul), jax.block_until_ready, size)
     rows = len(fused.settings.layout.kinds)
     print(f"device: {device.device_kind} x {jax.device_count()} ({jax.default_backend()}), jax {jax.__version__}")
     print(f"shape: {args.preset}, loss {args.loss} ({rows} rows/example, {fused.settings.layout.num_images} "
@@ -179,7 +168,8 @@ def main() -> None:
     for variant in variants:
         ms = 1e3 * float(np.median(times[variant]))
         first_ms = first_ms or ms
-        flops = np.mean([needed_flops(runs[variant][0], b, variant != "precomputed_ref") for b in raw])
+        trainer, key, _ = runs[variant]
+        flops = np.mean([needed_flops(trainer, states[key], b) for b in raw])
         extra = f"  (+ the precompute pass once: {1e3 * np.median(pass_times):.1f} ms/batch)" if pass_times and \
             variant == "precomputed_ref" else ""
         print(f"{variant:<16} {ms:>9.1f} {args.batch / ms * 1e3:>8.2f} {tokens[variant]:>12,.0f} "

@@ -50,14 +50,14 @@ framework's import overhead, printed apart) and state bytes (parameters, referen
 moments) of each side and the ratios; the first step's loss and mean chosen / rejected log-prob
 sums of both sides, from the same starting weights (each of our layouts on its own copy).
 
-FLOP accounting (matmul FLOPs, 2 per multiply-add; `models/accounting.forward_flops` at each
+FLOP accounting (matmul FLOPs, 2 per multiply-add; `models/accounting.step_flops` over each
 row's real length, its LM head at every position), per pair: the policy forward of the chosen and
 the rejected row, its backward (1x the forward under LoRA: activation gradients only; 2x in full
 fine-tuning: activations and weights) and the reference forward of both rows; the frozen vision
 tower's forward once (up to the feature layer LLaVA reads); the projector's forward once for the
 policy and once for the reference and its backward (2x, it is trained in both modes); LoRA's own
 matmuls, 2 r (d_in + d_out) per token and adapted projection forward, twice that backward, none
-in the reference. Both sides are credited with these FLOPs (a model-FLOPs utilisation): TRL's
+in the reference. The matmul peak is benchmarks/peak.py's. Both sides are credited with these FLOPs (a model-FLOPs utilisation): TRL's
 extra work (the vision tower four times per pair, for policy and reference, chosen and rejected
 rows; its batch's padding) is not counted, nor is ours (bucket or packed-row padding), and ours
 with `share_prefix` runs each prompt once per pair where the count has it twice.
@@ -74,7 +74,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -84,6 +84,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 import train_llava  # noqa: E402
+from peak import matmul_peak  # noqa: E402  (benchmarks/peak.py)
 
 from realign_jax.models.config import PRESETS, LlavaConfig, VisionConfig  # noqa: E402
 
@@ -95,6 +96,7 @@ BETA = 0.1
 # Our `lora.targets` default as a peft target: a string is matched against the whole module
 # name, so the vision tower's own q/k/v projections stay out.
 PEFT_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # the same projections, as models/accounting names them
 PEFT_TRAINED_IN_FULL = ["multi_modal_projector"]  # our `train.trainable` default under LoRA: ^projector\.
 VARIANT_NAMES = {"shared": "ours, packed + share_prefix", "packed": "ours, packed",
                  "padded": "ours, length buckets", "trl": "TRL DPOTrainer"}
@@ -256,36 +258,30 @@ def check_same_inputs(ws: Workspace, batch: int) -> float:
 
 # -- FLOPs ---------------------------------------------------------------------------------------
 
-def pair_flops(config: LlavaConfig, lengths: tuple[int, int, int], mode: str, rank: int) -> float:
-    """The FLOPs one pair needs, as the module docstring counts them."""
-    from realign_jax.models.accounting import forward_flops
+def _needed_flops(config: LlavaConfig, rows: list[int], mode: str, rank: int) -> float:
+    """The FLOPs a step over these rows (one image) needs, models/accounting.step_flops counting:
+    LoRA on the decoder's q/k/v/o with the projector trained and the policy with the adapters off
+    as the reference, or the projector and decoder trained against a frozen copy."""
+    from realign_jax.models.accounting import step_flops
 
+    lora = mode == "lora"
+    return step_flops(config, rows, 1, trains={"projector"} if lora else {"projector", "decoder"},
+                      lora_rank=rank if lora else 0, lora_targets=LORA_TARGETS,
+                      reference="lora_off" if lora else "frozen_copy").needed
+
+
+def pair_flops(config: LlavaConfig, lengths: tuple[int, int, int], mode: str, rank: int) -> float:
+    """The FLOPs one pair needs, as the module docstring counts them: a chosen and a rejected row."""
     prompt, chosen, rejected = lengths
-    backward = 1 if mode == "lora" else 2
-    decoder = sum(forward_flops(config, prompt - config.num_image_tokens + answer).decoder
-                  for answer in (chosen, rejected))
-    image = forward_flops(config, 0)
-    total = decoder * (1 + backward + 1) + image.vision + image.projector * (1 + 2 + 1)
-    if mode == "lora":
-        t = config.text
-        q, kv = t.num_heads * t.resolved_head_dim, t.num_kv_heads * t.resolved_head_dim
-        widths = 2 * (t.hidden_size + q) + 2 * (t.hidden_size + kv)  # d_in + d_out of q, o, k, v
-        total += 3 * 2 * rank * widths * t.num_layers * (2 * prompt + chosen + rejected)
-    return total
+    return _needed_flops(config, [prompt + chosen, prompt + rejected], mode, rank)
 
 
 def shared_pair_flops(config: LlavaConfig, lengths: tuple[int, int, int], mode: str, rank: int) -> float:
-    """`pair_flops` in the shared-prefix layout: the image and prompt once, each answer after a
-    copy of the prompt's last token (data/packing.py), no padding. The least ours can compute,
-    so the matmul peak over it bounds our pairs/s on this machine."""
-    from realign_jax.models.accounting import forward_flops
-
+    """`pair_flops` in the shared-prefix layout: one row of the image and prompt once, each answer
+    after a copy of the prompt's last token (data/packing.py), no padding. The least ours can
+    compute, so the matmul peak over it bounds our pairs/s on this machine."""
     prompt, chosen, rejected = lengths
-    text = prompt - config.num_image_tokens
-    twice = forward_flops(config, text + chosen).decoder + forward_flops(config, text + rejected).decoder
-    once = forward_flops(config, text + chosen + rejected + 1).decoder
-    backward = 1 if mode == "lora" else 2
-    return pair_flops(config, lengths, mode, rank) - (twice - once) * (1 + backward + 1)
+    return _needed_flops(config, [prompt + chosen + rejected + 1], mode, rank)
 
 
 # -- the two sides, each in its own process ------------------------------------------------------
@@ -338,21 +334,6 @@ def memory(key: str = "VmHWM") -> int:
     peak (the parent imports torch and JAX)."""
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key + ":"))
-
-
-def matmul_peak(make: Callable[[int], Any], matmul: Callable[[Any, Any], Any], wait: Callable[[Any], Any],
-                size: int, bursts: int = 5, repeats: int = 5) -> float:
-    """fp32 matmul FLOP/s of one framework on this machine (step_throughput.py measures bf16):
-    the best of a few bursts, as other processes on the shared cores only ever slow one down."""
-    a, b = make(0), make(1)
-    wait(matmul(a, b))
-    best = 0.0
-    for _ in range(bursts):
-        began = time.perf_counter()
-        for _ in range(repeats):
-            wait(matmul(a, b))
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - began))
-    return best
 
 
 def serve_ours(spec: dict[str, Any], channel: Channel) -> None:

@@ -39,11 +39,11 @@ from ml_collections import config_flags
 from realign_jax.cli import parse_flags
 from realign_jax.data import random_pairs
 from realign_jax.data.pipeline import stack_examples
-from realign_jax.models.accounting import forward_flops
+from realign_jax.models.accounting import StepFlops, step_flops
 from realign_jax.models.partitioning import make_mesh
 from realign_jax.train.inputs import batch_shaper, random_pairs_spec
 from realign_jax.train.settings import TrainSettings, parse
-from realign_jax.train.trainer import Trainer
+from realign_jax.train.trainer import Trainer, trained_parts
 
 GiB = 2**30
 TIGHT = 0.05  # a fit with less HBM free than this is flagged
@@ -177,30 +177,18 @@ def abstract_batch(batch: dict[str, np.ndarray], trainer: Trainer) -> dict[str, 
     return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=trainer.batch_sharding(v.ndim)) for k, v in batch.items()}
 
 
-def step_flops(settings: TrainSettings, trainer: Trainer, batch: dict[str, np.ndarray]) -> tuple[float, float]:
-    """(needed, executed) matmul FLOPs of one step over all devices. Needed, as
-    benchmarks/step_throughput.py counts them, over the rows the step computes (padded rows, or
-    packed rows with their padding): a policy forward, a backward (1x forward under LoRA:
-    activation gradients only; 2x for full fine-tuning) and a reference forward unless
-    precomputed; the frozen tower and the projector once per image. Executed adds what remat
-    recomputes in the policy's decoder layers: `full` everything but o_proj and down_proj
-    (whose outputs only feed the residual, so XLA drops them), `dots` the attention einsums
-    (they have batch dims). On an unrolled 3-layer model this is within 3% of XLA's own count."""
+def batch_flops(settings: TrainSettings, trainer: Trainer, state: Any, batch: dict[str, np.ndarray]) -> StepFlops:
+    """Matmul FLOPs of one step over all devices (models/accounting.step_flops says what is
+    counted) over the rows the step computes (padded rows, or packed rows with their padding),
+    the frozen tower and the projector once per image, with what the state trains, the
+    reference kind and model.remat. Executed (`.executed`) adds what remat recomputes in the
+    policy's decoder layers; on an unrolled 3-layer model this is within 3% of XLA's own count."""
     config = trainer.model_config
-    t = config.text
     rows, row_len = row_shape(batch)
-    per_row = forward_flops(config, row_len - config.num_image_tokens)
-    backward = 1 if settings.lora.rank else 2
-    reference = 0 if settings.reference in ("precomputed", "none") else 1
-    images = batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1]
-    needed = per_row.decoder * rows * (1 + backward + reference) \
-        + images * (per_row.vision + per_row.projector * (1 + backward + reference))
-    head_dim = t.resolved_head_dim
-    attention = 2 * 2 * row_len * t.num_heads * head_dim
-    qkv_gate_up = 2 * t.hidden_size * (t.num_heads + 2 * t.num_kv_heads) * head_dim \
-        + 2 * 2 * t.hidden_size * t.intermediate_size
-    per_token = {"full": attention + qkv_gate_up, "dots": attention}.get(config.remat, 0)
-    return needed, needed + per_token * t.num_layers * row_len * rows
+    trains, adapted = trained_parts(state.trainable)
+    return step_flops(config, [row_len] * rows, batch["pixel_values"].shape[0] * batch["pixel_values"].shape[1],
+                      trains=trains, lora_rank=settings.lora.rank, lora_targets=adapted,
+                      reference=settings.reference, remat=config.remat)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +201,7 @@ class Report:
     mesh: dict[str, int]
     chip: Chip
     layout: str  # the batch's rows as compiled, e.g. "96 padded rows x 1024"
-    needed_flops: float  # per device, from models/accounting.py (step_flops)
+    needed_flops: float  # per device, from models/accounting.py (step_flops, via batch_flops)
     executed_flops: float
     argument_bytes: int = 0
     output_bytes: int = 0
@@ -249,14 +237,14 @@ def check(config: Any, topology: str = "") -> Report:
     state = trainer.abstract_state()
     host = host_batch(settings, trainer, config.data)
     batch = abstract_batch(host, trainer)
-    needed, executed = step_flops(settings, trainer, host)
+    flops = batch_flops(settings, trainer, state, host)
     rows, row_len = row_shape(host)
     kind = ("packed, shared prefixes" if config.data.get("share_prefix") else "packed") if config.data.packing \
         else "padded"
     common = dict(topology=topology or f"{devices[0].platform} (this process)", devices=len(devices),
                   layout=f"{rows} {kind} rows x {row_len}",
-                  mesh=dict(trainer.mesh.shape), chip=chip_of(devices[0]), needed_flops=needed / len(devices),
-                  executed_flops=executed / len(devices))
+                  mesh=dict(trainer.mesh.shape), chip=chip_of(devices[0]), needed_flops=flops.needed / len(devices),
+                  executed_flops=flops.executed / len(devices))
     try:
         compiled = trainer.compile(state, batch)
     except jax.errors.JaxRuntimeError as error:

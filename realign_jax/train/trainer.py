@@ -203,3 +203,17 @@ class Trainer:
     def export(self, state: TrainState, path: str, **kwargs: Any) -> None:
         hf.save_pretrained(self.merged_policy(state), path, **kwargs)
 
+
+
+def trained_parts(trainable: nnx.State) -> tuple[frozenset[str], frozenset[str]]:
+    """What a state's `trainable` holds, as `models.accounting.step_flops` takes it: the model's
+    top-level parts (vision_tower, projector, decoder) with base parameters trained in full, and
+    the decoder layers' projections holding LoRA adapters (adapters elsewhere are not counted)."""
+    full, adapted = set(), set()
+    for path, leaf in jax.tree_util.tree_leaves_with_path(trainable, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        name = dotted(path).split(".")
+        if not isinstance(leaf, LoraParam):
+            full.add(name[0])
+        elif name[:2] == ["decoder", "layers"] and len(name) == 4:
+            adapted.add(name[2])
+    return frozenset(full), frozenset(adapted)
