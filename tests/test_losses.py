@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from realign_jax.objectives.losses import LOSSES, LossConfig, get_loss, mixed
+from realign_jax.objectives.losses import LOSSES, LossConfig, get_loss
 
 KINDS = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy")
 RNG = np.random.default_rng(0)
@@ -116,10 +116,6 @@ def test_beta_is_applied_once():
     one = get_loss("dpo")(_as_rows(p, lengths, nll), ref, LossConfig(beta=0.1))[1]["rewards/margins"]
     two = get_loss("dpo")(_as_rows(p, lengths, nll), ref, LossConfig(beta=0.2))[1]["rewards/margins"]
     np.testing.assert_allclose(float(two), 2 * float(one), rtol=1e-5)
-
-
-def test_mixed_combination():
-    assert float(mixed(2.0, 4.0, 0.5)) == 3.0 and float(mixed(2.0, 4.0, 1.0)) == 2.0
 
 
 @pytest.mark.parametrize("kwargs,key", [(dict(beta=0.0), "beta"), (dict(label_smoothing=0.7), "label_smoothing")])

@@ -146,27 +146,32 @@ def povid_weighted(policy: Rows, reference: Rows, config: LossConfig) -> tuple[j
     return _finish(_sigmoid(h, config), policy, config, metrics)
 
 
-LOSSES: dict[str, Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]] = {
-    "dpo": dpo, "ipo": ipo, "hinge": hinge, "rdpo": rdpo, "mdpo": mdpo, "povid": povid,
-    "povid_weighted": povid_weighted,
+LossFn = Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """A registered loss: its function and the rows it reads, in the order a batch stacks them
+    (the `sft` objective, not a loss, reads chosen only)."""
+
+    fn: LossFn
+    rows: tuple[str, ...]
+
+
+_PAIR = ("chosen", "rejected")
+LOSSES: dict[str, LossSpec] = {
+    "dpo": LossSpec(dpo, _PAIR), "ipo": LossSpec(ipo, _PAIR), "hinge": LossSpec(hinge, _PAIR),
+    "rdpo": LossSpec(rdpo, (*_PAIR, "chosen_alt_image")), "mdpo": LossSpec(mdpo, (*_PAIR, "chosen_alt_image")),
+    "povid": LossSpec(povid, (*_PAIR, "rejected_noisy")),
+    "povid_weighted": LossSpec(povid_weighted, (*_PAIR, "rejected_noisy")),
 }
 
 
-# The rows each loss reads, in the order a batch stacks them (the `sft` objective reads chosen only).
-ROWS: dict[str, tuple[str, ...]] = {
-    "dpo": ("chosen", "rejected"), "ipo": ("chosen", "rejected"), "hinge": ("chosen", "rejected"),
-    "rdpo": ("chosen", "rejected", "chosen_alt_image"), "mdpo": ("chosen", "rejected", "chosen_alt_image"),
-    "povid": ("chosen", "rejected", "rejected_noisy"), "povid_weighted": ("chosen", "rejected", "rejected_noisy"),
-}
-
-
-def get_loss(name: str) -> Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]:
+def loss_spec(name: str) -> LossSpec:
     if name not in LOSSES:
         raise ValueError(f"loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
     return LOSSES[name]
 
 
-def mixed(loss_a: jax.Array, loss_b: jax.Array, alpha: jax.Array | float) -> jax.Array:
-    """BDHS paper's combinations: alpha*L(y_w, y_l) + (1 - alpha)*L(y~_w, y~_l) (mixed DPO, alpha
-    ~ Bernoulli(0.5)) and g*L(y_w, y_l) + (1 - g)*L(y_w, y~) with g = 0.5."""
-    return alpha * loss_a + (1 - alpha) * loss_b
+def get_loss(name: str) -> LossFn:
+    return loss_spec(name).fn

@@ -1,6 +1,6 @@
 """Log-probs of the stacked rows of a batch: the one forward per model per step.
 
-A batch holds B examples with K rows each (the kinds a loss reads, `objectives.ROWS`):
+A batch holds B examples with K rows each (the kinds a loss reads, its `LossSpec.rows`):
 
     input_ids, attention_mask, loss_mask   int  [B, K, T]  (loss_mask marks response tokens)
     pixel_values                           f32  [B, M, C, H, W]  (M distinct images per example)
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from realign_jax.models.llava import LlavaModel
-from realign_jax.objectives.losses import ROWS
+from realign_jax.objectives.losses import loss_spec
 from realign_jax.train.logprobs import shifted, token_scores
 
 ALT_IMAGE_KINDS = ("chosen_alt_image",)
@@ -40,7 +40,7 @@ class RowLayout:
 
     @classmethod
     def for_objective(cls, objective: str, **options) -> RowLayout:
-        kinds = ("chosen",) if objective == "sft" else ROWS[objective]
+        kinds = ("chosen",) if objective == "sft" else loss_spec(objective).rows
         layout = cls(kinds, **options)
         if layout.rejected_scoring not in SCORING:
             raise ValueError(f"loss.rejected_scoring={layout.rejected_scoring!r}: choose one of {SCORING}")

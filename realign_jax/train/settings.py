@@ -14,7 +14,7 @@ from realign_jax.data.encode import TRUNCATION
 from realign_jax.data.pipeline import parse_buckets
 from realign_jax.data.records import check_on_bad_record
 from realign_jax.data.sources import RECORD_SOURCES
-from realign_jax.objectives.losses import LOSSES, LossConfig
+from realign_jax.objectives.losses import LossConfig, loss_spec
 from realign_jax.train.lora import LoraConfig
 from realign_jax.train.optimizer import OptimConfig
 from realign_jax.train.rows import RowLayout
@@ -85,8 +85,8 @@ def parse(config: Any) -> TrainSettings:
     loss_cfg, train, optim, lora, mesh = (_section(config, n) for n in ("loss", "train", "optim", "lora", "mesh"))
     # `inspect` shows the rows of the config it is pointed at: an SFT config (no reference) inspects as sft.
     objective = "sft" if mode == "sft" or (mode == "inspect" and config.reference == "none") else loss_cfg.name
-    if objective != "sft" and objective not in LOSSES:
-        raise ValueError(f"loss.name={objective!r} is unknown; choose one of {sorted(LOSSES)}")
+    if objective != "sft":
+        loss_spec(objective)  # raises for an unknown loss.name
     reference = config.reference
     if reference not in REFERENCES:
         raise ValueError(f"reference={reference!r}: choose one of {REFERENCES}")
