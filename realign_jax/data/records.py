@@ -28,7 +28,6 @@ from realign_jax.data.jsonl import BadValue, check_value
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 
 Message = Mapping[str, str]
-ANSWER_FIELDS = ("chosen", "rejected", "rejected_noisy")
 ON_BAD_RECORD = ("error", "skip")  # data.on_bad_record: stop with one line, or skip and count
 
 
