@@ -24,10 +24,11 @@ from typing import Any
 import ml_collections
 
 from realign_jax.eval.config import eval_config
-from realign_jax.pairs import config_base as pairs_configs
+from realign_jax.pairs.registry import BUILDERS
 from realign_jax.train.config_base import aligning_config, world_sft_config
 
-# method -> (pair builder, the align stages' losses in order: POVID trains twice)
+# method -> (pair builder, a key of pairs/registry.BUILDERS; the align stages' losses in order:
+# POVID trains twice)
 METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "rdpo": ("realign", ("rdpo",)),
     "dpo": ("realign", ("dpo",)),
@@ -35,8 +36,6 @@ METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
     "povid": ("povid", ("dpo", "povid")),
     "bdhs": ("bdhs", ("dpo",)),
 }
-PAIR_CONFIGS = {"realign": pairs_configs.realign_pairs_config, "povid": pairs_configs.povid_pairs_config,
-                "bdhs": pairs_configs.bdhs_pairs_config}
 SFT_STAGES = ("captions", "grounding")
 ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "mesh", "reference", "seed")  # seed: LoRA init, data order
 CHAIR_REPORTED = (("CHAIR_s", "chair_s"), ("CHAIR_i", "chair_i"), ("CHAIR recall", "recall"))
@@ -65,7 +64,7 @@ def pipeline_config(method: str) -> ml_collections.ConfigDict:
     config.data.records = "captions"  # which of the world's train files the pairs come from
     config.data.image_root = ""
     config.sft = ml_collections.ConfigDict({f"{stage}_steps": sft_steps(stage) for stage in SFT_STAGES})
-    config.pairs = copy.deepcopy(PAIR_CONFIGS[builder]().pairs)
+    config.pairs = copy.deepcopy(BUILDERS[builder].config().pairs)
     if "max_records" in config.pairs:  # the model-based builders: pairs from the first 1000 records
         config.pairs.max_records = 1000
     config.align = ml_collections.ConfigDict()
@@ -115,7 +114,7 @@ def _sft(config: Any, workdir: str, world_dir: str, run: StageRunner) -> str:
 
 def _pairs(config: Any, workdir: str, world_dir: str, model_path: str, run: StageRunner) -> str:
     builder, _ = METHODS[config.method]
-    pairs_config = PAIR_CONFIGS[builder]()
+    pairs_config = BUILDERS[builder].config()
     pairs_config.world.update(_world_sections(config, world_dir))
     pairs_config.world.records = config.data.records
     pairs_config.pairs = copy.deepcopy(config.pairs)

@@ -133,3 +133,22 @@ def test_llm_injector_through_a_local_endpoint(world: Path, tmp_path: Path) -> N
     config.pairs.llm.base_url = "http://127.0.0.1:9/v1"  # nothing listens there
     with pytest.raises(ValueError, match="injection LLM at http://127.0.0.1:9/v1/chat/completions failed"):
         run(config, str(tmp_path / "unreachable"))
+
+
+def test_one_builder_registry_serves_build_pairs_and_the_pipeline():
+    """pairs/registry.BUILDERS is the one list: each entry's config names it, its function loads,
+    the pipeline's methods all name one, and an unknown builder is refused with the list."""
+    from realign_jax.pairs.build import check_config
+    from realign_jax.pairs.registry import BUILDERS
+    from realign_jax.pipeline import METHODS
+
+    assert set(BUILDERS) == {"povid", "realign", "bdhs"}
+    for name, spec in BUILDERS.items():
+        config = spec.config()
+        assert config.pairs.builder == name and ("model" in config) == spec.needs_model
+        assert callable(spec.load())
+    assert {builder for builder, _ in METHODS.values()} == set(BUILDERS)
+    config = povid_pairs.get_config()
+    config.pairs.builder = "nope"
+    with pytest.raises(ValueError, match=r"pairs.builder='nope': choose one of \('povid', 'realign', 'bdhs'\)"):
+        check_config(config)

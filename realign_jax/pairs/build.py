@@ -1,5 +1,5 @@
 """`mode=build_pairs`: SFT-style records (a JSONL with `chosen` answers) -> preference records
-in resumable shards (pairs/shards.py), by the builder `pairs.builder` names.
+in resumable shards (pairs/shards.py), by the builder `pairs.builder` names (pairs/registry.py).
 
 Every builder takes (config, records, image_root, output), writes its shards with
 `build_in_shards` and returns its counts: "kept" for records that became pairs and
@@ -11,36 +11,24 @@ folder, so the pairs train as they are:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
 from typing import Any
 
 from realign_jax.pairs.inputs import read_records
-from realign_jax.pairs.povid import build_povid
-
-Builder = Callable[[Any, Sequence[dict[str, Any]], str, str], dict[str, Any]]
-MODEL_BUILDERS = ("realign", "bdhs")  # they generate with a VLM: model.path is required
+from realign_jax.pairs.registry import BUILDERS
 
 
 def check_config(config: Any) -> None:
     """What can be checked before anything is generated or read (main calls it before making a
     synthetic world), failing with the config key."""
     pairs = config.pairs
-    if pairs.builder not in ("povid", *MODEL_BUILDERS):
-        raise ValueError(f"pairs.builder={pairs.builder!r}: choose one of {('povid', *MODEL_BUILDERS)}")
-    if pairs.builder in MODEL_BUILDERS:
+    if pairs.builder not in BUILDERS:
+        raise ValueError(f"pairs.builder={pairs.builder!r}: choose one of {tuple(BUILDERS)}")
+    if BUILDERS[pairs.builder].needs_model:
         if not config.model.get("path"):
             raise ValueError(f"model.path is empty: {pairs.builder} generates with a LLaVA model; give its Hugging "
                              "Face folder (e.g. the export/ of configs/sft_world.py)")
         if pairs.max_records < 0:
             raise ValueError(f"pairs.max_records={pairs.max_records} must be >= 0 (0 = all records)")
-
-
-def builders() -> dict[str, Builder]:
-    """The registry by `pairs.builder` name."""
-    from realign_jax.pairs.bdhs import build_bdhs
-    from realign_jax.pairs.realign import build_realign
-
-    return {"povid": build_povid, "realign": build_realign, "bdhs": build_bdhs}
 
 
 def build_pairs(config: Any, workdir: str) -> dict[str, Any]:
@@ -52,4 +40,4 @@ def build_pairs(config: Any, workdir: str) -> dict[str, Any]:
     output = pairs.output or os.path.join(workdir, "pairs")
     records = read_records(config.data.path)
     image_root = config.data.image_root or os.path.dirname(os.path.abspath(config.data.path))
-    return {"output": output, **builders()[pairs.builder](config, records, image_root, output)}
+    return {"output": output, **BUILDERS[pairs.builder].load()(config, records, image_root, output)}
