@@ -18,6 +18,7 @@ from typing import Any
 from realign_jax.data.adapters import PovidSource, RlaifVSource, VLFeedbackSource
 from realign_jax.data.arrayrecord import ArrayRecordSource
 from realign_jax.data.jsonl import parse_line
+from realign_jax.data.keyvalue import parse_key_values
 from realign_jax.data.records import BadRecord, Record, from_json
 
 MAX_RECORD_BYTES = 64 << 20  # one JSONL line; a record's images are files, not inline data
@@ -110,12 +111,8 @@ def open_source(data: Mapping[str, Any]) -> Any:
 def _tfds(data: Mapping[str, Any]) -> Any:
     from realign_jax.data.tfds_source import TfdsSource
 
-    fields = {}
-    for item in filter(None, data.get("tfds_fields", "").split(",")):
-        key, sep, feature = item.partition("=")
-        if not sep:
-            raise ValueError(f"data.tfds_fields: {item!r} is not record_field=feature")
-        fields[key.strip()] = feature.strip()
+    fields = dict(parse_key_values(data.get("tfds_fields", ""),
+                                   "data.tfds_fields: {item!r} is not record_field=feature"))
     return TfdsSource(data["path"], data.get("split", "train"), data.get("tfds_data_dir") or None, fields)
 
 

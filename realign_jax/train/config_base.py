@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import ml_collections
 
+from realign_jax.data.keyvalue import parse_key_values
+
 
 def parse_arg(arg: str | None) -> dict[str, str]:
     """big_vision-style config args: 'loss=rdpo,lora=0' -> {'loss': 'rdpo', 'lora': '0'}."""
-    options = {}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"config argument {item!r} is not key=value")
-        options[key.strip()] = value.strip()
-    return options
+    return dict(parse_key_values(arg, "config argument {item!r} is not key=value"))
 
 
 def training_config(mode: str = "train", loss: str = "dpo") -> ml_collections.ConfigDict:

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import optax
 
+from realign_jax.data.keyvalue import parse_key_values
+
 DEFAULT_GROUP = "default"
 
 
@@ -46,16 +48,14 @@ class OptimConfig:
     @classmethod
     def parse_groups(cls, text: str) -> tuple[tuple[str, float], ...]:
         """'regex=lr,regex=lr' (the command-line form) -> ((regex, lr), ...)."""
+        error = "optim.lr_groups item {item!r} is not 'regex=learning_rate'"
         groups = []
-        for item in filter(None, (part.strip() for part in text.split(","))):
-            pattern, sep, value = item.rpartition("=")
+        for pattern, value in parse_key_values(text, error, at_last=True):  # a regex may hold '='
             try:
-                if not sep:
-                    raise ValueError
                 re.compile(pattern)
                 groups.append((pattern, float(value)))
             except (ValueError, re.error):
-                raise ValueError(f"optim.lr_groups item {item!r} is not 'regex=learning_rate'") from None
+                raise ValueError(error.format(item=f"{pattern}={value}")) from None
         return tuple(groups)
 
 

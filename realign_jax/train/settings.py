@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from realign_jax.data.encode import TRUNCATION
+from realign_jax.data.keyvalue import parse_key_values
 from realign_jax.data.pipeline import parse_buckets
 from realign_jax.data.records import check_on_bad_record
 from realign_jax.data.sources import RECORD_SOURCES
@@ -67,10 +68,7 @@ def _section(config: Any, name: str) -> Any:
 def _parse_rules(text: str) -> tuple[tuple[str, Any], ...]:
     """'embed=fsdp,mlp=tensor,vocab=' -> rule pairs (empty target = replicated, '+' joins axes)."""
     rules = []
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, target = item.partition("=")
-        if not sep:
-            raise ValueError(f"mesh.rules item {item!r} is not 'logical_axis=mesh_axis'")
+    for name, target in parse_key_values(text, "mesh.rules item {item!r} is not 'logical_axis=mesh_axis'"):
         axes = tuple(a for a in target.split("+") if a)
         bad = [a for a in axes if a not in ("data", "fsdp", "tensor")]
         if bad:
