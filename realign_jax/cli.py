@@ -13,5 +13,13 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as error:
         raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
     except (KeyError, AttributeError) as error:
-        bad = [a for a in argv[1:] if a.startswith("--config.")]
-        raise SystemExit(f"error: unknown config key {error} in {bad}") from None
+        # ml_collections' KeyError carries "'key'\nDid you mean ...?", its AttributeError that KeyError.
+        message: object = error
+        while isinstance(message, BaseException) and message.args:
+            message = message.args[0]
+        key, _, suggestion = str(message).partition("\n")
+        key = key.strip("'\"")
+        given = [a for a in argv[1:] if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")]
+        hint = f"; {suggestion[0].lower()}{suggestion[1:]}" if suggestion else ""
+        raise SystemExit(f"error: unknown config key {key!r} in {', '.join(given) or 'the --config overrides'}"
+                         f"{hint}") from None

@@ -42,6 +42,8 @@ def _cli(*args):
 
 @pytest.mark.parametrize("override,message", [
     ("--config.generate.foo=1", "unknown config key"),
+    ("--config.generate.max_new_tokenz=1",
+     "unknown config key 'max_new_tokenz' in --config.generate.max_new_tokenz=1; did you mean \"max_new_tokens\""),
     ("--config.generate.max_new_tokens=abc", "max_new_tokens"),
     ("--config.generate.top_p=0", "top_p"),
     ("--config.mode=pipeline", "needs the config sections ['world', 'sft', 'pairs', 'align', 'eval']"),
