@@ -20,8 +20,8 @@ the lookup the other way (question word -> image), which the sparse QA of the mi
 
 Expected (2 CPU cores, ~10 min for both stages on a quiet machine, rows packed): POPE random
 F1 0.74 and yes-ratio 0.46, adversarial F1 0.68 and yes-ratio 0.54 (yes on absent companions
-0.37 against 0.21 on random absent objects), CHAIR_i 0.37, recall 0.50; the README's world
-section has the table.
+0.37 against 0.21 on random absent objects), CHAIR_i 0.37, recall 0.50; docs/benchmarks.md ("The base model")
+has the table.
 """
 
 import ml_collections

@@ -141,7 +141,7 @@ require_main_args() {
     "(checkpoints are written there together)"
   [[ $workdir != gs://* ]] || die "--workdir=$workdir: gs:// paths do not work yet (the trainer writes" \
     "through the local filesystem; a gs:// path would become a local folder named 'gs:' on each worker)." \
-    "Mount the bucket with gcsfuse on every worker (see README) and give the mount path"
+    "Mount the bucket with gcsfuse on every worker (see docs/launch.md) and give the mount path"
 }
 
 cmd_create() {

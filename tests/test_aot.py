@@ -1,5 +1,5 @@
 """The ahead-of-time fit check (realign_jax/aot.py) on the tiny model over the 8 CPU devices:
-real compiles, nothing mocked; the TPU topologies need libtpu and are measured by hand (README)."""
+real compiles, nothing mocked; the TPU topologies need libtpu and are measured by hand (docs/benchmarks.md)."""
 
 import dataclasses
 import importlib.util
