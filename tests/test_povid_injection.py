@@ -10,19 +10,15 @@ import numpy as np
 import pytest
 
 from realign_jax.data.records import from_json
+from realign_jax.data.text import COLOR_WORDS, NUMBER_VALUES, OPPOSITE, SIZE_WORDS, with_article
 from realign_jax.eval import chair, pope
 from realign_jax.pairs.injection import (
     BUILDER,
-    COLOR_WORDS,
-    NUMBER_VALUES,
-    OPPOSITE,
-    SIZE_WORDS,
     InjectionStats,
     inject,
     inject_records,
 )
 from realign_jax.synthetic import WorldConfig, generate_world
-from realign_jax.synthetic.language import with_article
 from realign_jax.synthetic.vocabulary import CATEGORIES, COLORS, COMPANIONS
 
 

@@ -17,15 +17,11 @@ from typing import Any
 import pytest
 from conftest import build_world_llava
 
+from realign_jax.data.text import COLOR_WORDS, NUMBER_VALUES, SIZE_WORDS
 from realign_jax.eval.chair import load_synonyms, mentioned_objects
 from realign_jax.main import run
+from realign_jax.pairs.answers import RELATION_RE
 from realign_jax.pairs.image_index import ImageIndex
-from realign_jax.pairs.injection import (
-    COLOR_WORDS,
-    NUMBER_VALUES,
-    RELATION_RE,
-    SIZE_WORDS,
-)
 from realign_jax.pairs.inputs import read_records
 from realign_jax.pairs.masking import MASK, LLMMasker, MaskedAnswer, RuleMasker
 from realign_jax.pairs.realign import HISTOGRAM_FILE, cut_fill

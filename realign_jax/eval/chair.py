@@ -8,8 +8,8 @@ Follows the official code, LisaAnne/Hallucination `utils/chair.py` (`CHAIR.capti
 `compute_chair`, `data/synonyms.txt`), and for recall the widely used Python 3 port
 (Maxlinn/CHAIR-metric-standalone). Deliberate differences:
 - no nltk / pattern: a regex tokeniser ('hot-dog' stays one token as nltk keeps it) and
-  `singularize` below, which covers regular plurals and the irregular nouns COCO needs where
-  the official code calls `pattern.en.singularize`;
+  `singularize` (data/text.py), which covers regular plurals and the irregular nouns COCO
+  needs where the official code calls `pattern.en.singularize`;
 - multi-word synonyms of any length match greedily, longest first (the official code only
   joins the word pairs in its hard-coded list, so 'stove top oven' counts twice there);
 - synonyms.txt entries are split on ',' and stripped (the official `split(', ')` keeps a
@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+# CHAIR's word rules and synonyms.txt reader live in data/text.py, where the builders read them too.
+from realign_jax.data.text import load_synonyms, singular_phrase, singularize, synonym_lookup, tokenize  # noqa: F401
 
 # The official hard-coded rules (utils/chair.py, CHAIR.__init__): phrases read as one object,
 # qualifiers that must not fire 'person' ('baby bird' -> bird), and phrases that are not the
@@ -39,56 +41,6 @@ COCO_PHRASES: dict[str, str] = {
     **{f"{q} {a}": a for q in ("baby", "adult") for a in _ANIMALS},
     "passenger jet": "jet", "passenger train": "train", "bow tie": "tie", "toilet seat": "toilet",
 }
-
-_IRREGULAR = {"people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
-              "teeth": "tooth", "mice": "mouse", "geese": "goose", "oxen": "ox", "knives": "knife",
-              "wives": "wife", "lives": "life", "leaves": "leaf", "loaves": "loaf", "scarves": "scarf",
-              "hooves": "hoof", "buses": "bus", "busses": "bus", "dice": "die", "cacti": "cactus"}
-_UNINFLECTED = {"sheep", "deer", "fish", "scissors", "series", "species", "bison", "pants", "jeans"}
-_WORD = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
-
-
-def singularize(word: str) -> str:
-    """A small stand-in for `pattern.en.singularize`: irregular nouns, then suffix rules."""
-    if word in _IRREGULAR:
-        return _IRREGULAR[word]
-    if word.endswith("men") and len(word) > 4:  # policemen, firemen, sportsmen
-        return word[:-3] + "man"
-    if word in _UNINFLECTED or len(word) <= 3 or not word.endswith("s") or word.endswith(("ss", "us", "is")):
-        return word
-    if word.endswith("ies") and len(word) > 4:
-        return word[:-3] + "y"
-    if word.endswith("lves"):
-        return word[:-3] + "f"
-    if word.endswith(("ches", "shes", "sses", "xes", "zzes")):
-        return word[:-2]
-    return word[:-1]
-
-
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens (letters, digits, inner hyphens); punctuation dropped, "dog's" -> dog, s."""
-    return _WORD.findall(text.lower())
-
-
-def load_synonyms(path: str) -> dict[str, list[str]]:
-    """The official `synonyms.txt`: each line 'canonical, syn1, syn2, ...' -> {canonical: [syns]}."""
-    table: dict[str, list[str]] = {}
-    with open(path) as f:
-        for line in f:
-            names = [n.strip() for n in line.split(",") if n.strip()]
-            if names:
-                table.setdefault(names[0], []).extend(names[1:])
-    return table
-
-
-def _lookup(synonyms: Mapping[str, Sequence[str]]) -> dict[str, str]:
-    """Singularised surface form -> canonical; a later line wins, as in the official dict."""
-    inverse = {}
-    for canonical, names in synonyms.items():
-        for name in (canonical, *names):
-            inverse[" ".join(singularize(w) for w in tokenize(name))] = canonical
-    return inverse
-
 
 def _mentions(caption: str, inverse: Mapping[str, str], coco_rules: bool) -> list[str]:
     words = [singularize(w) for w in tokenize(caption)]
@@ -117,7 +69,7 @@ def mentioned_objects(caption: str, synonyms: Mapping[str, Sequence[str]], *, co
 
     `coco_rules` applies the official COCO special cases (COCO_PHRASES and toilet/seat).
     """
-    return _mentions(caption, _lookup(synonyms), coco_rules)
+    return _mentions(caption, synonym_lookup(synonyms), coco_rules)
 
 
 def _ground_truth_for(ground_truth: Mapping[Any, Sequence[str]], image: Any) -> Sequence[str]:
@@ -146,10 +98,10 @@ def chair(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[Any, Sequ
     """
     if not captions:
         raise ValueError("no captions to score")
-    inverse = _lookup(synonyms)
+    inverse = synonym_lookup(synonyms)
     details, n_mentions, n_hallucinated, n_bad_captions, n_gt, n_recalled, n_words = [], 0, 0, 0, 0, 0, 0
     for record in captions:
-        gt = {inverse.get(" ".join(singularize(w) for w in tokenize(o)), o)
+        gt = {inverse.get(singular_phrase(o), o)
               for o in _ground_truth_for(ground_truth, record["image"])}
         text = record["text"] if "text" in record else record["caption"]
         mentioned = _mentions(text, inverse, coco_rules)
@@ -182,7 +134,7 @@ def coco_ground_truth(instances_json_path: str, image_ids: Sequence[int] | None 
     """
     with open(instances_json_path) as f:
         coco = json.load(f)
-    inverse = _lookup(synonyms) if synonyms is not None else {}
+    inverse = synonym_lookup(synonyms) if synonyms is not None else {}
     wanted = None if image_ids is None else set(image_ids)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     keys = {im["id"]: im[key] for im in coco["images"] if wanted is None or im["id"] in wanted}
@@ -194,7 +146,7 @@ def coco_ground_truth(instances_json_path: str, image_ids: Sequence[int] | None 
 
     for ann in coco["annotations"]:
         name = names[ann["category_id"]]
-        add(ann["image_id"], inverse.get(" ".join(singularize(w) for w in tokenize(name)), name))
+        add(ann["image_id"], inverse.get(singular_phrase(name), name))
     if captions_json_path is not None:
         if synonyms is None:
             raise ValueError("objects in reference captions need a synonym table")

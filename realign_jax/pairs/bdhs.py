@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from realign_jax.data.text import VERDICT_RE, cased
 from realign_jax.eval.answering import Answerer, Prompt
-from realign_jax.pairs.injection import VERDICT_RE, cased
 from realign_jax.pairs.inputs import image_path, rebase_image, with_chosen
 from realign_jax.pairs.seeds import record_rng, stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder

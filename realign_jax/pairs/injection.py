@@ -6,7 +6,7 @@ objects are mentioned together and which colour, size, relation and number words
 `inject` then adds (or swaps in) an absent object that co-occurs with the mentioned ones more
 often than chance (the mistake a language prior makes), swaps an attribute or a relation,
 changes a count, or flips a yes/no verdict. Objects are recognised through a CHAIR synonym
-table (canonical name -> surface words, `eval.chair.load_synonyms`), so any data set's text
+table (canonical name -> surface words, `data.text.load_synonyms`), so any data set's text
 works, and CHAIR counts the injected objects exactly as the builder meant them.
 
 `inject_records` turns SFT-style records into preference records, deterministic in
@@ -26,35 +26,22 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from realign_jax.eval.chair import singularize, tokenize
+from realign_jax.data.text import (
+    COLOR_WORDS,
+    NUMBER_VALUES,
+    OPPOSITE,
+    SIDE_PHRASES,
+    VERDICT_RE,
+    cased,
+    with_article,
+)
+from realign_jax.pairs.answers import VERBS, Lexicon, Mention, ParsedAnswer, overlaps
 from realign_jax.pairs.seeds import record_rng
-from realign_jax.synthetic.language import with_article
-from realign_jax.synthetic.vocabulary import plural
 
 BUILDER = "povid_injection"
 KINDS: tuple[str, ...] = ("object", "attribute", "relation", "count", "verdict")
-
-# English word classes an edit stays within; which members a data set uses is learnt from its text.
-COLOR_WORDS = frozenset(("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white",
-                         "gray", "grey", "silver", "gold", "beige"))
-SIZE_WORDS = frozenset(("small", "large", "big", "little", "tiny", "huge", "giant"))
-NUMBER_VALUES: dict[str, int] = {w: i for i, w in enumerate(
-    ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve"))}
-NUMBER_VALUES["no"] = 0  # "there are no cups" is a count of zero
-_OPPOSITE_PAIRS = (("to the left of", "to the right of"), ("on the left of", "on the right of"),
-                   ("left of", "right of"), ("above", "below"), ("on top of", "under"), ("in front of", "behind"),
-                   ("inside", "outside"), ("on the left", "on the right"), ("at the top", "at the bottom"))
-OPPOSITE: dict[str, str] = {**dict(_OPPOSITE_PAIRS), **{b: a for a, b in _OPPOSITE_PAIRS}}
-_CENTRE = ("in the center", "in the centre", "in the middle")  # no opposite: swapped for a side
-_SIDES = ("on the left", "on the right", "at the top", "at the bottom")
-RELATION_RE = re.compile(r"\b(?:" + "|".join(re.escape(p) for p in sorted([*OPPOSITE, *_CENTRE], key=len,
-                                                                             reverse=True)) + r")\b", re.IGNORECASE)
-_WORD_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*", re.IGNORECASE)  # chair.tokenize's words, with their offsets
-VERDICT_RE = re.compile(r"\s*(yes|no)\b(?=\s*(?:[,.!;:]|$))", re.IGNORECASE)
-_VERBS = {"is": "are", "are": "is", "was": "were", "were": "was"}
-_NOT_A_COUNT_AFTER = frozenset(("the", "no", "this", "that", "each", "every", "any", "which"))  # "the one", "no one"
-_DETERMINERS = frozenset(("a", "an", "the", "some", *NUMBER_VALUES))
-_ATTRIBUTES = COLOR_WORDS | SIZE_WORDS
+# English word classes an edit stays within (data/text.py); which members a data set uses is
+# learnt from its text. A centre ("in the middle") has no opposite: it is swapped for a side.
 
 _Piece = tuple[int, int, str]  # replace text[start:end] of the original answer
 
@@ -75,69 +62,6 @@ class Edit:
 class Injection:
     text: str  # the rejected answer
     edits: tuple[Edit, ...]
-
-
-class _Token(NamedTuple):
-    word: str  # lower case
-    start: int
-    end: int
-
-
-class _Mention(NamedTuple):
-    name: str  # canonical object
-    first: int  # token indices [first, last)
-    last: int
-    det: int | None  # token index of the noun phrase's determiner ("a", "the", "two", "no", ...)
-
-
-class Lexicon:
-    """The synonym table as lookups: surface phrase -> object, and noun inflection."""
-
-    def __init__(self, synonyms: Mapping[str, Sequence[str]]):
-        self.inverse: dict[str, str] = {}
-        surfaces = []
-        for canonical, names in synonyms.items():
-            for name in (canonical, *names):
-                self.inverse[_singular_phrase(name)] = canonical  # a later line wins, as in chair.py
-                surfaces.append(" ".join(tokenize(name)))
-        self.longest = max((k.count(" ") + 1 for k in self.inverse), default=1)
-        # The table's own plurals ("person, people") beat the rule-based ones ("persons").
-        self.plural_of = {s: plural(s) for s in surfaces if _singular_phrase(s) == s}
-        self.plural_of.update({_singular_phrase(s): s for s in surfaces if _singular_phrase(s) != s})
-        self.singular_of = {p: s for s, p in self.plural_of.items() if p != s}
-
-    def mentions(self, tokens: Sequence[_Token]) -> list[tuple[str, int, int]]:
-        """Greedy longest match on singularised words, as `chair.mentioned_objects` (no COCO rules)."""
-        words = [singularize(t.word) for t in tokens]
-        found, i = [], 0
-        while i < len(words):
-            for n in range(min(self.longest, len(words) - i), 0, -1):
-                name = self.inverse.get(" ".join(words[i:i + n]))
-                if name is not None:
-                    found.append((name, i, i + n))
-                    i += n
-                    break
-            else:
-                i += 1
-        return found
-
-    def is_plural(self, noun: str) -> bool:
-        noun = noun.lower()
-        if noun in self.singular_of or noun in self.plural_of:
-            return noun in self.singular_of
-        last = noun.rpartition(" ")[2]
-        return singularize(last) != last
-
-    def inflect(self, noun: str, to_plural: bool) -> str:
-        key = noun.lower()
-        if to_plural:
-            return self.plural_of.get(key) or plural(noun)
-        head, _, last = noun.rpartition(" ")
-        return self.singular_of.get(key) or (f"{head} {singularize(last)}" if head else singularize(last))
-
-
-def _singular_phrase(text: str) -> str:
-    return " ".join(singularize(w) for w in tokenize(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,79 +122,12 @@ class InjectionStats:
             return cls(**json.load(f))
 
 
-class ParsedAnswer:
-    """An answer's word tokens with their offsets, and the objects it mentions."""
-
-    def __init__(self, text: str, lexicon: Lexicon):
-        self.text = text
-        self.tokens = [_Token(m.group().lower(), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
-        self.mentions = [_Mention(name, a, b, self._determiner(a)) for name, a, b in lexicon.mentions(self.tokens)]
-        self._in_mention = {i for m in self.mentions for i in range(m.first, m.last)}
-
-    def adjacent(self, i: int) -> bool:
-        """Tokens i and i+1 are separated by whitespace only (same phrase, no punctuation)."""
-        return 0 <= i < len(self.tokens) - 1 and self.text[self.tokens[i].end:self.tokens[i + 1].start].isspace()
-
-    def source(self, i: int) -> str:
-        return self.text[self.tokens[i].start:self.tokens[i].end]
-
-    def _determiner(self, first: int) -> int | None:
-        k = first - 1
-        while k >= 0 and self.tokens[k].word in _ATTRIBUTES and self.adjacent(k):
-            k -= 1
-        return k if k >= 0 and self.adjacent(k) and self.tokens[k].word in _DETERMINERS else None
-
-    def negated(self, m: _Mention) -> bool:
-        return m.det is not None and NUMBER_VALUES.get(self.tokens[m.det].word, 1) == 0
-
-    def indefinite(self, m: _Mention) -> bool:
-        """'a cup', 'two cups': the phrases that list what is there."""
-        return m.det is not None and (self.tokens[m.det].word in ("a", "an", "some")
-                                      or NUMBER_VALUES.get(self.tokens[m.det].word, 0) > 0)
-
-    def attribute_positions(self) -> list[int]:
-        return [i for i, t in enumerate(self.tokens) if t.word in _ATTRIBUTES and i not in self._in_mention]
-
-    def relation_matches(self) -> list[re.Match[str]]:
-        spans = [(self.tokens[m.first].start, self.tokens[m.last - 1].end) for m in self.mentions]
-        return [r for r in RELATION_RE.finditer(self.text) if not _overlaps(((r.start(), r.end()),), spans)]
-
-    def count_positions(self) -> list[int]:
-        """Number words that count the noun after them ('two cups', 'are no cups'; not 'one of')."""
-        out = []
-        for i, t in enumerate(self.tokens):
-            if t.word not in NUMBER_VALUES or not self.adjacent(i) or self.tokens[i + 1].word == "of":
-                continue
-            before = self.tokens[i - 1].word if i and self.adjacent(i - 1) else None
-            if before in _NOT_A_COUNT_AFTER or (t.word == "no" and before not in _VERBS):
-                continue
-            out.append(i)
-        return out
-
-    def noun_after(self, i: int) -> tuple[int, int] | None:
-        """Token range of the noun that a number at i counts (an object, else the next word)."""
-        j = i + 1
-        while j < len(self.tokens) and self.tokens[j].word in _ATTRIBUTES and self.adjacent(j - 1):
-            j += 1
-        if j >= len(self.tokens) or not self.adjacent(j - 1):
-            return None
-        return next(((m.first, m.last) for m in self.mentions if m.first == j), (j, j + 1))
-
-
 class _Site(NamedTuple):
     """A place an edit can go: the spans it touches, and how to make it (None when it cannot)."""
 
     spans: tuple[tuple[int, int], ...]
     make: Callable[[], tuple[list[_Piece], Edit] | None]
     preferred: bool = False
-
-
-def _overlaps(spans: Iterable[tuple[int, int]], used: Sequence[tuple[int, int]]) -> bool:
-    return any(a < d and c < b for a, b in spans for c, d in used)
-
-
-def cased(like: str, word: str) -> str:
-    return word[:1].upper() + word[1:] if like[:1].isupper() else word
 
 
 def _article_piece(doc: ParsedAnswer, i: int, next_word: str) -> _Piece:
@@ -315,7 +172,7 @@ def _object_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Gener
     return sites
 
 
-def _add_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, last: _Mention,
+def _add_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, last: Mention,
               context: Sequence[str], taken: set[str]) -> _Site:
     """A new item at the end of the list that holds `last`: 'a cup and a saucer' -> 'a cup, a saucer and a knife'."""
     end = doc.tokens[last.last - 1].end
@@ -338,7 +195,7 @@ def _add_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator
     return _Site(((end, end),) if join is None else (join, (end, end)), make, preferred=True)
 
 
-def _replace_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, m: _Mention,
+def _replace_site(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Generator, m: Mention,
                   context: Sequence[str], taken: set[str]) -> _Site:
     """The mentioned noun swapped for an absent, co-occurring object (in the same number)."""
     start, end = doc.tokens[m.first].start, doc.tokens[m.last - 1].end
@@ -390,7 +247,7 @@ def _relation_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Gen
     sites = []
     for match in doc.relation_matches():
         key = match.group().lower()
-        options = [OPPOSITE[key]] if key in OPPOSITE else sorted(p for p in _SIDES if stats.relations.get(p))
+        options = [OPPOSITE[key]] if key in OPPOSITE else sorted(p for p in SIDE_PHRASES if stats.relations.get(p))
         if options:
             sites.append(_relation_site(match, options, rng))
     return sites
@@ -409,7 +266,7 @@ def _count_sites(doc: ParsedAnswer, stats: InjectionStats, rng: np.random.Genera
     for i in doc.count_positions():
         value = NUMBER_VALUES[doc.tokens[i].word]
         # "there are no cups" reads well, "a dish and no cups" does not: zero only after a verb
-        after_verb = i > 0 and doc.tokens[i - 1].word in _VERBS and doc.adjacent(i - 1)
+        after_verb = i > 0 and doc.tokens[i - 1].word in VERBS and doc.adjacent(i - 1)
         options = sorted(w for w in stats.numbers if NUMBER_VALUES.get(w, value) != value
                          and (after_verb or NUMBER_VALUES[w] > 0))
         if options:
@@ -421,7 +278,7 @@ def _number_site(doc: ParsedAnswer, i: int, options: Sequence[str], rng: np.rand
                  lexicon: Lexicon) -> _Site:
     """Another number; across one/many the noun and a verb just before follow ('is one cup' -> 'are two cups')."""
     noun = doc.noun_after(i)
-    verb = i - 1 if i and doc.tokens[i - 1].word in _VERBS and doc.adjacent(i - 1) else None
+    verb = i - 1 if i and doc.tokens[i - 1].word in VERBS and doc.adjacent(i - 1) else None
     spans = [(doc.tokens[i].start, doc.tokens[i].end)]
     if noun is not None:
         spans.append((doc.tokens[noun[0]].start, doc.tokens[noun[1] - 1].end))
@@ -438,7 +295,7 @@ def _number_site(doc: ParsedAnswer, i: int, options: Sequence[str], rng: np.rand
                 surface = doc.text[slice(*spans[1])]
                 pieces.append((*spans[1], lexicon.inflect(surface, not singular)))
             if verb is not None:
-                pieces.append((*spans[-1], cased(doc.source(verb), _VERBS[doc.tokens[verb].word])))
+                pieces.append((*spans[-1], cased(doc.source(verb), VERBS[doc.tokens[verb].word])))
         return pieces, Edit("count", doc.source(i), written)
 
     return _Site(tuple(spans), make)
@@ -460,7 +317,7 @@ def _choose(sites: dict[str, list[_Site]], n: int, rng: np.random.Generator) -> 
     edits: list[Edit] = []
     used: list[tuple[int, int]] = []
     while len(edits) < n:
-        free = {k: [s for s in v if not _overlaps(s.spans, used)] for k, v in sites.items()}
+        free = {k: [s for s in v if not overlaps(s.spans, used)] for k, v in sites.items()}
         kinds = [k for k, v in free.items() if v]
         if not kinds:
             break
@@ -485,7 +342,7 @@ def _flip(doc: ParsedAnswer, verdict: re.Match[str]) -> tuple[list[_Piece], list
     edits = [Edit("verdict", word, flipped)]
     t = doc.tokens
     for i in range(len(t) - 3):
-        if not (t[i].word == "there" and t[i + 1].word in _VERBS and doc.adjacent(i) and doc.adjacent(i + 1)):
+        if not (t[i].word == "there" and t[i + 1].word in VERBS and doc.adjacent(i) and doc.adjacent(i + 1)):
             continue
         det = doc.source(i + 2)
         if word.lower() == "yes" and (t[i + 2].word in ("a", "an", "some") or NUMBER_VALUES.get(t[i + 2].word, 0) > 0):

@@ -28,12 +28,11 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from realign_jax.eval.chair import load_synonyms
-from realign_jax.pairs.injection import COLOR_WORDS, SIZE_WORDS, Lexicon, ParsedAnswer
+from realign_jax.data.text import ATTRIBUTE_WORDS, load_synonyms
+from realign_jax.pairs.answers import Lexicon, ParsedAnswer
 from realign_jax.pairs.llm import ChatEndpoint
 
 MASK = "[MASK]"
-ATTRIBUTE_WORDS = COLOR_WORDS | SIZE_WORDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from realign_jax.eval.chair import load_synonyms
+from realign_jax.data.text import load_synonyms
 from realign_jax.pairs.injection import KINDS, InjectionStats, inject_records
 from realign_jax.pairs.inputs import rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.llm import ChatEndpoint

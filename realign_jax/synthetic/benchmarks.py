@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from realign_jax.synthetic.language import NUMBER_WORDS, OPPOSITE_RELATION, RELATION_PHRASES, with_article
+from realign_jax.data.text import NUMBER_WORDS, plural, with_article
+from realign_jax.synthetic.language import OPPOSITE_RELATION, RELATION_PHRASES
 from realign_jax.synthetic.scenes import anchors_without_companion
 from realign_jax.synthetic.truth import ImageTruth
-from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS, plural
+from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, COLORS
 
 
 def load_truth(world: str, split: str = "eval") -> list[ImageTruth]:

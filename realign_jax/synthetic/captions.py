@@ -12,15 +12,13 @@ from collections import Counter
 
 import numpy as np
 
+from realign_jax.data.text import capitalize, join_list, with_article
 from realign_jax.synthetic.language import (
     BACKGROUND_WORDS,
     POSITION_PHRASES,
     RELATION_PHRASES,
-    capitalize,
     count_phrase,
-    join_list,
     pick,
-    with_article,
     word_for,
 )
 from realign_jax.synthetic.truth import ImageTruth

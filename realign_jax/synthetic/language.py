@@ -1,5 +1,6 @@
-"""Small English helpers shared by captions and questions: articles, number words, lists,
-position and relation phrases, and the choice of a synonym.
+"""The world's own phrasing, shared by captions and questions: position and relation phrases,
+background words, counts, and the choice of a synonym. General English (articles, plurals,
+number words, lists) is data/text.py's.
 
 Varying the word for an object (cup / mug / teacup) is what makes the synonym table matter:
 CHAIR must map every surface form back to the canonical category.
@@ -11,35 +12,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from realign_jax.synthetic.vocabulary import BY_NAME, plural
+from realign_jax.data.text import OPPOSITE, number_word, plural
+from realign_jax.synthetic.vocabulary import BY_NAME, RELATIONS
 
-NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 POSITION_PHRASES: dict[str, str] = {"left": "on the left", "right": "on the right", "top": "at the top",
                                     "bottom": "at the bottom", "center": "in the center"}
 RELATION_PHRASES: dict[str, str] = {"left of": "to the left of", "right of": "to the right of",
                                     "above": "above", "below": "below"}
-OPPOSITE_RELATION: dict[str, str] = {"left of": "right of", "right of": "left of", "above": "below",
-                                     "below": "above"}
+OPPOSITE_RELATION: dict[str, str] = {relation: OPPOSITE[relation] for relation in RELATIONS}
 BACKGROUND_WORDS: dict[str, str] = {"solid": "plain", "gradient": "gradient", "noise": "textured"}
-
-
-def with_article(phrase: str) -> str:
-    return f"{'an' if phrase[:1].lower() in 'aeiou' else 'a'} {phrase}"
-
-
-def number_word(n: int) -> str:
-    return NUMBER_WORDS[n] if 0 <= n < len(NUMBER_WORDS) else str(n)
-
-
-def join_list(items: Sequence[str]) -> str:
-    """'a', 'a and b', 'a, b and c'."""
-    if len(items) <= 1:
-        return "".join(items)
-    return f"{', '.join(items[:-1])} and {items[-1]}"
-
-
-def capitalize(text: str) -> str:
-    return text[:1].upper() + text[1:]
 
 
 def pick(rng: np.random.Generator, options: Sequence[str]) -> str:

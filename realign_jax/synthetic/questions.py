@@ -14,21 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from realign_jax.data.text import capitalize, join_list, number_word, plural, with_article
 from realign_jax.synthetic.language import (
     OPPOSITE_RELATION,
     POSITION_PHRASES,
     RELATION_PHRASES,
-    capitalize,
     count_phrase,
-    join_list,
-    number_word,
     pick,
-    with_article,
     word_for,
 )
 from realign_jax.synthetic.scenes import anchors_without_companion
 from realign_jax.synthetic.truth import ImageTruth
-from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES, plural
+from realign_jax.synthetic.vocabulary import BY_NAME, CATEGORIES
 
 POPE_QUESTION = "Is there {} in the image?"  # POPE's wording, with the article
 _EXIST_QUESTIONS = (POPE_QUESTION, POPE_QUESTION, "Is there {} in this picture?", "Does the image contain {}?",

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from realign_jax.data.text import plural
+
 Role = Literal["anchor", "companion", "distractor"]
 RGB = tuple[int, int, int]
 
@@ -90,23 +92,6 @@ SYNONYMS: dict[str, tuple[str, ...]] = {
     "chair": ("seat",),
     "bell": ("handbell",),
 }
-
-_IRREGULAR_PLURALS = {"knife": "knives", "gateau": "gateaux"}
-
-
-def plural(word: str) -> str:
-    """English plural of a (possibly two-word) noun; only the last word inflects."""
-    head, _, last = word.rpartition(" ")
-    if last in _IRREGULAR_PLURALS:
-        inflected = _IRREGULAR_PLURALS[last]
-    elif last.endswith(("s", "sh", "ch", "x")):
-        inflected = last + "es"
-    elif last.endswith("y") and last[-2:-1] not in "aeiou":
-        inflected = last[:-1] + "ies"
-    else:
-        inflected = last + "s"
-    return f"{head} {inflected}" if head else inflected
-
 
 def _categories() -> tuple[Category, ...]:
     out = []
