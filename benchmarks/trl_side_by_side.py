@@ -418,7 +418,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
         jax.block_until_ready(metrics)
         channel.send({"seconds": time.perf_counter() - began})
     state_bytes = sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.opt_state, state.frozen,
-                                                          state.reference)))
+                                                          state.base_start)))
     channel.send({"state_bytes": state_bytes, "rss_after_import": after_import, "peak_rss": memory(),
                   "rss_end": memory("VmRSS"), "peak_flops": max(peak_at_start, peak()),
                   "device": f"{jax.devices()[0].device_kind} x {jax.device_count()}, jax {jax.__version__}"})

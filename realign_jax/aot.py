@@ -41,7 +41,7 @@ from realign_jax.data import random_pairs
 from realign_jax.data.pipeline import stack_examples
 from realign_jax.models.accounting import StepFlops, step_flops
 from realign_jax.models.partitioning import make_mesh
-from realign_jax.train.inputs import batch_shaper, random_pairs_spec
+from realign_jax.train.inputs import batch_shaper, random_pairs_recipe
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer, trained_parts
 
@@ -158,8 +158,8 @@ def host_batch(settings: TrainSettings, trainer: Trainer, data: Any) -> dict[str
     """One global batch of the random source's pairs (the layout the encoder writes: answers of 2
     up to what data.seq_len leaves after the image and prompt) shaped as training shapes it:
     padded at data.seq_len, or packed (`data.packing`, `share_prefix`, `pack_len`)."""
-    spec = random_pairs_spec(data, settings, trainer.model_config, settings.batch_size)
-    batch = stack_examples([random_pairs.make_example(i, spec) for i in range(settings.batch_size)])
+    recipe = random_pairs_recipe(data, settings, trainer.model_config, settings.batch_size)
+    batch = stack_examples([random_pairs.make_example(i, recipe) for i in range(settings.batch_size)])
     if settings.reference == "precomputed":
         batch["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
     # (padded: kept at seq_len, an upper bound, rather than trimmed to this batch's bucket)

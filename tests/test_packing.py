@@ -150,5 +150,5 @@ def test_each_image_is_encoded_once_per_step(monkeypatch, share_prefix, vision_t
     if share_prefix:
         host = to_packed(host, settings.layout, trainer.model_config, 1, share_prefix=True)
     with axis_rules(trainer.mesh, trainer.rules):  # traced, not compiled: the count is of the step's program
-        jax.eval_shape(lambda st, b: train_step(trainer.spec, st, b), state, trainer.device_batch(host))
+        jax.eval_shape(lambda st, b: train_step(trainer.statics, st, b), state, trainer.device_batch(host))
     assert calls == [config.train.batch_size * 2] * encodings  # each example's image and its retrieved one

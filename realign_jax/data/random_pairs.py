@@ -21,7 +21,9 @@ FIRST_TOKEN = 3  # 0 pad, 1 bos, 2 eos
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomPairsSpec:
+class RandomPairsRecipe:
+    """What the random source makes: row kinds and shapes of each example, how many, from which seed."""
+
     kinds: tuple[str, ...]  # rows per example, e.g. ("chosen", "rejected", "chosen_alt_image")
     num_images: int
     seq_len: int
@@ -40,38 +42,38 @@ class RandomPairsSpec:
                              f"tokens + prompt + a 2-token answer ({shortest})")
 
 
-def _text_tokens(rng: np.random.Generator, n: int, spec: RandomPairsSpec) -> np.ndarray:
-    tokens = rng.integers(FIRST_TOKEN, spec.vocab_size - 1, n)
-    return np.where(tokens >= spec.image_token_id, tokens + 1, tokens) % spec.vocab_size
+def _text_tokens(rng: np.random.Generator, n: int, recipe: RandomPairsRecipe) -> np.ndarray:
+    tokens = rng.integers(FIRST_TOKEN, recipe.vocab_size - 1, n)
+    return np.where(tokens >= recipe.image_token_id, tokens + 1, tokens) % recipe.vocab_size
 
 
-def make_example(index: int, spec: RandomPairsSpec) -> dict[str, np.ndarray]:
+def make_example(index: int, recipe: RandomPairsRecipe) -> dict[str, np.ndarray]:
     """One example: K rows of ids/masks plus its images; "chosen_alt_image" repeats y_w."""
-    rng = np.random.default_rng((spec.seed, index))
-    prompt = np.concatenate([[BOS], np.full(spec.num_image_tokens, spec.image_token_id),
-                             _text_tokens(rng, spec.prompt_len, spec)])
-    room = spec.seq_len - len(prompt)
-    responses = {"chosen": _text_tokens(rng, rng.integers(2, room + 1), spec),
-                 "rejected": _text_tokens(rng, rng.integers(2, room + 1), spec),
-                 "rejected_noisy": _text_tokens(rng, rng.integers(2, room + 1), spec)}
+    rng = np.random.default_rng((recipe.seed, index))
+    prompt = np.concatenate([[BOS], np.full(recipe.num_image_tokens, recipe.image_token_id),
+                             _text_tokens(rng, recipe.prompt_len, recipe)])
+    room = recipe.seq_len - len(prompt)
+    responses = {"chosen": _text_tokens(rng, rng.integers(2, room + 1), recipe),
+                 "rejected": _text_tokens(rng, rng.integers(2, room + 1), recipe),
+                 "rejected_noisy": _text_tokens(rng, rng.integers(2, room + 1), recipe)}
     responses["chosen_alt_image"] = responses["chosen"]
-    k = len(spec.kinds)
-    ids = np.zeros((k, spec.seq_len), np.int32)
-    attention = np.zeros((k, spec.seq_len), np.int32)
-    loss = np.zeros((k, spec.seq_len), np.int32)
-    for row, kind in enumerate(spec.kinds):
+    k = len(recipe.kinds)
+    ids = np.zeros((k, recipe.seq_len), np.int32)
+    attention = np.zeros((k, recipe.seq_len), np.int32)
+    loss = np.zeros((k, recipe.seq_len), np.int32)
+    for row, kind in enumerate(recipe.kinds):
         tokens = np.concatenate([prompt, responses[kind]])
         ids[row, : len(tokens)] = tokens
         attention[row, : len(tokens)] = 1
         loss[row, len(prompt) : len(tokens)] = 1
-    pixels = rng.normal(size=(spec.num_images, 3, spec.image_size, spec.image_size)).astype(np.float32)
+    pixels = rng.normal(size=(recipe.num_images, 3, recipe.image_size, recipe.image_size)).astype(np.float32)
     return {"input_ids": ids, "attention_mask": attention, "loss_mask": loss, "pixel_values": pixels}
 
 
-def dataset(spec: RandomPairsSpec, batch_size: int, *, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
+def dataset(recipe: RandomPairsRecipe, batch_size: int, *, shard_index: int = 0, shard_count: int = 1) -> grain.IterDataset:
     """Shuffled, repeating batches of this process's share of the examples."""
     local_batch = per_process_batch(batch_size, shard_count)
-    examples = grain.MapDataset.range(spec.num_examples).shuffle(seed=spec.seed)
+    examples = grain.MapDataset.range(recipe.num_examples).shuffle(seed=recipe.seed)
     examples = examples[shard_index::shard_count].repeat()
-    return examples.map(lambda i: make_example(int(i), spec)).batch(local_batch, drop_remainder=True) \
+    return examples.map(lambda i: make_example(int(i), recipe)).batch(local_batch, drop_remainder=True) \
         .to_iter_dataset()

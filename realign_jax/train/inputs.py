@@ -51,15 +51,15 @@ def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
             settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record, shard_index=jax.process_index(),
             shard_count=jax.process_count(), workers=data.workers,
             cache_mb=data.cache_mb)
-    return random_pairs.dataset(random_pairs_spec(data, settings, model, data.num_examples), settings.batch_size,
+    return random_pairs.dataset(random_pairs_recipe(data, settings, model, data.num_examples), settings.batch_size,
                                 shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
-def random_pairs_spec(data: Any, settings: TrainSettings, model: LlavaConfig,
-                      num_examples: int) -> random_pairs.RandomPairsSpec:
+def random_pairs_recipe(data: Any, settings: TrainSettings, model: LlavaConfig,
+                        num_examples: int) -> random_pairs.RandomPairsRecipe:
     """The random smoke-test pairs (`data.source='random'`) in the layout the encoder writes for
     this objective and model."""
-    return random_pairs.RandomPairsSpec(
+    return random_pairs.RandomPairsRecipe(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
         num_image_tokens=model.num_image_tokens, image_size=model.vision.image_size,

@@ -36,7 +36,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # uint32[2], split once per step
     frozen: nnx.State  # every other parameter (the base under LoRA, the vision tower)
-    reference: nnx.State  # start values of the trainable *base* parameters (empty when unused)
+    base_start: nnx.State  # start values of the trained *base* parameters, for the reference (empty when unused)
 
     def checkpointed(self) -> dict[str, Any]:
         """What a checkpoint holds: the frozen parts come back from the base checkpoint."""
@@ -44,7 +44,7 @@ class TrainState:
 
 
 @dataclasses.dataclass(frozen=True)
-class StepSpec:
+class StepStatics:
     """Everything static about the step (hashable pieces and the model graph)."""
 
     graphdef: Any
@@ -65,42 +65,43 @@ def _fresh_dropout_keys(template: nnx.State, key: jax.Array) -> nnx.State:
     return jax.tree.unflatten(treedef, keys)
 
 
-def _models(spec: StepSpec, state: TrainState, trainable: nnx.State, key: jax.Array) -> tuple[LlavaModel, LlavaModel]:
-    keys = _fresh_dropout_keys(spec.dropout_keys, key)
-    policy = nnx.merge(spec.graphdef, trainable, keys, state.frozen)
-    reference = nnx.merge(spec.graphdef, jax.lax.stop_gradient(trainable), keys, state.frozen)
-    if len(jax.tree.leaves(state.reference)):
-        nnx.update(reference, state.reference)
+def _models(statics: StepStatics, state: TrainState, trainable: nnx.State,
+            key: jax.Array) -> tuple[LlavaModel, LlavaModel]:
+    keys = _fresh_dropout_keys(statics.dropout_keys, key)
+    policy = nnx.merge(statics.graphdef, trainable, keys, state.frozen)
+    reference = nnx.merge(statics.graphdef, jax.lax.stop_gradient(trainable), keys, state.frozen)
+    if len(jax.tree.leaves(state.base_start)):  # trained base groups: the reference keeps their start values
+        nnx.update(reference, state.base_start)
     set_lora_enabled(reference, False)
     return policy, reference
 
 
-def _loss(spec: StepSpec, state: TrainState, trainable: nnx.State, batch: Batch,
+def _loss(statics: StepStatics, state: TrainState, trainable: nnx.State, batch: Batch,
           key: jax.Array) -> tuple[jax.Array, Metrics]:
-    policy, reference = _models(spec, state, trainable, key)
+    policy, reference = _models(statics, state, trainable, key)
     states = image_states(policy, batch["pixel_values"])
-    if not spec.vision_trainable:
+    if not statics.vision_trainable:
         states = jax.lax.stop_gradient(states)  # a frozen tower's features serve the reference too
-    policy_rows = row_logps(policy, states, batch, spec.layout)
-    if spec.objective == "sft":
+    policy_rows = row_logps(policy, states, batch, statics.layout)
+    if statics.objective == "sft":
         chosen = policy_rows["chosen"]
         tokens = jnp.sum(policy_rows["length_chosen"])
         loss = -jnp.sum(chosen) / jnp.maximum(tokens, 1)
         return loss, {"loss": loss, "logps/chosen": jnp.mean(chosen)}
-    if spec.reference == "precomputed":
-        ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(spec.layout.kinds)}
+    if statics.reference == "precomputed":
+        ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(statics.layout.kinds)}
     else:
-        ref_states = image_states(reference, batch["pixel_values"]) if spec.vision_trainable else states
-        ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, spec.layout))
-    return get_loss(spec.objective)(policy_rows, ref_rows, spec.loss)
+        ref_states = image_states(reference, batch["pixel_values"]) if statics.vision_trainable else states
+        ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, statics.layout))
+    return get_loss(statics.objective)(policy_rows, ref_rows, statics.loss)
 
 
-def reference_logps(spec: StepSpec, state: TrainState, batch: Batch) -> jax.Array:
+def reference_logps(statics: StepStatics, state: TrainState, batch: Batch) -> jax.Array:
     """The reference's summed log-probs [B, K] for a batch: what `reference='precomputed'` reads
     from `batch['ref_logps']` (a precompute pass runs this once over the data)."""
-    _, reference = _models(spec, state, state.trainable, state.rng)
-    rows = row_logps(reference, image_states(reference, batch["pixel_values"]), batch, spec.layout)
-    return jnp.stack([rows[kind] for kind in spec.layout.kinds], axis=1)
+    _, reference = _models(statics, state, state.trainable, state.rng)
+    rows = row_logps(reference, image_states(reference, batch["pixel_values"]), batch, statics.layout)
+    return jnp.stack([rows[kind] for kind in statics.layout.kinds], axis=1)
 
 
 def _micro_batches(batch: Batch, count: int) -> Batch:
@@ -111,10 +112,10 @@ def _micro_batches(batch: Batch, count: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+def train_step(statics: StepStatics, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
     rng, key = jax.random.split(state.rng)
-    grad_fn = jax.value_and_grad(lambda t, b, k: _loss(spec, state, t, b, k), has_aux=True)
-    if spec.grad_accum == 1:
+    grad_fn = jax.value_and_grad(lambda t, b, k: _loss(statics, state, t, b, k), has_aux=True)
+    if statics.grad_accum == 1:
         (_, metrics), grads = grad_fn(state.trainable, batch, key)
     else:
         def accumulate(carry: Any, xs: tuple[Batch, jax.Array]) -> tuple[Any, None]:
@@ -122,25 +123,26 @@ def train_step(spec: StepSpec, state: TrainState, batch: Batch) -> tuple[TrainSt
             (_, micro_metrics), micro_grads = grad_fn(state.trainable, micro, jax.random.fold_in(key, index))
             return jax.tree.map(jnp.add, carry, (micro_grads, micro_metrics)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.trainable, _first(batch, spec.grad_accum), key))
+        first = _first(batch, statics.grad_accum)
+        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, state.trainable, first, key))
         init = (zeros[1], zeros[0][1])
         (grads, metrics), _ = jax.lax.scan(accumulate, init,
-                                           (_micro_batches(batch, spec.grad_accum), jnp.arange(spec.grad_accum)))
-        grads, metrics = jax.tree.map(lambda x: x / spec.grad_accum, (grads, metrics))
+                                           (_micro_batches(batch, statics.grad_accum), jnp.arange(statics.grad_accum)))
+        grads, metrics = jax.tree.map(lambda x: x / statics.grad_accum, (grads, metrics))
     # A non-finite loss or gradient leaves the parameters and optimiser moments as they were;
     # the loop reads `nonfinite` and skips or stops (train.on_nonfinite).
     finite = jnp.isfinite(metrics["loss"]) & all_finite(grads)
 
     def update(_: None) -> tuple[nnx.State, Any]:
-        updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
+        updates, opt_state = statics.tx.update(grads, state.opt_state, state.trainable)
         return optax.apply_updates(state.trainable, updates), opt_state
 
     trainable, opt_state = jax.lax.cond(finite, update, lambda _: (state.trainable, state.opt_state), None)
     metrics = dict(metrics)
     metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["lr"] = spec.schedules["default"](state.step)
-    for name, schedule in spec.schedules.items():
+    metrics["lr"] = statics.schedules["default"](state.step)
+    for name, schedule in statics.schedules.items():
         if name != "default":
             metrics[f"lr/{name}"] = schedule(state.step)
     metrics["tokens"] = jnp.sum(batch["attention_mask"])

@@ -24,7 +24,7 @@ from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_t
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
 from realign_jax.train.optimizer import dotted, make_optimizer
 from realign_jax.train.settings import MODEL_RUNTIME_KEYS, TrainSettings
-from realign_jax.train.step import Batch, Metrics, StepSpec, TrainState, all_finite, reference_logps, train_step
+from realign_jax.train.step import Batch, Metrics, StepStatics, TrainState, all_finite, reference_logps, train_step
 
 
 def _runtime(model: dict[str, Any]) -> dict[str, Any]:
@@ -91,15 +91,15 @@ class Trainer:
             raise ValueError(f"train.trainable={s.trainable!r} matches no parameter and LoRA is off")
         trainable = jax.device_put(trainable, state_shardings(trainable, self.mesh, self.rules))
         base_trainable = nnx.filter_state(trainable, nnx.Not(LoraParam))
-        reference = base_trainable if s.reference in ("lora_off", "frozen_copy") else nnx.State({})
-        reference = jax.jit(lambda t: jax.tree.map(jnp.copy, t),
-                            out_shardings=state_shardings(reference, self.mesh, self.rules))(reference)
+        base_start = base_trainable if s.reference in ("lora_off", "frozen_copy") else nnx.State({})
+        base_start = jax.jit(lambda t: jax.tree.map(jnp.copy, t),
+                             out_shardings=state_shardings(base_start, self.mesh, self.rules))(base_start)
         tx, schedules = make_optimizer(s.optim, s.steps, trainable)
         opt_shardings = state_shardings(jax.eval_shape(tx.init, trainable), self.mesh, self.rules)
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(trainable)
         vision_trainable = any(dotted(path).startswith("vision_tower.")
                                for path, _ in jax.tree_util.tree_leaves_with_path(trainable))
-        self.spec = StepSpec(
+        self.statics = StepStatics(
             graphdef=graphdef, objective=s.objective, loss=s.loss, layout=s.layout, reference=s.reference,
             grad_accum=s.grad_accum, tx=tx, schedules=schedules, vision_trainable=vision_trainable,
             dropout_keys=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), keys),
@@ -107,7 +107,7 @@ class Trainer:
         replicated = NamedSharding(self.mesh, PartitionSpec())
         return TrainState(
             step=jax.device_put(jnp.zeros((), jnp.int32), replicated), trainable=trainable, opt_state=opt_state,
-            rng=jax.device_put(jax.random.PRNGKey(s.seed), replicated), frozen=frozen, reference=reference,
+            rng=jax.device_put(jax.random.PRNGKey(s.seed), replicated), frozen=frozen, base_start=base_start,
         )
 
     def abstract_state(self) -> TrainState:
@@ -150,7 +150,7 @@ class Trainer:
         state_sh = self.state_shardings(state)
         batch_sh = {k: self.batch_sharding(v.ndim) for k, v in batch.items()}
         replicated = NamedSharding(self.mesh, PartitionSpec())
-        jitted = jax.jit(lambda st, b: train_step(self.spec, st, b), in_shardings=(state_sh, batch_sh),
+        jitted = jax.jit(lambda st, b: train_step(self.statics, st, b), in_shardings=(state_sh, batch_sh),
                          out_shardings=(state_sh, replicated), donate_argnums=0)
         with axis_rules(self.mesh, self.rules):
             compiled = jitted.lower(state, batch).compile()
@@ -186,15 +186,15 @@ class Trainer:
     def reference_logps(self, state: TrainState, batch: Batch) -> jax.Array:
         """[B, K] reference log-probs of a batch, for precomputing them once."""
         if self._reference_fn is None:
-            self._reference_fn = jax.jit(lambda st, b: reference_logps(self.spec, st, b))
+            self._reference_fn = jax.jit(lambda st, b: reference_logps(self.statics, st, b))
         with axis_rules(self.mesh, self.rules):
             return self._reference_fn(state, batch)
 
     # -- views and export ---------------------------------------------------------------------
     def policy(self, state: TrainState) -> LlavaModel:
         """The current policy as a model (LoRA still separate)."""
-        keys = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), self.spec.dropout_keys)
-        return nnx.merge(self.spec.graphdef, state.trainable, keys, state.frozen)
+        keys = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), self.statics.dropout_keys)
+        return nnx.merge(self.statics.graphdef, state.trainable, keys, state.frozen)
 
     def merged_policy(self, state: TrainState) -> LlavaModel:
         """The policy with adapters folded in: a plain LlavaModel."""
