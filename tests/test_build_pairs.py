@@ -84,6 +84,26 @@ def test_rejected_captions_hallucinate_and_chosen_do_not(world: Path, tmp_path: 
     assert rejected["chair_s"] > 0.9 and rejected["chair_i"] > 0.2, (rejected["chair_s"], rejected["chair_i"])
 
 
+def test_every_builder_has_the_same_pair_keys_and_povid_honours_max_records(world: Path, tmp_path: Path) -> None:
+    """pairs.max_records is a key of every builder; POVID's pairs are the first N records', its
+    injection statistics still learnt from all of them."""
+    import bdhs_pairs
+    import realign_pairs
+
+    common = set(povid_pairs.get_config().pairs)
+    for other in (realign_pairs.get_config(), bdhs_pairs.get_config()):
+        assert {"max_records", "shard_size", "seed", "output", "builder"} <= common & set(other.pairs)
+    config = config_for(world)
+    config.pairs.max_records = 7
+    run(config, str(tmp_path))
+    first = {r["id"] for r in read_records(str(world / "train" / "sft.jsonl"))[:7]}
+    built = [r["id"] for r in read_pairs(tmp_path / "pairs")]
+    assert 0 < len(built) <= 7 and set(built) <= first, (built, first)
+    config.pairs.max_records = -1
+    with pytest.raises(ValueError, match="pairs.max_records=-1 must be >= 0"):
+        run(config, str(tmp_path / "other"))
+
+
 def test_bad_settings_name_the_key(world: Path, tmp_path: Path) -> None:
     config = config_for(world)
     config.pairs.kinds = "objects"

@@ -23,12 +23,12 @@ def check_config(config: Any) -> None:
     pairs = config.pairs
     if pairs.builder not in BUILDERS:
         raise ValueError(f"pairs.builder={pairs.builder!r}: choose one of {tuple(BUILDERS)}")
+    if pairs.max_records < 0:
+        raise ValueError(f"pairs.max_records={pairs.max_records} must be >= 0 (0 = all records)")
     if BUILDERS[pairs.builder].needs_model:
         if not config.model.get("path"):
             raise ValueError(f"model.path is empty: {pairs.builder} generates with a LLaVA model; give its Hugging "
                              "Face folder (e.g. the export/ of configs/sft_world.py)")
-        if pairs.max_records < 0:
-            raise ValueError(f"pairs.max_records={pairs.max_records} must be >= 0 (0 = all records)")
 
 
 def build_pairs(config: Any, workdir: str) -> dict[str, Any]:

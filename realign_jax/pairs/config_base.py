@@ -9,7 +9,9 @@ import ml_collections
 def pairs_config(builder: str, *, world_records: str, model: bool) -> ml_collections.ConfigDict:
     """A build_pairs config over the synthetic world's `train/<world_records>.jsonl` unless
     data.path is given; `model=True` adds the VLM the builder generates with and the keys of
-    the model-based builders (sentence embedder, batch size, a record cap)."""
+    the model-based builders (sentence embedder, batch size). Under `pairs.max_records`,
+    Re-Align still indexes every record's image and POVID learns its injection statistics
+    from every record."""
     config = ml_collections.ConfigDict()
     config.mode = "build_pairs"
     config.world = ml_collections.ConfigDict()  # must match the world the model was trained on
@@ -31,10 +33,10 @@ def pairs_config(builder: str, *, world_records: str, model: bool) -> ml_collect
     config.pairs.output = ""  # empty = <workdir>/pairs
     config.pairs.seed = 0
     config.pairs.shard_size = 1000  # records per output shard: the unit a rerun skips
+    config.pairs.max_records = 0  # pairs for the first N records only; 0 = all (a builder still learns from all)
     if model:
         config.pairs.sentence_model = ""  # sentence-transformers folder; empty = the packaged all-MiniLM-L6-v2
         config.pairs.batch_size = 32  # prompts per generation batch
-        config.pairs.max_records = 0  # the first N records only; 0 = all
     return config
 
 
@@ -62,7 +64,6 @@ def realign_pairs_config() -> ml_collections.ConfigDict:
     config.pairs.max_fill_tokens = 24  # generated per mask; the fill is cut to the span's words + 3
     config.pairs.temperature = 0.0  # 0 = greedy refills
     config.pairs.batch_size = 64  # prompts per generation batch, images per embedding batch
-    config.pairs.max_records = 0  # the first N records only (all records' images are still indexed); 0 = all
     config.pairs.seed = 0  # sampling seed when temperature > 0
     return config
 

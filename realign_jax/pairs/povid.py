@@ -81,8 +81,10 @@ def build_povid(config: Any, records: Sequence[dict[str, Any]], image_root: str,
                                    counts=counts))
 
     manifest = {"builder": "povid", "records_path": os.path.abspath(config.data.path), "synonyms": synonyms,
-                "seed": pairs.seed, "kinds": list(kinds), "max_edits": pairs.max_edits}
-    return build_in_shards(records, output, pairs.shard_size, build, manifest, desc="povid injection")
+                "seed": pairs.seed, "kinds": list(kinds), "max_edits": pairs.max_edits,
+                "max_records": pairs.max_records}
+    selected = records[:pairs.max_records] if pairs.max_records else records  # the statistics saw them all
+    return build_in_shards(selected, output, pairs.shard_size, build, manifest, desc="povid injection")
 
 
 def _build_with_llm(config: Any, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
@@ -93,5 +95,6 @@ def _build_with_llm(config: Any, records: Sequence[dict[str, Any]], image_root: 
         return injector.pairs([rebase_image(dict(r), image_root, output) for r in part], counts)
 
     manifest = {"builder": "povid", "injector": "llm", "records_path": os.path.abspath(config.data.path),
-                "llm_base_url": llm.base_url, "llm_model": llm.model}
-    return build_in_shards(records, output, config.pairs.shard_size, build, manifest, desc="povid llm injection")
+                "llm_base_url": llm.base_url, "llm_model": llm.model, "max_records": config.pairs.max_records}
+    selected = records[:config.pairs.max_records] if config.pairs.max_records else records
+    return build_in_shards(selected, output, config.pairs.shard_size, build, manifest, desc="povid llm injection")
