@@ -65,9 +65,21 @@ def _prepare_world(config: Any, workdir: str) -> None:
         config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
 
 
-def _train(config: Any, workdir: str, options: RunOptions) -> None:
-    from realign_jax.train.loop import train
+def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
+          overwrite: bool = False) -> dict[str, Any]:
+    """`train.loop.train` with online BDHS's round sampler plugged in when `online_bdhs.every` is
+    set (train/ does not import pairs/, docs/design.md "Rooms and who may import whom")."""
+    from realign_jax.train import loop
 
+    sampler = None
+    if config.get("online_bdhs") and config.online_bdhs.every:
+        from realign_jax.pairs.bdhs import online_sampler
+
+        sampler = online_sampler(config.online_bdhs)
+    return loop.train(config, workdir, xla=xla, stop_after=stop_after, overwrite=overwrite, online_sampler=sampler)
+
+
+def _train(config: Any, workdir: str, options: RunOptions) -> None:
     _prepare_world(config, workdir)
     outputs = train(config, workdir, xla=options.xla, overwrite=options.overwrite)
     metrics = outputs["metrics"]
@@ -133,8 +145,9 @@ def _precompute(config: Any, workdir: str, options: RunOptions) -> None:
 def _eval(config: Any, workdir: str, options: RunOptions) -> None:
     del options  # --xla profiles training steps
     from realign_jax.eval.suite import evaluate
+    from realign_jax.synthetic import benchmarks
 
-    evaluate(config, workdir)
+    evaluate(config, workdir, benchmarks)  # the world's ground truth: eval/ does not import synthetic/
 
 
 def _pipeline(config: Any, workdir: str, options: RunOptions) -> None:

@@ -15,8 +15,10 @@ import pytest
 from conftest import build_world_llava
 
 from realign_jax.data import images as image_ops
-from realign_jax.eval.answering import Answerer, image_prompt_ids
+from realign_jax.data.chat import ChatCodec
+from realign_jax.data.prompting import image_prompt_ids
 from realign_jax.main import run
+from realign_jax.models.answering import Answerer
 from realign_jax.models.generation import SamplingConfig, decode, generate
 from realign_jax.pairs.bdhs import (
     BdhsSampler,
@@ -53,7 +55,7 @@ def checkpoint(world: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def answerer(checkpoint: str) -> Answerer:
-    return Answerer.load(checkpoint, batch_size=8)
+    return Answerer.load(checkpoint, ChatCodec.load, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -127,18 +129,19 @@ def test_hidden_image_is_not_seen(world: Path, answerer: Answerer, embedder: Sen
 
 def plain_generation(answerer: Answerer, image: str, question: str, prefix: str = "") -> str:
     """What `generate` writes after the prompt, with no `hidden` mask and no padding."""
-    ids = image_prompt_ids(answerer.tokenizer, question, answerer.model.config.num_image_tokens, prefix)
-    sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, eos_token_ids=(answerer.tokenizer.eos_token_id,),
+    tokenizer, spec = answerer.codec.tokenizer, answerer.codec.spec
+    ids = image_prompt_ids(tokenizer, question, answerer.model.config.num_image_tokens, prefix)
+    sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, eos_token_ids=(tokenizer.eos_token_id,),
                               pad_token_id=answerer.pad_id)
-    pixels = image_ops.preprocess(image_ops.load_image(image), answerer.spec)[None]
+    pixels = image_ops.preprocess(image_ops.load_image(image), spec)[None]
     output = generate(answerer.model, np.asarray([ids], np.int32), sampling, pixel_values=pixels)
     if not prefix:
-        return decode(output.tokens, output.lengths, answerer.tokenizer)[0].strip()
+        return decode(output.tokens, output.lengths, tokenizer)[0].strip()
     # With a prefix: the whole decoded row minus the decoded prompt, so the continuation keeps
     # the space it begins with.
     generated = [int(t) for t in np.asarray(output.tokens)[0, :int(output.lengths[0])]]
-    prompt = answerer.tokenizer.decode(ids, skip_special_tokens=True)
-    whole = answerer.tokenizer.decode(ids + generated, skip_special_tokens=True)
+    prompt = tokenizer.decode(ids, skip_special_tokens=True)
+    whole = tokenizer.decode(ids + generated, skip_special_tokens=True)
     assert whole.startswith(prompt)
     return whole[len(prompt):].rstrip()
 

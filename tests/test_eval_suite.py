@@ -10,8 +10,9 @@ import sys
 import pytest
 from conftest import build_world_llava
 
+from realign_jax.data.chat import ChatCodec
 from realign_jax.eval import pope
-from realign_jax.eval.answering import Answerer
+from realign_jax.models.answering import Answerer
 from realign_jax.synthetic import benchmarks
 from realign_jax.synthetic.config import WorldConfig
 from realign_jax.synthetic.truth import ImageTruth
@@ -38,8 +39,8 @@ def test_batched_answers_equal_answers_one_at_a_time(world, transformers_checkpo
     one batch give the answers each gets alone."""
     questions = benchmarks.amber_questions(world, seed=1)[:5]
     items = [(q["image"], q["text"]) for q in questions]
-    together = Answerer.load(transformers_checkpoint, batch_size=8).answer(items, max_new_tokens=6)
-    alone = Answerer.load(transformers_checkpoint, batch_size=1)
+    together = Answerer.load(transformers_checkpoint, ChatCodec.load, batch_size=8).answer(items, max_new_tokens=6)
+    alone = Answerer.load(transformers_checkpoint, ChatCodec.load, batch_size=1)
     assert together == [alone.answer([item], max_new_tokens=6)[0] for item in items]
     assert len({len(q["text"]) for q in questions}) > 1  # the prompts really differ in length
 

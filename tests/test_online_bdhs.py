@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from conftest import build_world_llava
 
-from realign_jax.eval.answering import Answerer
+from realign_jax.data.chat import ChatCodec
+from realign_jax.main import train
+from realign_jax.models.answering import Answerer
 from realign_jax.pairs.bdhs import BdhsSampler, settings_from_config
 from realign_jax.pairs.inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.synthetic import WorldConfig, generate_world
-from realign_jax.train.loop import train
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import bdhs_train  # noqa: E402
@@ -67,7 +68,7 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
     # otherwise about the same records.
     records = read_records(config.data.path)
     order = np.random.default_rng(config.data.seed).permutation(len(records))
-    sampler = BdhsSampler(Answerer.load(checkpoint, batch_size=8), SentenceEmbedder.load(),
+    sampler = BdhsSampler(Answerer.load(checkpoint, ChatCodec.load, batch_size=8), SentenceEmbedder.load(),
                           settings_from_config(config.online_bdhs))
     folder = str(tmp_path / "whole" / "online_bdhs")
     image_root = str(world / "train")

@@ -121,6 +121,21 @@ def encode_with_image_tokens(
     return [token for token_id in ids for token in [token_id] * (num_image_tokens if token_id == image_id else 1)]
 
 
+def image_prompt_ids(tokenizer: PreTrainedTokenizerBase, question: str, num_image_tokens: int,
+                     prefix: str = "") -> list[int]:
+    """One user turn (image, then the question) with the assistant's turn opened and, if given,
+    begun with `prefix` (rendered as the template renders an answer, cut after the prefix):
+    the prompt the generation runner (models/answering.py) continues."""
+    user = {"role": "user", "content": f"{IMAGE_PLACEHOLDER}\n{question}"}
+    if prefix:
+        text = render_conversation(tokenizer, [user, {"role": "assistant", "content": prefix}],
+                                   add_generation_prompt=False)
+        text = text[: text.rindex(prefix) + len(prefix)]
+    else:
+        text = render_conversation(tokenizer, [user], add_generation_prompt=True)
+    return encode_with_image_tokens(tokenizer, text, IMAGE_PLACEHOLDER, num_image_tokens)
+
+
 def _single_token_id(tokenizer: PreTrainedTokenizerBase, token: str) -> int:
     ids = tokenizer.encode(token, add_special_tokens=False)
     if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:

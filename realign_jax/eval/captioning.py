@@ -22,7 +22,6 @@ from tqdm import tqdm
 
 from realign_jax.data import images as image_ops
 from realign_jax.data import prompting
-from realign_jax.eval.answering import image_prompt_ids
 from realign_jax.models import hf
 from realign_jax.models.config import preset
 from realign_jax.models.generation import SamplingConfig, decode, generate
@@ -55,7 +54,7 @@ def _prompt_ids(path: str, model: LlavaModel, prompt: str) -> tuple[list[int], A
     if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
         return [1] + [model.config.image_token_id] * model.config.num_image_tokens, None
     tokenizer = prompting.load_tokenizer(path)
-    return image_prompt_ids(tokenizer, prompt, model.config.num_image_tokens), tokenizer
+    return prompting.image_prompt_ids(tokenizer, prompt, model.config.num_image_tokens), tokenizer
 
 
 def caption(config: Any, workdir: str) -> list[dict[str, Any]]:

@@ -4,6 +4,9 @@ Each benchmark is a registered unit (`BENCHMARKS`): it builds its questions or p
 the ground truth (the synthetic world's eval split, or the real benchmark's files), asks the
 `Answerer`, writes every answer as JSON lines under `<workdir>/eval/` and returns its
 scores. `results.json` collects all scores; a table is printed.
+
+The world's ground truth comes in as `WorldBenchmarks` (synthetic/benchmarks.py, which main.py
+passes): eval/ does not import synthetic/ (docs/design.md, "Rooms and who may import whom").
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from realign_jax.data.chat import ChatCodec
 from realign_jax.eval import amber, chair, pope
-from realign_jax.eval.answering import Answerer
-from realign_jax.synthetic import benchmarks as world_benchmarks
+from realign_jax.models.answering import Answerer
 
 
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
@@ -25,18 +28,33 @@ def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def _world_images(spec: Any) -> list[dict[str, Any]]:
+class WorldBenchmarks(Protocol):
+    """A synthetic world's ground truth in the forms the evaluators take (synthetic/benchmarks.py)."""
+
+    def object_lists(self, world: str) -> list[dict[str, Any]]: ...
+
+    def amber_questions(self, world: str, *, seed: int = 0) -> list[dict[str, Any]]: ...
+
+
+def _world(world: WorldBenchmarks | None) -> WorldBenchmarks:
+    if world is None:
+        raise ValueError("eval.world needs the world's benchmarks: run the evaluation through realign_jax.main "
+                         "(mode=eval), which passes them in")
+    return world
+
+
+def _world_images(spec: Any, world: WorldBenchmarks | None) -> list[dict[str, Any]]:
     """The world's eval images with their object lists, the first `eval.max_images` (0 = all)."""
-    return world_benchmarks.object_lists(spec.world)[: spec.max_images or None]
+    return _world(world).object_lists(spec.world)[: spec.max_images or None]
 
 
-def run_pope(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+def run_pope(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """POPE per split: built from the world's object lists, or read from the real files."""
     if spec.pope_file:
         sets = {os.path.splitext(os.path.basename(spec.pope_file))[0]: pope.read_pope_file(spec.pope_file,
                                                                                           spec.image_folder)}
     else:
-        images = _world_images(spec)
+        images = _world_images(spec, world)
         sets = {split: pope.build_questions(images, split, seed=spec.seed, per_image=spec.pope_per_image)
                 for split in pope.SPLITS}
     scores = {}
@@ -49,7 +67,7 @@ def run_pope(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
     return scores
 
 
-def run_chair(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+def run_chair(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """CHAIR on captions of the world's eval images, or of COCO images with their instances."""
     if spec.coco_instances:
         synonyms = chair.load_synonyms(spec.synonyms) if spec.synonyms else {}
@@ -58,7 +76,7 @@ def run_chair(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
                   for name, objects in truth.items()][: spec.max_images or None]
     else:
         synonyms = chair.load_synonyms(os.path.join(spec.world, "synonyms.txt"))
-        images = _world_images(spec)
+        images = _world_images(spec, world)
     captions = answerer.answer([(i["image"], spec.caption_prompt) for i in images], max_new_tokens=spec.caption_tokens,
                                desc="chair")
     scores = chair.chair([{"image": i["image"], "text": c} for i, c in zip(images, captions)],
@@ -68,11 +86,11 @@ def run_chair(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
     return scores
 
 
-def run_amber(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
+def run_amber(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """AMBER-style yes/no probes by type with "No" as the positive class (world only)."""
     if not spec.world:
         raise ValueError("eval.benchmarks=amber needs eval.world (the AMBER files are not read yet)")
-    questions = world_benchmarks.amber_questions(spec.world, seed=spec.seed)
+    questions = _world(world).amber_questions(spec.world, seed=spec.seed)
     if spec.max_images:
         kept = set(sorted({q["image"] for q in questions})[: spec.max_images])
         questions = [q for q in questions if q["image"] in kept]
@@ -82,7 +100,7 @@ def run_amber(answerer: Answerer, spec: Any, out: str) -> dict[str, Any]:
     return amber.amber_metrics(answers, [q["label"] for q in questions], [q["type"] for q in questions])
 
 
-BENCHMARKS: dict[str, Callable[[Answerer, Any, str], dict[str, Any]]] = {
+BENCHMARKS: dict[str, Callable[[Answerer, Any, str, WorldBenchmarks | None], dict[str, Any]]] = {
     "pope": run_pope, "chair": run_chair, "amber": run_amber}
 
 
@@ -104,7 +122,9 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def evaluate(config: Any, workdir: str) -> dict[str, Any]:
+def evaluate(config: Any, workdir: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+    """Run `eval.benchmarks` on `model.path`; `world` reads `eval.world`'s ground truth (main.py
+    passes synthetic/benchmarks.py)."""
     spec = config.eval
     names = [n.strip() for n in spec.benchmarks.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
@@ -118,12 +138,12 @@ def evaluate(config: Any, workdir: str) -> dict[str, Any]:
                          "(eval.pope_file / eval.coco_instances + eval.image_folder) are required")
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
-    answerer = Answerer.load(config.model.path, dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                        batch_size=spec.batch_size)
+    answerer = Answerer.load(config.model.path, ChatCodec.load, dtype=config.model.dtype,
+                             param_dtype=config.model.param_dtype, batch_size=spec.batch_size)
     began = time.perf_counter()
     results: dict[str, Any] = {"model": config.model.path, "world": spec.world or None}
     for name in names:
-        results[name] = BENCHMARKS[name](answerer, spec, out)
+        results[name] = BENCHMARKS[name](answerer, spec, out, world)
     results["seconds"] = round(time.perf_counter() - began, 1)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

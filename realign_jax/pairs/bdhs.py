@@ -31,13 +31,14 @@ import functools
 import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from realign_jax.data.chat import ChatCodec
 from realign_jax.data.text import VERDICT_RE, cased
-from realign_jax.eval.answering import Answerer, Prompt
+from realign_jax.models.answering import Answerer, Prompt
 from realign_jax.pairs.inputs import image_path, rebase_image, with_chosen
 from realign_jax.pairs.seeds import record_rng, stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
@@ -232,6 +233,18 @@ def settings_from_config(pairs: Any) -> BdhsSettings:
                         temperature=pairs.temperature, top_p=pairs.top_p)
 
 
+def online_sampler(online: Any) -> Callable[..., list[dict[str, Any]]]:
+    """Online BDHS's round sampler (train/online_bdhs.py `RoundSampler`) for the `online_bdhs`
+    section: `BdhsSampler.pairs` with the answerer the loop builds on the current policy."""
+    settings, embedder = settings_from_config(online), SentenceEmbedder.load(online.sentence_model or None)
+
+    def sample(answerer: Answerer, records: Sequence[Mapping[str, Any]], image_root: str, output: str, seed: int,
+               counts: Counter) -> list[dict[str, Any]]:
+        return BdhsSampler(answerer, embedder, settings).pairs(records, image_root, output, seed, counts)
+
+    return sample
+
+
 def _has_question(record: Mapping[str, Any], counts: Counter) -> bool:
     """BDHS prompts with the record's question; one without is counted and skipped."""
     if not str(record.get("question") or "").strip():
@@ -271,7 +284,7 @@ def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, 
 
     @functools.cache
     def sampler() -> BdhsSampler:  # the model loads only when a shard is left to build
-        answerer = Answerer.load(model.path, dtype=model.dtype, param_dtype=model.param_dtype,
+        answerer = Answerer.load(model.path, ChatCodec.load, dtype=model.dtype, param_dtype=model.param_dtype,
                                  batch_size=pairs.batch_size)
         return BdhsSampler(answerer, SentenceEmbedder.load(pairs.sentence_model or None), settings, progress=True)
 

@@ -29,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from realign_jax.eval.answering import Answerer, Prompt
+from realign_jax.data.chat import ChatCodec
+from realign_jax.models.answering import Answerer, Prompt
 from realign_jax.pairs.image_index import (
     DEFAULT_CEILING,
     DEFAULT_K,
@@ -153,7 +154,7 @@ def _image_index(answerer: Answerer, keys: Sequence[str], output: str, batch_siz
             raise ValueError(f"{folder} lacks {len(missing)} of the records' images (e.g. {missing[0]!r}); "
                              "delete it to rebuild")
         return index
-    embedder = ImageEmbedder(answerer.model, answerer.spec, batch_size=batch_size)
+    embedder = ImageEmbedder(answerer.model, answerer.codec.spec, batch_size=batch_size)
     index = ImageIndex.build(keys, embedder.embed_images([os.path.join(output, key) for key in keys]), whiten=whiten)
     index.save(folder)
     return index
@@ -270,7 +271,7 @@ def build_realign(config: Any, records: Sequence[dict[str, Any]], image_root: st
 
     @functools.cache
     def shard_builder() -> _ShardBuilder:  # the model loads only when a shard is left to build
-        answerer = Answerer.load(model.path, dtype=model.dtype, param_dtype=model.param_dtype,
+        answerer = Answerer.load(model.path, ChatCodec.load, dtype=model.dtype, param_dtype=model.param_dtype,
                                  batch_size=pairs.batch_size)
         tools = _Tools(answerer, _image_index(answerer, keys, output, pairs.batch_size, pairs.whiten),
                        SentenceEmbedder.load(pairs.sentence_model or None))

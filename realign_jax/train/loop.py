@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 from tqdm import tqdm
@@ -24,6 +24,9 @@ from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import parse
 from realign_jax.train.trainer import Trainer
 from realign_jax.train.workdir import check_free_space, check_writable, claim
+
+if TYPE_CHECKING:
+    from realign_jax.train.online_bdhs import RoundSampler
 
 
 def maybe_initialize_distributed() -> None:
@@ -103,11 +106,13 @@ def _write_xla_artifacts(compiled: Any, workdir: str) -> list[str]:
 
 
 def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
-          overwrite: bool = False) -> dict[str, Any]:
+          overwrite: bool = False, online_sampler: RoundSampler | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the last logged metrics and the output paths.
 
     `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
     `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
+    `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
+    passes pairs/bdhs.py's).
     """
     settings = parse(config)
     maybe_initialize_distributed()
@@ -124,7 +129,8 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
         # The lambda reads `state` when a round starts: the policy as trained up to then.
-        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir, lambda: trainer.policy(state))
+        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir, lambda: trainer.policy(state),
+                                     online_sampler)
     else:
         iterator = iter(make_dataset(config.data, settings, trainer.model_config))
     shaped = batch_shaper(config.data, settings, trainer)

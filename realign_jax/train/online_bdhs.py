@@ -3,9 +3,11 @@ policy, with its image hidden, every `online_bdhs.every` steps of training.
 
 `OnlineBdhsBatches` stands where the Grain iterator stands in the training loop. At each
 round boundary it takes the next `every x batch_size` records of `data.path` (SFT-style, with
-`chosen`), has `BdhsSampler` rewrite them with the policy the loop is training now, writes the
-pairs to `<workdir>/online_bdhs/round-NNNNN.jsonl` and serves them through the ordinary
-pipeline for the next `every` steps. Its state (round, and the pipeline's state inside the
+`chosen`), has its `RoundSampler` rewrite them with the policy the loop is training now, writes
+the pairs to `<workdir>/online_bdhs/round-NNNNN.jsonl` and serves them through the ordinary
+pipeline for the next `every` steps. The sampler is BDHS's (pairs/bdhs.py `online_sampler`),
+built by the top level (main.py `train`) and handed in: train/ does not import pairs/
+(docs/design.md, "Rooms and who may import whom"). Its state (round, and the pipeline's state inside the
 round) goes into the checkpoint; a resumed run reads the round's file back instead of
 sampling again, so it trains on exactly the pairs the interrupted run did.
 """
@@ -15,46 +17,54 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 
 from realign_jax.data import pipeline
+from realign_jax.data.chat import ChatCodec
+from realign_jax.data.jsonl import json_objects
 from realign_jax.data.sources import JsonlSource
-from realign_jax.eval.answering import Answerer
 from realign_jax.files import write_atomically
+from realign_jax.models.answering import Answerer
 from realign_jax.models.llava import LlavaModel
-from realign_jax.pairs.bdhs import BdhsSampler, settings_from_config
-from realign_jax.pairs.inputs import read_records
-from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.train.inputs import make_encoder
 from realign_jax.train.settings import TrainSettings
 
 
+class RoundSampler(Protocol):
+    """Preference records for those of `records` it can rewrite with `answerer` (the rest counted
+    in `counts`), images relative to `output`, where they will be written."""
+
+    def __call__(self, answerer: Answerer, records: Sequence[Mapping[str, Any]], image_root: str, output: str,
+                 seed: int, counts: Counter) -> list[dict[str, Any]]: ...
+
+
 class OnlineBdhsBatches:
     """Batches of on-policy BDHS pairs, a round of `every` steps at a time (module docstring).
-    `policy` returns the model being trained at the moment it is called."""
+    `policy` returns the model being trained at the moment it is called; `sampler` writes a
+    round's pairs with it (required: None only names who should have passed it)."""
 
     def __init__(self, config: Any, settings: TrainSettings, model_config: Any, workdir: str,
-                 policy: Callable[[], LlavaModel]):
+                 policy: Callable[[], LlavaModel], sampler: RoundSampler | None = None):
         online = config.online_bdhs
         if online.every < 1:
             raise ValueError(f"online_bdhs.every={online.every} must be >= 1 (steps per sampling round)")
         if jax.process_count() > 1:
             raise ValueError("online_bdhs runs on one host for now: it samples in the training process")
-        self.config, self.settings, self.policy = config, settings, policy
+        if sampler is None:
+            raise ValueError("online_bdhs.every is set but no round sampler was given: train through "
+                             "realign_jax.main (its `train` plugs in pairs/bdhs.py's online_sampler)")
+        self.config, self.settings, self.policy, self.sampler = config, settings, policy, sampler
         self.every, self.seed = online.every, config.data.seed
-        self.records = read_records(config.data.path)
+        self.records = [record for _, record in json_objects(config.data.path)]
         self.image_root = config.data.image_root or os.path.dirname(os.path.abspath(config.data.path))
         self.order = np.random.default_rng(self.seed).permutation(len(self.records))
         self.folder = os.path.join(workdir, "online_bdhs")
         self.encoder = make_encoder(config.data, settings, model_config)
-        self.bdhs = settings_from_config(online)
         self.generation_batch = online.batch_size
-        self.embedder = SentenceEmbedder.load(online.sentence_model or None)
-        self.tokenizer = self.encoder.tokenizer
         self.round, self.served, self.counts = -1, 0, Counter()
         self._inner: Any = None
 
@@ -91,10 +101,10 @@ class OnlineBdhsBatches:
     def _sample(self, index: int, path: str) -> None:
         size = self.every * self.settings.batch_size
         picked = [self.records[self.order[(index * size + i) % len(self.records)]] for i in range(size)]
-        answerer = Answerer(self.policy(), self.tokenizer, self.encoder.spec, batch_size=self.generation_batch)
-        sampler = BdhsSampler(answerer, self.embedder, self.bdhs)
+        codec = ChatCodec(self.encoder.tokenizer, self.encoder.spec)
+        answerer = Answerer(self.policy(), codec, batch_size=self.generation_batch)
         counts: Counter[str] = Counter()
-        rows = sampler.pairs(picked, self.image_root, self.folder, self.seed + index, counts)
+        rows = self.sampler(answerer, picked, self.image_root, self.folder, self.seed + index, counts)
         if not rows:
             raise ValueError(f"online BDHS round {index}: no record of {self.config.data.path} gave a pair "
                              f"({dict(counts)})")
