@@ -89,3 +89,47 @@ def test_precompute_refuses_what_it_cannot_write_and_names_bad_records(rdpo_reco
     config.data.source = "random"
     with pytest.raises(ValueError, match="mode=precompute reads and writes JSONL"):
         precompute(config, str(tmp_path / "ref"))
+
+
+def _hostile_precomputed(good_lines: list[str]) -> tuple[list[str], dict[str, int]]:
+    """Precomputed records, then one of each kind of record a precomputed run cannot use; the
+    fields their skips are counted under."""
+    good = json.loads(good_lines[0])
+    missing = {k: v for k, v in good.items() if k != "ref_logps"} | {"id": "no-ref"}
+    not_finite = good | {"id": "nan-ref", "ref_logps": {"chosen": float("nan"), "rejected": -3.0,
+                                                         "chosen_alt_image": float("inf")}}
+    bad = [json.dumps(missing), json.dumps(not_finite),
+           json.dumps(good | {"id": "deep"})[:-1] + ', "extra": ' + "[" * 50_000 + "]" * 50_000 + "}",
+           json.dumps(good | {"id": "surrogate"}).replace('"chosen": "', '"chosen": "\\ud800', 1),
+           json.dumps(good | {"id": "provenance", "provenance": 5})]
+    return good_lines + bad, {"ref_logps": 2, "<json>": 2, "provenance": 1}
+
+
+def test_a_precomputed_run_skips_records_it_cannot_use_and_trains_on_the_rest(rdpo_records, tmp_path):
+    """Under skip, records without (finite) ref_logps and hostile JSON are counted by field, and the
+    good records train exactly as they do alone; under error the run stops naming the first bad
+    record before any step."""
+    config = rdpo_records
+    config.data.path = write_dataset(tmp_path, [good_record(i) for i in range(8)])
+    good_lines = open(precompute(config, str(tmp_path / "ref"))["output"]).read().splitlines()
+    lines, fields = _hostile_precomputed(good_lines)
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("\n".join(lines) + "\n")
+    config.reference, config.data.path = "precomputed", str(tmp_path / "ref" / "records.jsonl")
+    alone = train(config, str(tmp_path / "alone"))  # batch 8 = every good record, each step
+
+    config.data.path, config.data.on_bad_record = str(mixed), "skip"
+    skipping = train(config, str(tmp_path / "skip"))
+    assert skipping["step"] == alone["step"] == 3
+    # 3 steps of 8 good records read 2-3 epochs of the file: each bad record is met 2 or 3 times.
+    assert set(skipping["skipped_records"]) == set(fields)
+    for field, count in fields.items():
+        assert 2 * count <= skipping["skipped_records"][field] <= 3 * count, skipping["skipped_records"]
+    for a, b in zip(read(str(tmp_path / "alone" / "metrics.jsonl")), read(str(tmp_path / "skip" / "metrics.jsonl"))):
+        for key in ("loss", "rewards/margins", "grad_norm"):
+            np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=f"step {a['step']} {key}")
+
+    config.data.on_bad_record = "error"
+    with pytest.raises(ValueError, match=r"mixed.jsonl:record (8|9|10|11|12): field '(ref_logps|<json>|provenance)'"):
+        train(config, str(tmp_path / "error"))
+    assert not os.path.exists(tmp_path / "error" / "metrics.jsonl") or not read(str(tmp_path / "error" / "metrics.jsonl"))

@@ -26,6 +26,7 @@ ROW_ANSWER = {"chosen": "chosen", "rejected": "rejected", "chosen_alt_image": "c
               "rejected_noisy": "rejected_noisy"}
 TRUNCATION = ("response", "drop")
 SECOND_IMAGE = ("rejected_image", "noised", "cropped")
+REF_LOGPS = ("kept", "required", "ignored")
 
 
 class TooLong(BadRecord):
@@ -57,12 +58,18 @@ class EncoderConfig:
     truncation: str = "response"  # response | drop
     # slot 1: rejected_image (rDPO) | noised (POVID's argmax) | cropped (mDPO's corrupted image)
     second_image: str = "rejected_image"
+    # a record's ref_logps: required (reference='precomputed': one per row, a record without them
+    # is bad) | ignored (any other reference: the step never reads them, so a file that has them
+    # for some records only still batches) | kept (passed on when present)
+    ref_logps: str = "kept"
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
             raise ValueError(f"data.truncation={self.truncation!r}: choose one of {TRUNCATION}")
         if self.second_image not in SECOND_IMAGE:
             raise ValueError(f"second_image={self.second_image!r}: choose one of {SECOND_IMAGE}")
+        if self.ref_logps not in REF_LOGPS:
+            raise ValueError(f"ref_logps={self.ref_logps!r}: choose one of {REF_LOGPS}")
         unknown = [k for k in self.kinds if k not in ROW_ANSWER]
         if unknown:
             raise ValueError(f"unknown row kinds {unknown}")
@@ -141,7 +148,10 @@ class ExampleEncoder:
             loss[i, : len(row.ids)] = row.loss_mask
         pixels = np.stack([self._image(record, slot, where, rng) for slot in range(self.config.num_images)])
         example = {"input_ids": input_ids, "attention_mask": attention, "loss_mask": loss, "pixel_values": pixels}
-        if record.ref_logps is not None:
+        if record.ref_logps is None and self.config.ref_logps == "required":
+            raise BadRecord(where, "ref_logps", "is required by reference='precomputed' but missing: run "
+                                                "mode=precompute on these records first")
+        if record.ref_logps is not None and self.config.ref_logps != "ignored":
             missing = [kind for kind in self.config.kinds if kind not in record.ref_logps]
             if missing:
                 raise BadRecord(where, "ref_logps", f"has no value for rows {missing}")

@@ -20,6 +20,7 @@ turn; the image placeholder `<image>` goes into the first user turn when no turn
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -131,9 +132,9 @@ def from_json(obj: Any, where: str) -> Record:
         raise BadRecord(where, "provenance", f"must be a JSON object (e.g. {{\"builder\": \"realign\"}}), "
                                              f"got {provenance!r}")
     ref_logps = obj.get("ref_logps")
-    if ref_logps is not None and (not isinstance(ref_logps, Mapping) or
-                                  not all(isinstance(v, (int, float)) for v in ref_logps.values())):
-        raise BadRecord(where, "ref_logps", "must map row kinds to numbers")
+    if ref_logps is not None and (not isinstance(ref_logps, Mapping) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in ref_logps.values())):
+        raise BadRecord(where, "ref_logps", f"must map row kinds to finite numbers, got {ref_logps!r}")
     noise = obj.get("image_noise")
     problem = image_noise.check(noise) if noise is not None else None
     if problem:

@@ -33,7 +33,8 @@ def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> Exam
     return ExampleEncoder(tokenizer, spec, EncoderConfig(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
-        second_image=second_image(settings.layout)))
+        second_image=second_image(settings.layout),
+        ref_logps="required" if settings.reference == "precomputed" else "ignored"))
 
 
 def second_image(layout: Any) -> str:
