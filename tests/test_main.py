@@ -34,6 +34,13 @@ def test_generate_mode_captions_given_images(tmp_path):
 
     transformers.LlavaForConditionalGeneration.from_pretrained(str(tmp_path / "work" / "random_tiny_llava"))
 
+    # A rerun that meets a bad image stops, and the finished run's outputs stay as they were.
+    before = (tmp_path / "work" / "generations.jsonl").read_text()
+    config.data.images = ",".join(paths + [str(tmp_path / "missing.png")])
+    with pytest.raises(ValueError, match="missing.png: image file not found"):
+        cli.run(config, str(tmp_path / "work"))
+    assert (tmp_path / "work" / "generations.jsonl").read_text() == before
+
 
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "realign_jax.main", *args], capture_output=True, text=True, cwd=REPO,

@@ -75,7 +75,10 @@ def caption(config: Any, workdir: str) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     out_path = os.path.join(workdir, "generations.jsonl")
     batch_size = config.generate.batch_size
-    with open(out_path, "w") as out, tqdm(total=len(names), desc="captioning", unit="img") as bar:
+    # Written beside the output and renamed when complete: a run that stops on a bad image keeps
+    # the previous run's generations.jsonl instead of leaving it truncated.
+    partial = out_path + ".partial"
+    with open(partial, "w") as out, tqdm(total=len(names), desc="captioning", unit="img") as bar:
         for start in range(0, len(names), batch_size):
             chunk = names[start : start + batch_size]
             pictures = [image_ops.load_image(s) for s in chunk] if sources else [demo_image()]
@@ -92,6 +95,7 @@ def caption(config: Any, workdir: str) -> list[dict[str, Any]]:
                 out.write(json.dumps(record) + "\n")
                 results.append(record)
             bar.update(len(chunk))
+    os.replace(partial, out_path)
     print(f"checkpoint: {path}\noutputs:    {out_path}")
     for record in results:
         shown = record["text"] if record["text"] is not None else f"token ids {record['token_ids']}"
