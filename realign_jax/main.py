@@ -8,6 +8,7 @@ ends in one line naming the key instead of a stack trace.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -177,7 +178,24 @@ MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
 }
 
 
+def non_finite_values(config: Any, prefix: str = "") -> list[str]:
+    """`key=value` for every NaN or infinite number in the config (in tuples too): no key takes one,
+    and a NaN beta or lr would otherwise train to garbage and exit 0."""
+    found = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            found += non_finite_values(value, f"{name}.")
+        elif any(isinstance(v, float) and not math.isfinite(v)
+                 for v in (value if isinstance(value, tuple) else (value,))):
+            found.append(f"{name}={value}")
+    return found
+
+
 def run(config: Any, workdir: str, xla: bool = False, overwrite: bool = False) -> None:
+    bad = non_finite_values(config)
+    if bad:
+        raise ValueError(f"config values must be finite numbers: {', '.join(bad)}")
     mode = config.get("mode")
     if mode in MODES:
         sections, example = MODE_SECTIONS[mode]

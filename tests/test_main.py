@@ -72,6 +72,8 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     ("--config.train.batch_size=6", "not divisible by the"),
     ("--config.loss.beta=-1", "loss.beta=-1.0 must be positive"),
     ("--config.train.steps=ten", "steps"),
+    ("--config.loss.beta=nan", "config values must be finite numbers: loss.beta=nan"),
+    ("--config.optim.lr=inf --config.optim.clip_norm=nan", "optim.clip_norm=nan, optim.lr=inf"),
 ])
 def test_bad_training_config_is_one_line(tmp_path, override, message):
     result = _cli("--config=configs/train_llava.py", f"--workdir={tmp_path}", *override.split())

@@ -133,3 +133,17 @@ def test_a_precomputed_run_skips_records_it_cannot_use_and_trains_on_the_rest(rd
     with pytest.raises(ValueError, match=r"mixed.jsonl:record (8|9|10|11|12): field '(ref_logps|<json>|provenance)'"):
         train(config, str(tmp_path / "error"))
     assert not os.path.exists(tmp_path / "error" / "metrics.jsonl") or not read(str(tmp_path / "error" / "metrics.jsonl"))
+
+
+def test_a_run_that_never_applied_an_update_neither_succeeds_nor_exports(rdpo_records, tmp_path):
+    """Reference log-probs at the edge of float32 make every step's loss overflow: under skip each
+    update is left out, and the run ends in an error instead of exporting the untouched model."""
+    config = rdpo_records
+    kinds = train_settings.parse(config).layout.kinds
+    records = [good_record(i) | {"ref_logps": {k: (3e38 if k == "chosen" else -3e38) for k in kinds}}
+               for i in range(8)]
+    config.data.path = write_dataset(tmp_path, records)
+    config.reference, config.train.export, config.train.on_nonfinite = "precomputed", True, "skip"
+    with pytest.raises(FloatingPointError, match="none of the 3 steps had a finite loss"):
+        train(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "export")

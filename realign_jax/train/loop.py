@@ -198,6 +198,11 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
                 outputs["stopped_at"] = step
                 break
         checkpoints.wait()
+        nonfinite.check_pending()
+        if step and nonfinite.total >= step:  # skip let every step through without its update
+            raise FloatingPointError(
+                f"none of the {step} steps had a finite loss and gradient, so no update was applied and nothing "
+                "is exported: check the config's numbers (loss.beta, optim.lr) and the data (ref_logps)")
         if step == settings.steps and settings.export:
             outputs["export"] = os.path.join(workdir, "export")
             side_files = settings.model.get("path") or config.data.get("tokenizer") or None  # tokenizer etc.
