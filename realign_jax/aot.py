@@ -36,7 +36,7 @@ from absl import app, flags, logging
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from realign_jax.cli import parse_flags
+from realign_jax.cli import config_value, parse_flags
 from realign_jax.data import random_pairs
 from realign_jax.data.pipeline import stack_examples
 from realign_jax.models.accounting import StepFlops, step_flops
@@ -328,7 +328,7 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the report
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    config, topology = flags.FLAGS.config, flags.FLAGS.topology
+    config, topology = config_value(lambda: flags.FLAGS.config), flags.FLAGS.topology
     if config is None:
         raise SystemExit("--config is required, e.g. --config=configs/rdpo_llava.py:7b")
     _prepare_backends(topology)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from typing import Any
+
 from absl import flags
 
 
@@ -23,3 +27,18 @@ def parse_flags(argv: list[str]) -> list[str]:
         hint = f"; {suggestion[0].lower()}{suggestion[1:]}" if suggestion else ""
         raise SystemExit(f"error: unknown config key {key!r} in {', '.join(given) or 'the --config overrides'}"
                          f"{hint}") from None
+
+
+def config_value(read: Callable[[], Any]) -> Any:
+    """The `--config` flag's ConfigDict from `read()` (None when not given), or one line saying why
+    the file could not be loaded: absl defers the failure to that read, as a chained OSError."""
+    try:
+        config = read()
+        if config is not None:
+            config.get("mode")  # a file that failed to load fails on its first use, here
+        return config
+    except OSError as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise SystemExit(f"error: --config could not be loaded: {reason} (a relative path is read from the "
+                         f"current directory, {os.getcwd()}: run from the repository root or give an absolute "
+                         "path)") from None

@@ -17,7 +17,7 @@ from typing import Any
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from realign_jax.cli import parse_flags
+from realign_jax.cli import config_value, parse_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
@@ -211,14 +211,17 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the terminal
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None:
+    config = config_value(lambda: _CONFIG.value)
+    if config is None:
         raise SystemExit("--config is required, e.g. --config=configs/generate_llava.py")
+    if not _WORKDIR.value:
+        raise SystemExit("error: --workdir is empty: give the folder the run writes to (e.g. --workdir=/tmp/run)")
     if _COMPILE_CACHE.value:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     try:
-        run(_CONFIG.value, _WORKDIR.value, _XLA.value, _OVERWRITE.value)
+        run(config, _WORKDIR.value, _XLA.value, _OVERWRITE.value)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)

@@ -63,6 +63,17 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--config=configs/nope.py"], "--config could not be loaded: [Errno 2] No such file or directory: "
+                                   "'configs/nope.py' (a relative path is read from the current directory"),
+    (["--config=configs/train_llava.py", "--workdir="], "--workdir is empty"),
+])
+def test_a_missing_config_file_or_an_empty_workdir_is_one_line(args, message):
+    result = _cli(*args)
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
 @pytest.mark.parametrize("override,message", [
     ("--config.reference=lora_off --config.lora.rank=0", "reference='lora_off' needs lora.rank > 0"),
     ("--config.loss.name=povid --config.loss.noisy_scoring=argmax --config.reference=precomputed",
