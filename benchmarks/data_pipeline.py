@@ -77,16 +77,16 @@ class Shapes:
     """What the model wants of an example: image preprocessing, image tokens, row length."""
 
     name: str
-    spec: image_ops.ImageSpec
+    processing: image_ops.ImageProcessing
     num_image_tokens: int
     seq_len: int
 
 
 LLAVA = Shapes("llava-1.5 336px/576tok/T1024",
-               image_ops.ImageSpec(size=336, shortest_edge=336, pad_to_square=True), 576, 1024)
+               image_ops.ImageProcessing(size=336, shortest_edge=336, pad_to_square=True), 576, 1024)
 _TINY_VISION = PRESETS["tiny"].vision
 TINY = Shapes(f"tiny {_TINY_VISION.image_size}px/{PRESETS['tiny'].num_image_tokens}tok/T512",
-              image_ops.ImageSpec(size=_TINY_VISION.image_size, shortest_edge=_TINY_VISION.image_size),
+              image_ops.ImageProcessing(size=_TINY_VISION.image_size, shortest_edge=_TINY_VISION.image_size),
               PRESETS["tiny"].num_image_tokens, 512)
 
 
@@ -180,7 +180,7 @@ def tokenizer_with_llava_template() -> Any:
 
 def make_encoder(tokenizer: Any, shapes: Shapes, layout: str) -> ExampleEncoder:
     rows = RowLayout.for_objective(layout)
-    return ExampleEncoder(tokenizer, shapes.spec, EncoderConfig(
+    return ExampleEncoder(tokenizer, shapes.processing, EncoderConfig(
         kinds=rows.kinds, num_images=rows.num_images, seq_len=shapes.seq_len,
         num_image_tokens=shapes.num_image_tokens))
 
@@ -232,7 +232,7 @@ def stage_costs(source: JsonlSource, encoder: ExampleEncoder, count: int) -> dic
     stages: dict[str, Callable[[int], Any]] = {
         "read record": lambda i: source[i],
         "decode JPEG": lambda i: [image_ops.load_image(p) for p in paths[i]],
-        "preprocess": lambda i: [image_ops.preprocess(image, encoder.spec) for image in decoded[i]],
+        "preprocess": lambda i: [image_ops.preprocess(image, encoder.processing) for image in decoded[i]],
         "tokenise rows": lambda i: [encoder.row(records[i], kind, "") for kind in encoder.config.kinds],
     }
     return {name: mean_ms(fn, count) for name, fn in stages.items()}

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 from flax import nnx
 
-from realign_jax.data.images import ImageSpec
+from realign_jax.data.images import ImageProcessing
 from realign_jax.models.config import preset
 from realign_jax.models.llava import LlavaModel
 from realign_jax.pairs.image_index import (
@@ -44,7 +44,7 @@ def embedder(checkpoint: str | None, batch_size: int) -> ImageEmbedder:
         return ImageEmbedder.from_checkpoint(checkpoint, batch_size=batch_size)
     config = preset("world")
     size = config.vision.image_size
-    return ImageEmbedder(LlavaModel(config, rngs=nnx.Rngs(0)), ImageSpec(size=size, shortest_edge=size),
+    return ImageEmbedder(LlavaModel(config, rngs=nnx.Rngs(0)), ImageProcessing(size=size, shortest_edge=size),
                          batch_size=batch_size)
 
 

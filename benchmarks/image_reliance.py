@@ -43,7 +43,7 @@ def main() -> None:
     model = hf.load_pretrained(args.checkpoint)
     encoder = ExampleEncoder(
         prompting.load_tokenizer(args.checkpoint),
-        image_ops.ImageSpec.for_checkpoint(args.checkpoint, model.config.vision.image_size),
+        image_ops.ImageProcessing.for_checkpoint(args.checkpoint, model.config.vision.image_size),
         EncoderConfig(kinds=("chosen",), num_images=1, seq_len=args.seq_len,
                       num_image_tokens=model.config.num_image_tokens))
     source = JsonlSource(args.records)

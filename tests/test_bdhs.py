@@ -129,7 +129,7 @@ def test_hidden_image_is_not_seen(world: Path, answerer: Answerer, embedder: Sen
 
 def plain_generation(answerer: Answerer, image: str, question: str, prefix: str = "") -> str:
     """What `generate` writes after the prompt, with no `hidden` mask and no padding."""
-    tokenizer, spec = answerer.codec.tokenizer, answerer.codec.spec
+    tokenizer, spec = answerer.codec.tokenizer, answerer.codec.processing
     ids = image_prompt_ids(tokenizer, question, answerer.model.config.num_image_tokens, prefix)
     sampling = SamplingConfig(max_new_tokens=NEW_TOKENS, eos_token_ids=(tokenizer.eos_token_id,),
                               pad_token_id=answerer.pad_id)

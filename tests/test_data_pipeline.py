@@ -20,7 +20,7 @@ from realign_jax.data.records import BadRecord, from_json
 from realign_jax.data.sources import JsonlSource
 
 CROP, PATCH, NUM_IMAGE_TOKENS = 64, 16, 16
-SPEC = image_ops.ImageSpec(size=CROP, shortest_edge=CROP)
+SPEC = image_ops.ImageProcessing(size=CROP, shortest_edge=CROP)
 KINDS = ("chosen", "rejected", "chosen_alt_image")
 
 

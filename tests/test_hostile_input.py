@@ -63,17 +63,17 @@ def test_padding_to_a_square_is_bounded_too(monkeypatch):
     """LLaVA-1.5 pads to a square before resizing: a wide image grows to width^2 pixels."""
     monkeypatch.setattr(image_ops, "MAX_IMAGE_PIXELS", 10_000)  # a 120x80 image is under it, its square is not
     wide = image_ops.load_image(png(Image.new("RGB", (120, 80), (9, 9, 9))))
-    spec = image_ops.ImageSpec(size=32, shortest_edge=32)
+    spec = image_ops.ImageProcessing(size=32, shortest_edge=32)
     assert image_ops.preprocess(wide, spec).shape == (3, 32, 32)
     with pytest.raises(ValueError, match="padded to a square"):
-        image_ops.preprocess(wide, image_ops.ImageSpec(size=32, shortest_edge=32, pad_to_square=True))
+        image_ops.preprocess(wide, image_ops.ImageProcessing(size=32, shortest_edge=32, pad_to_square=True))
 
 
 @pytest.mark.parametrize("mode", ["I", "F", "I;16B", "RGBX", "YCbCr", "HSV"])
 def test_unusual_modes_become_finite_rgb_pixels(mode):
     image = Image.new("RGB", (48, 40), (200, 100, 50)).convert("L").convert(mode) if mode in ("I", "F", "I;16B") \
         else Image.new("RGB", (48, 40), (200, 100, 50)).convert(mode)
-    pixels = image_ops.preprocess(image_ops.to_rgb(image), image_ops.ImageSpec(size=32, shortest_edge=32))
+    pixels = image_ops.preprocess(image_ops.to_rgb(image), image_ops.ImageProcessing(size=32, shortest_edge=32))
     assert pixels.shape == (3, 32, 32) and np.isfinite(pixels).all()
 
 

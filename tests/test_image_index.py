@@ -63,7 +63,7 @@ def single_device(checkpoint) -> ImageEmbedder:
 
 def test_embeddings_are_unit_vectors_equal_to_an_unjitted_reference(checkpoint, images, single_device):
     model = hf.load_pretrained(checkpoint)
-    spec = image_ops.ImageSpec.for_checkpoint(checkpoint, model.config.vision.image_size)
+    spec = image_ops.ImageProcessing.for_checkpoint(checkpoint, model.config.vision.image_size)
     pixels = image_ops.preprocess_batch([image_ops.load_image(p) for p in images[:4]], spec)
     pooled = np.asarray(model.vision_features(jnp.asarray(pixels))).mean(axis=1)
     reference = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)

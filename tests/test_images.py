@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from transformers import CLIPImageProcessorPil, LlavaImageProcessorPil
 
-from realign_jax.data.images import ImageSpec, load_image, preprocess, preprocess_batch
+from realign_jax.data.images import ImageProcessing, load_image, preprocess, preprocess_batch
 
 TOLERANCE = 1e-5
 
@@ -63,7 +63,7 @@ def assert_close(ours: np.ndarray, reference: np.ndarray) -> None:
 @pytest.mark.parametrize(("width", "height"), SIZES)
 def test_matches_clip_processor(width: int, height: int) -> None:
     image = photo_like(width, height, seed=width * height)
-    assert_close(preprocess(image, ImageSpec()), hf_pixels(clip_processor(), image))
+    assert_close(preprocess(image, ImageProcessing()), hf_pixels(clip_processor(), image))
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_matches_clip_processor(width: int, height: int) -> None:
 )
 def test_matches_clip_processor_with_other_settings(size: int, shortest_edge: int, resample: Image.Resampling) -> None:
     # shortest_edge < size makes the centre crop pad, which must land where transformers pads.
-    spec = ImageSpec(
+    spec = ImageProcessing(
         size=size, shortest_edge=shortest_edge, mean=(0.5, 0.5, 0.5), std=(0.5, 0.25, 0.125), resample=resample
     )
     processor = clip_processor(
@@ -89,7 +89,7 @@ def test_pad_to_square_matches_llava_processor(width: int, height: int) -> None:
     processor = LlavaImageProcessorPil(
         size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True
     )
-    assert_close(preprocess(image, ImageSpec(pad_to_square=True)), hf_pixels(processor, image))
+    assert_close(preprocess(image, ImageProcessing(pad_to_square=True)), hf_pixels(processor, image))
 
 
 def expand2square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
@@ -111,25 +111,25 @@ def test_pad_to_square_matches_original_llava_recipe(width: int, height: int) ->
     image = photo_like(width, height, seed=7)
     background = tuple(int(m * 255) for m in (0.48145466, 0.4578275, 0.40821073))
     reference = hf_pixels(clip_processor(), expand2square(image, background))
-    assert_close(preprocess(image, ImageSpec(pad_to_square=True)), reference)
+    assert_close(preprocess(image, ImageProcessing(pad_to_square=True)), reference)
 
 
 def test_batch_matches_processor_on_mixed_sizes() -> None:
     images = [photo_like(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
     reference = np.asarray(clip_processor()(images=images, return_tensors="np")["pixel_values"])
-    ours = preprocess_batch(images, ImageSpec())
+    ours = preprocess_batch(images, ImageProcessing())
     assert ours.shape == (len(SIZES), 3, 336, 336)
     assert np.abs(ours - reference).max() < TOLERANCE
 
 
 def test_empty_batch_has_batch_dimension_zero() -> None:
-    assert preprocess_batch([], ImageSpec(size=224)).shape == (0, 3, 224, 224)
+    assert preprocess_batch([], ImageProcessing(size=224)).shape == (0, 3, 224, 224)
 
 
 def test_jpeg_round_trip_matches_processor() -> None:
     data = encode(photo_like(500, 375, seed=3), "JPEG")
     reference = hf_pixels(clip_processor(), Image.open(io.BytesIO(data)))
-    assert_close(preprocess(load_image(data), ImageSpec()), reference)
+    assert_close(preprocess(load_image(data), ImageProcessing()), reference)
 
 
 def real_photograph() -> Path:
@@ -149,10 +149,10 @@ def test_real_photograph_matches_processors(box: tuple[int, int, int, int] | Non
     with Image.open(real_photograph()) as original:
         photo = original.convert("RGB") if box is None else original.convert("RGB").crop(box)
     plain, padded = hf_pixels(clip_processor(), photo), hf_pixels(padding, photo)
-    assert_close(preprocess(photo, ImageSpec()), plain)
-    assert_close(preprocess(photo, ImageSpec(pad_to_square=True)), padded)
+    assert_close(preprocess(photo, ImageProcessing()), plain)
+    assert_close(preprocess(photo, ImageProcessing(pad_to_square=True)), padded)
     if box is None:  # and through the file decoder
-        assert_close(preprocess(load_image(real_photograph()), ImageSpec()), plain)
+        assert_close(preprocess(load_image(real_photograph()), ImageProcessing()), plain)
 
 
 def rgba_image() -> Image.Image:
@@ -181,7 +181,7 @@ def test_any_mode_matches_processor_on_the_same_image(make: Callable[[], Image.I
     loaded = load_image(data)
     assert loaded.mode == "RGB"
     assert_close(
-        preprocess(loaded, ImageSpec(size=64, shortest_edge=64)),
+        preprocess(loaded, ImageProcessing(size=64, shortest_edge=64)),
         hf_pixels(clip_processor(64, 64), Image.open(io.BytesIO(data))),
     )
 
@@ -255,15 +255,15 @@ def test_from_hf_reads_a_config_saved_by_transformers(tmp_path: Path) -> None:
         size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, do_pad=True, **settings
     )
     saved.save_pretrained(tmp_path)
-    spec = ImageSpec.from_hf(tmp_path)
-    assert spec == ImageSpec(224, 256, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4), Image.Resampling.BILINEAR, pad_to_square=True)
+    spec = ImageProcessing.from_hf(tmp_path)
+    assert spec == ImageProcessing(224, 256, (0.5, 0.4, 0.3), (0.2, 0.3, 0.4), Image.Resampling.BILINEAR, pad_to_square=True)
     image = photo_like(300, 200, seed=9)
     assert_close(preprocess(image, spec), hf_pixels(LlavaImageProcessorPil.from_pretrained(tmp_path), image))
 
 
 def test_from_hf_accepts_old_integer_sizes_and_defaults(tmp_path: Path) -> None:
     write_config(tmp_path, {"crop_size": 224, "size": 224, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
-    spec = ImageSpec.from_hf(tmp_path)
+    spec = ImageProcessing.from_hf(tmp_path)
     assert (spec.size, spec.shortest_edge, spec.resample, spec.pad_to_square) == (
         224,
         224,
@@ -300,20 +300,20 @@ def test_from_hf_errors_name_the_file_and_key(tmp_path: Path, change: dict[str, 
     config = {key: value for key, value in {**VALID, **change}.items() if value is not None}
     write_config(tmp_path, config)
     with pytest.raises(ValueError, match=message) as caught:
-        ImageSpec.from_hf(tmp_path)
+        ImageProcessing.from_hf(tmp_path)
     assert "preprocessor_config.json" in str(caught.value)
 
 
 def test_from_hf_missing_or_broken_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"preprocessor_config\.json: not found"):
-        ImageSpec.from_hf(tmp_path)
+        ImageProcessing.from_hf(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"preprocessor_config\.json: not valid JSON"):
-        ImageSpec.from_hf(tmp_path)
+        ImageProcessing.from_hf(tmp_path)
 
 
 def test_spec_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="positive"):
-        ImageSpec(size=0)
+        ImageProcessing(size=0)
     with pytest.raises(ValueError, match="3 values"):
-        ImageSpec(mean=(0.5, 0.5))  # type: ignore[arg-type]
+        ImageProcessing(mean=(0.5, 0.5))  # type: ignore[arg-type]

@@ -29,7 +29,7 @@ from PIL import Image
 from test_prompting import LLAVA_TEMPLATE, build_tokenizer
 
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
-from realign_jax.data.images import ImageSpec
+from realign_jax.data.images import ImageProcessing
 from realign_jax.data.pipeline import dataset
 from realign_jax.data.prompting import load_tokenizer
 from realign_jax.data.sources import JsonlSource
@@ -49,7 +49,7 @@ def worker(process_id: int, port: int, data_path: str, tokenizer_dir: str, out_d
     assert jax.process_count() == PROCESSES and jax.device_count() == PROCESSES * DEVICES_PER_PROCESS
     sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
     config = EncoderConfig(kinds=("chosen", "rejected"), num_images=1, seq_len=64, num_image_tokens=16)
-    encoder = ExampleEncoder(load_tokenizer(tokenizer_dir), ImageSpec(size=64, shortest_edge=64), config)
+    encoder = ExampleEncoder(load_tokenizer(tokenizer_dir), ImageProcessing(size=64, shortest_edge=64), config)
     batches = dataset(JsonlSource(data_path), encoder, GLOBAL_BATCH, seed=SEED,
                       shard_index=jax.process_index(), shard_count=jax.process_count())
 

@@ -21,8 +21,8 @@ _ANCHOR_TOKENS = 8  # prompt tokens decoded with a continuation to recover its l
 class ChatCodec:
     """A tokenizer with its chat template, and the image preprocessing of the same checkpoint."""
 
-    def __init__(self, tokenizer: Any, spec: image_ops.ImageSpec):
-        self.tokenizer, self.spec = tokenizer, spec
+    def __init__(self, tokenizer: Any, processing: image_ops.ImageProcessing):
+        self.tokenizer, self.processing = tokenizer, processing
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_id = tokenizer.eos_token_id
 
@@ -35,13 +35,13 @@ class ChatCodec:
         except (OSError, ValueError) as error:
             raise ValueError(f"model.path={path!r}: answering needs the checkpoint's tokenizer there ({error})") \
                 from None
-        return cls(tokenizer, image_ops.ImageSpec.for_checkpoint(path, image_size))
+        return cls(tokenizer, image_ops.ImageProcessing.for_checkpoint(path, image_size))
 
     def prompt_ids(self, question: str, num_image_tokens: int, prefix: str = "") -> list[int]:
         return prompting.image_prompt_ids(self.tokenizer, question, num_image_tokens, prefix)
 
     def pixels(self, image: str) -> np.ndarray:
-        return image_ops.preprocess(image_ops.load_image(image), self.spec)
+        return image_ops.preprocess(image_ops.load_image(image), self.processing)
 
     def answer_text(self, generated: Sequence[int]) -> str:
         """A whole answer: the generated ids decoded, special tokens and outer spaces dropped."""

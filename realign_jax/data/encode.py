@@ -78,8 +78,8 @@ class EncoderConfig:
 class ExampleEncoder:
     """Turns records into example dicts of numpy arrays; raises BadRecord on unusable input."""
 
-    def __init__(self, tokenizer: Any, image_spec: image_ops.ImageSpec, config: EncoderConfig):
-        self.tokenizer, self.spec, self.config = tokenizer, image_spec, config
+    def __init__(self, tokenizer: Any, processing: image_ops.ImageProcessing, config: EncoderConfig):
+        self.tokenizer, self.processing, self.config = tokenizer, processing, config
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @property
@@ -102,7 +102,7 @@ class ExampleEncoder:
             image = image_ops.load_image(source)
             if derived == "cropped":
                 image = image_ops.random_crop(image, generator)
-            return image_ops.preprocess(image, self.spec, perturb)
+            return image_ops.preprocess(image, self.processing, perturb)
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
 

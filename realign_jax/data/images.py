@@ -41,7 +41,7 @@ MAX_IMAGE_FILE_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
-class ImageSpec:
+class ImageProcessing:
     """How a checkpoint's vision tower expects its pixels.
 
     Attributes:
@@ -76,7 +76,7 @@ class ImageSpec:
         return red, green, blue
 
     @classmethod
-    def from_hf(cls, path: str | os.PathLike[str]) -> ImageSpec:
+    def from_hf(cls, path: str | os.PathLike[str]) -> ImageProcessing:
         """Reads a checkpoint folder's ``preprocessor_config.json`` (CLIPImageProcessor fields)."""
         config_file = Path(path) / _CONFIG_NAME
         config = _read_json_object(config_file)
@@ -92,7 +92,7 @@ class ImageSpec:
         )
 
     @classmethod
-    def for_checkpoint(cls, path: str | os.PathLike[str], image_size: int) -> ImageSpec:
+    def for_checkpoint(cls, path: str | os.PathLike[str], image_size: int) -> ImageProcessing:
         """The folder's processor config, or plain CLIP preprocessing at the tower's size when it
         has none (the random checkpoints the project writes)."""
         if (Path(path) / _CONFIG_NAME).is_file():
@@ -322,7 +322,7 @@ def _normalise_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndar
     return (scaled[None, :] - np.asarray(mean, np.float32)[:, None]) / np.asarray(std, np.float32)[:, None]
 
 
-def normalise(pixels: np.ndarray, spec: ImageSpec,
+def normalise(pixels: np.ndarray, processing: ImageProcessing,
               perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """uint8 [H, W, 3] -> C-contiguous float32 [3, H, W], scaled to [0, 1] then standardised.
 
@@ -333,33 +333,33 @@ def normalise(pixels: np.ndarray, spec: ImageSpec,
     shared memory and pickle the rest through a pipe.
     """
     if perturb is None:
-        table = _normalise_table(tuple(spec.mean), tuple(spec.std))
+        table = _normalise_table(tuple(processing.mean), tuple(processing.std))
         return np.stack([table[c][pixels[..., c]] for c in range(3)])
     scaled = (pixels.astype(np.float64) * _RESCALE).astype(np.float32).transpose(2, 0, 1)
     scaled = perturb(scaled).astype(np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(spec.std, dtype=np.float32)[:, None, None]
+    mean = np.asarray(processing.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(processing.std, dtype=np.float32)[:, None, None]
     return np.ascontiguousarray((scaled - mean) / std)
 
 
-def preprocess(image: Image.Image, spec: ImageSpec,
+def preprocess(image: Image.Image, processing: ImageProcessing,
                perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """One image -> float32 [3, size, size], equal to CLIPImageProcessor's ``pixel_values[0]``
     (when `perturb` is None; see `normalise`)."""
     image = to_rgb(image)
-    if spec.pad_to_square:
+    if processing.pad_to_square:
         side = max(image.size)
         if side * side > MAX_IMAGE_PIXELS:
             raise ValueError(f"the image is {image.width}x{image.height} pixels: padded to a square (LLaVA-1.5) it "
                              f"would exceed {MAX_IMAGE_PIXELS} pixels; downscale it first")
-        image = expand_to_square(image, spec.pad_color)
+        image = expand_to_square(image, processing.pad_color)
     width, height = image.size
-    image = image.resize(resized_shape(width, height, spec.shortest_edge), resample=spec.resample)
-    return normalise(np.asarray(centre_crop(image, spec.size)), spec, perturb)
+    image = image.resize(resized_shape(width, height, processing.shortest_edge), resample=processing.resample)
+    return normalise(np.asarray(centre_crop(image, processing.size)), processing, perturb)
 
 
-def preprocess_batch(images: Sequence[Image.Image], spec: ImageSpec) -> np.ndarray:
+def preprocess_batch(images: Sequence[Image.Image], processing: ImageProcessing) -> np.ndarray:
     """Images -> float32 [B, 3, size, size]; an empty sequence gives B = 0."""
     if not images:
-        return np.zeros((0, 3, spec.size, spec.size), dtype=np.float32)
-    return np.stack([preprocess(image, spec) for image in images])
+        return np.zeros((0, 3, processing.size, processing.size), dtype=np.float32)
+    return np.stack([preprocess(image, processing) for image in images])

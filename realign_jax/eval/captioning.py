@@ -62,7 +62,7 @@ def caption(config: Any, workdir: str) -> list[dict[str, Any]]:
     os.makedirs(workdir, exist_ok=True)
     path = prepare_checkpoint(config.model, workdir)
     model = hf.load_pretrained(path, dtype=config.model.dtype, param_dtype=config.model.param_dtype)
-    spec = image_ops.ImageSpec.for_checkpoint(path, model.config.vision.image_size)
+    processing = image_ops.ImageProcessing.for_checkpoint(path, model.config.vision.image_size)
     sources: Sequence[str] = [s for s in config.data.images.split(",") if s] if config.data.images else []
     prompt_ids, tokenizer = _prompt_ids(path, model, config.generate.prompt)
     eos = tokenizer.eos_token_id if tokenizer is not None else 2
@@ -82,7 +82,7 @@ def caption(config: Any, workdir: str) -> list[dict[str, Any]]:
         for start in range(0, len(names), batch_size):
             chunk = names[start : start + batch_size]
             pictures = [image_ops.load_image(s) for s in chunk] if sources else [demo_image()]
-            pixels = image_ops.preprocess_batch(pictures, spec)
+            pixels = image_ops.preprocess_batch(pictures, processing)
             ids = np.tile(np.asarray(prompt_ids, np.int32), (len(chunk), 1))
             began = time.perf_counter()
             output = generate(model, ids, sampling, pixel_values=pixels)

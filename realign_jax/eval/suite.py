@@ -43,23 +43,23 @@ def _world(world: WorldBenchmarks | None) -> WorldBenchmarks:
     return world
 
 
-def _world_images(spec: Any, world: WorldBenchmarks | None) -> list[dict[str, Any]]:
+def _world_images(section: Any, world: WorldBenchmarks | None) -> list[dict[str, Any]]:
     """The world's eval images with their object lists, the first `eval.max_images` (0 = all)."""
-    return _world(world).object_lists(spec.world)[: spec.max_images or None]
+    return _world(world).object_lists(section.world)[: section.max_images or None]
 
 
-def run_pope(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+def run_pope(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """POPE per split: built from the world's object lists, or read from the real files."""
-    if spec.pope_file:
-        sets = {os.path.splitext(os.path.basename(spec.pope_file))[0]: pope.read_pope_file(spec.pope_file,
-                                                                                          spec.image_folder)}
+    if section.pope_file:
+        name = os.path.splitext(os.path.basename(section.pope_file))[0]
+        sets = {name: pope.read_pope_file(section.pope_file, section.image_folder)}
     else:
-        images = _world_images(spec, world)
-        sets = {split: pope.build_questions(images, split, seed=spec.seed, per_image=spec.pope_per_image)
+        images = _world_images(section, world)
+        sets = {split: pope.build_questions(images, split, seed=section.seed, per_image=section.pope_per_image)
                 for split in pope.SPLITS}
     scores = {}
     for name, questions in sets.items():
-        answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=spec.answer_tokens,
+        answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
                                   desc=f"pope/{name}")
         _write_jsonl(os.path.join(out, f"pope_{name}.jsonl"),
                      [q | {"answer": a, "prediction": pope.parse_answer(a)} for q, a in zip(questions, answers)])
@@ -67,18 +67,18 @@ def run_pope(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | N
     return scores
 
 
-def run_chair(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+def run_chair(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """CHAIR on captions of the world's eval images, or of COCO images with their instances."""
-    if spec.coco_instances:
-        synonyms = chair.load_synonyms(spec.synonyms) if spec.synonyms else {}
-        truth = chair.coco_ground_truth(spec.coco_instances, synonyms=synonyms or None)
-        images = [{"image": os.path.join(spec.image_folder, name), "objects": objects}
-                  for name, objects in truth.items()][: spec.max_images or None]
+    if section.coco_instances:
+        synonyms = chair.load_synonyms(section.synonyms) if section.synonyms else {}
+        truth = chair.coco_ground_truth(section.coco_instances, synonyms=synonyms or None)
+        images = [{"image": os.path.join(section.image_folder, name), "objects": objects}
+                  for name, objects in truth.items()][: section.max_images or None]
     else:
-        synonyms = chair.load_synonyms(os.path.join(spec.world, "synonyms.txt"))
-        images = _world_images(spec, world)
-    captions = answerer.answer([(i["image"], spec.caption_prompt) for i in images], max_new_tokens=spec.caption_tokens,
-                               desc="chair")
+        synonyms = chair.load_synonyms(os.path.join(section.world, "synonyms.txt"))
+        images = _world_images(section, world)
+    captions = answerer.answer([(i["image"], section.caption_prompt) for i in images],
+                               max_new_tokens=section.caption_tokens, desc="chair")
     scores = chair.chair([{"image": i["image"], "text": c} for i, c in zip(images, captions)],
                          {i["image"]: i["objects"] for i in images}, synonyms)
     _write_jsonl(os.path.join(out, "chair.jsonl"), [{"image": i["image"], "text": c} | details for i, c, details
@@ -86,15 +86,15 @@ def run_chair(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | 
     return scores
 
 
-def run_amber(answerer: Answerer, spec: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """AMBER-style yes/no probes by type with "No" as the positive class (world only)."""
-    if not spec.world:
+    if not section.world:
         raise ValueError("eval.benchmarks=amber needs eval.world (the AMBER files are not read yet)")
-    questions = _world(world).amber_questions(spec.world, seed=spec.seed)
-    if spec.max_images:
-        kept = set(sorted({q["image"] for q in questions})[: spec.max_images])
+    questions = _world(world).amber_questions(section.world, seed=section.seed)
+    if section.max_images:
+        kept = set(sorted({q["image"] for q in questions})[: section.max_images])
         questions = [q for q in questions if q["image"] in kept]
-    answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=spec.answer_tokens,
+    answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
                               desc="amber")
     _write_jsonl(os.path.join(out, "amber.jsonl"), [q | {"answer": a} for q, a in zip(questions, answers)])
     return amber.amber_metrics(answers, [q["label"] for q in questions], [q["type"] for q in questions])
@@ -125,25 +125,25 @@ def table(results: dict[str, Any]) -> list[str]:
 def evaluate(config: Any, workdir: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """Run `eval.benchmarks` on `model.path`; `world` reads `eval.world`'s ground truth (main.py
     passes synthetic/benchmarks.py)."""
-    spec = config.eval
-    names = [n.strip() for n in spec.benchmarks.split(",") if n.strip()]
+    section = config.eval
+    names = [n.strip() for n in section.benchmarks.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown or not names:
-        raise ValueError(f"eval.benchmarks={spec.benchmarks!r}: choose from {sorted(BENCHMARKS)}")
+        raise ValueError(f"eval.benchmarks={section.benchmarks!r}: choose from {sorted(BENCHMARKS)}")
     if not config.model.path:
         raise ValueError("model.path is required: a Hugging Face LLaVA folder with its tokenizer (e.g. the "
                          "export/ of configs/sft_world.py)")
-    if not spec.world and not (spec.pope_file or spec.coco_instances):
+    if not section.world and not (section.pope_file or section.coco_instances):
         raise ValueError("eval.world (a synthetic world folder) or the real benchmark files "
                          "(eval.pope_file / eval.coco_instances + eval.image_folder) are required")
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     answerer = Answerer.load(config.model.path, ChatCodec.load, dtype=config.model.dtype,
-                             param_dtype=config.model.param_dtype, batch_size=spec.batch_size)
+                             param_dtype=config.model.param_dtype, batch_size=section.batch_size)
     began = time.perf_counter()
-    results: dict[str, Any] = {"model": config.model.path, "world": spec.world or None}
+    results: dict[str, Any] = {"model": config.model.path, "world": section.world or None}
     for name in names:
-        results[name] = BENCHMARKS[name](answerer, spec, out, world)
+        results[name] = BENCHMARKS[name](answerer, section, out, world)
     results["seconds"] = round(time.perf_counter() - began, 1)
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)

@@ -67,9 +67,9 @@ class ImageEmbedder:
     loaded); each batch is split over the mesh's batch axes, padded to a multiple of them.
     """
 
-    def __init__(self, model: LlavaModel, spec: image_ops.ImageSpec, *, mesh: Mesh | None = None,
+    def __init__(self, model: LlavaModel, processing: image_ops.ImageProcessing, *, mesh: Mesh | None = None,
                  rules: Rules = DEFAULT_RULES, batch_size: int = 64):
-        self.spec = spec
+        self.processing = processing
         self.mesh = mesh if mesh is not None else make_mesh()
         pixel_spec = logical_to_spec(("batch", None, None, None), rules, mesh=self.mesh)
         self._pixel_sharding = NamedSharding(self.mesh, pixel_spec)
@@ -95,14 +95,14 @@ class ImageEmbedder:
                         dtype: str = "float32") -> ImageEmbedder:
         """A Hugging Face LLaVA folder's tower and its image preprocessing."""
         model = hf.load_pretrained(path, dtype=dtype, param_dtype=dtype)
-        spec = image_ops.ImageSpec.for_checkpoint(path, model.config.vision.image_size)
-        return cls(model, spec, mesh=mesh, batch_size=batch_size)
+        processing = image_ops.ImageProcessing.for_checkpoint(path, model.config.vision.image_size)
+        return cls(model, processing, mesh=mesh, batch_size=batch_size)
 
     def embed_images(self, sources: Sequence[str | bytes], *, progress: bool = True) -> np.ndarray:
         """Image files (or encoded bytes) -> [n, dim] unit vectors, in order; a missing or corrupt
         image raises `load_image`'s ValueError naming it."""
         chunks = [sources[i : i + self.batch_size] for i in range(0, len(sources), self.batch_size)]
-        batches = (image_ops.preprocess_batch([image_ops.load_image(s) for s in chunk], self.spec)
+        batches = (image_ops.preprocess_batch([image_ops.load_image(s) for s in chunk], self.processing)
                    for chunk in chunks)
         out = [np.zeros((0, self.dim), np.float32)]
         with tqdm(total=len(sources), desc="embedding images", unit="img", disable=not progress) as bar:

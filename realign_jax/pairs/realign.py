@@ -154,7 +154,7 @@ def _image_index(answerer: Answerer, keys: Sequence[str], output: str, batch_siz
             raise ValueError(f"{folder} lacks {len(missing)} of the records' images (e.g. {missing[0]!r}); "
                              "delete it to rebuild")
         return index
-    embedder = ImageEmbedder(answerer.model, answerer.codec.spec, batch_size=batch_size)
+    embedder = ImageEmbedder(answerer.model, answerer.codec.processing, batch_size=batch_size)
     index = ImageIndex.build(keys, embedder.embed_images([os.path.join(output, key) for key in keys]), whiten=whiten)
     index.save(folder)
     return index

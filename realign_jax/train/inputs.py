@@ -29,8 +29,8 @@ def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> Exam
     if image_id != model.image_token_id:
         raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
                          f"model's image_token_id is {model.image_token_id}")
-    spec = image_ops.ImageSpec.for_checkpoint(folder, model.vision.image_size)
-    return ExampleEncoder(tokenizer, spec, EncoderConfig(
+    processing = image_ops.ImageProcessing.for_checkpoint(folder, model.vision.image_size)
+    return ExampleEncoder(tokenizer, processing, EncoderConfig(
         kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
         second_image=second_image(settings.layout),

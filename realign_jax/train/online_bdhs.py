@@ -101,7 +101,7 @@ class OnlineBdhsBatches:
     def _sample(self, index: int, path: str) -> None:
         size = self.every * self.settings.batch_size
         picked = [self.records[self.order[(index * size + i) % len(self.records)]] for i in range(size)]
-        codec = ChatCodec(self.encoder.tokenizer, self.encoder.spec)
+        codec = ChatCodec(self.encoder.tokenizer, self.encoder.processing)
         answerer = Answerer(self.policy(), codec, batch_size=self.generation_batch)
         counts: Counter[str] = Counter()
         rows = self.sampler(answerer, picked, self.image_root, self.folder, self.seed + index, counts)
