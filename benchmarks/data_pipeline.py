@@ -8,7 +8,7 @@ Nothing is downloaded. A temporary folder gets a COCO-like synthetic dataset: `-
 640x480 JPEG photos of smooth random content (Pillow, quality 90, ~90 KB each) and JSONL
 preference records (a question, chosen and rejected answers of a few sentences, a rejected
 image for rDPO), plus the same records as ArrayRecord shards written by `convert`. The Grain
-pipeline (`realign_jax.data.pipeline.dataset`, default read threads) then runs in each
+pipeline (`realign_jax.data.loader.dataset`, default read threads) then runs in each
 configuration: (a) JSONL, no worker processes; (b) ArrayRecord, no worker processes; (c) JSONL
 with 1 and 2 worker processes. Shapes and layouts: LLaVA-1.5's (336 px, shortest edge 336,
 pad-to-square, 576 image tokens, seq_len 1024) for plain DPO (rows chosen, rejected; 1 image)
@@ -60,7 +60,7 @@ from PIL import Image
 from realign_jax.data import images as image_ops
 from realign_jax.data.arrayrecord import ArrayRecordSource, convert
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
-from realign_jax.data.pipeline import dataset
+from realign_jax.data.loader import dataset
 from realign_jax.data.sources import JsonlSource
 from realign_jax.models.config import PRESETS
 from realign_jax.train.rows import RowLayout
@@ -244,7 +244,7 @@ def train_step_seconds(steps: int) -> tuple[float, int, str]:
     import jax
 
     from realign_jax.train import settings as train_settings
-    from realign_jax.train.inputs import make_dataset
+    from realign_jax.train.batches import make_dataset
     from realign_jax.train.trainer import Trainer
 
     config = train_llava.get_config()

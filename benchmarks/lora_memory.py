@@ -27,7 +27,7 @@ import train_llava  # noqa: E402
 from realign_jax.models import config as model_config  # noqa: E402
 from realign_jax.models.partitioning import make_mesh  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
-from realign_jax.train.inputs import make_dataset  # noqa: E402
+from realign_jax.train.batches import make_dataset  # noqa: E402
 from realign_jax.train.trainer import Trainer  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import glob
 import os
 
 from realign_jax.eval.chair import chair, load_synonyms
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.synthetic.benchmarks import object_lists
 
 

@@ -166,7 +166,7 @@ def prepare(shape: str, root: Path, num_records: int) -> Workspace:
     import datasets
     import transformers
 
-    from realign_jax.data.pipeline import epoch_order
+    from realign_jax.data.loader import epoch_order
     from realign_jax.synthetic.config import WorldConfig
     from realign_jax.synthetic.world import generate_world
 
@@ -215,11 +215,11 @@ def prepare(shape: str, root: Path, num_records: int) -> Workspace:
 
 
 def our_encoder(model_dir: str, records: str, seq_len: int) -> tuple[Any, Any]:
-    """Our record source and DPO example encoder, as train/inputs.py builds them for training."""
+    """Our record source and DPO example encoder, as train/batches.py builds them for training."""
     from realign_jax.data.sources import open_source
     from realign_jax.models import hf
     from realign_jax.train import settings as train_settings
-    from realign_jax.train.inputs import make_encoder
+    from realign_jax.train.batches import make_encoder
 
     config = our_config(model_dir, records, seq_len, "lora", 8, 16.0, 1, 1, 1e-4, "padded")  # only .data matters
     return open_source(config.data), make_encoder(config.data, train_settings.parse(config),
@@ -345,10 +345,10 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
     import jax
     import jax.numpy as jnp
 
-    from realign_jax.data import pipeline
+    from realign_jax.data import loader
     from realign_jax.models.partitioning import make_mesh
     from realign_jax.train import settings as train_settings
-    from realign_jax.train.inputs import make_dataset, to_bucket, to_packed
+    from realign_jax.train.batches import make_dataset, to_bucket, to_packed
     from realign_jax.train.trainer import Trainer
 
     after_import = memory()
@@ -364,12 +364,12 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = trainer.init_state()
     init_s = time.perf_counter() - began
-    skipped = pipeline.BadRecordCounter()  # stays empty: every record is good
+    skipped = loader.BadRecordCounter()  # stays empty: every record is good
 
     def batches(variant: str) -> Iterator[Any]:
         """The layout's device batches, built as train/loop.py builds them."""
         data = config(variant).data
-        buckets = pipeline.parse_buckets(data.length_buckets, data.seq_len)
+        buckets = loader.parse_buckets(data.length_buckets, data.seq_len)
         share = (True,) if data.get("share_prefix") else ()  # the argument exists only with the key
 
         def shaped(batch: dict[str, Any]) -> dict[str, Any]:
@@ -380,7 +380,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
         iterator = iter(make_dataset(data, settings, trainer.model_config))
         try:
             for raw in iterator:
-                yield trainer.device_batch(shaped(pipeline.take_bad_records(raw, skipped)))
+                yield trainer.device_batch(shaped(loader.take_bad_records(raw, skipped)))
         finally:
             iterator.close()
 
@@ -604,7 +604,7 @@ def run_case(ws: Workspace, mode: str, args: argparse.Namespace, variants: list[
 def our_variants() -> list[str]:
     """Packing with prefix sharing when this checkout has `data.share_prefix`, else packing alone;
     and the config default, length buckets."""
-    from realign_jax.train.config_base import training_config
+    from realign_jax.train.train_configs import training_config
 
     return ["shared" if "share_prefix" in training_config().data else "packed", "padded"]
 

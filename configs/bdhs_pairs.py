@@ -28,7 +28,7 @@ rejected captions score CHAIR_i 0.182, so hiding the image more than doubles the
 
 import ml_collections
 
-from realign_jax.pairs.config_base import bdhs_pairs_config
+from realign_jax.pairs.pair_configs import bdhs_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -20,7 +20,7 @@ evaluate it with configs/eval_world.py.
 
 import ml_collections
 
-from realign_jax.train.config_base import aligning_config
+from realign_jax.train.train_configs import aligning_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -21,7 +21,7 @@ is 0.000 for the chosen and 0.173 for the rejected answers (CHAIR_s 0.000 and 0.
 
 import ml_collections
 
-from realign_jax.pairs.config_base import povid_pairs_config
+from realign_jax.pairs.pair_configs import povid_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

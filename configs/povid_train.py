@@ -25,7 +25,7 @@ Expected: each stage prints its final loss and reward accuracy and exports to
 
 import ml_collections
 
-from realign_jax.train.config_base import aligning_config
+from realign_jax.train.train_configs import aligning_config
 
 STAGES = {"dpo": "dpo", "noise": "povid"}  # stage -> loss
 

@@ -59,7 +59,7 @@ the preset's shape: a throughput check). Elsewhere:
 import ml_collections
 
 from realign_jax.pipeline import pipeline_config
-from realign_jax.train.config_base import training_config
+from realign_jax.train.train_configs import training_config
 
 SIZES = {"7b": "llava-1.5-7b", "13b": "llava-1.5-13b"}
 

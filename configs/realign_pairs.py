@@ -35,7 +35,7 @@ Measured on the default world with its SFT base model, 1000 caption records
 
 import ml_collections
 
-from realign_jax.pairs.config_base import realign_pairs_config
+from realign_jax.pairs.pair_configs import realign_pairs_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

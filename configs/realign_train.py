@@ -18,7 +18,7 @@ and the merged model in `<workdir>/export`; evaluate it with configs/eval_world.
 
 import ml_collections
 
-from realign_jax.train.config_base import aligning_config
+from realign_jax.train.train_configs import aligning_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -11,7 +11,7 @@ the 40 steps; the full model (vision tower frozen) is exported under `<workdir>/
 
 import ml_collections
 
-from realign_jax.train.config_base import training_config
+from realign_jax.train.train_configs import training_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -26,7 +26,7 @@ has the table.
 
 import ml_collections
 
-from realign_jax.train.config_base import world_sft_config
+from realign_jax.train.train_configs import world_sft_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -16,7 +16,7 @@ source from the data issue; the papers' settings are LoRA r=128/alpha=256, lr 1e
 
 import ml_collections
 
-from realign_jax.train.config_base import parse_arg, training_config
+from realign_jax.train.train_configs import parse_arg, training_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

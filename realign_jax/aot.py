@@ -38,10 +38,10 @@ from ml_collections import config_flags
 
 from realign_jax.cli import config_value, parse_flags
 from realign_jax.data import random_pairs
-from realign_jax.data.pipeline import stack_examples
+from realign_jax.data.loader import stack_examples
 from realign_jax.models.accounting import StepFlops, step_flops
 from realign_jax.models.partitioning import make_mesh
-from realign_jax.train.inputs import batch_shaper, random_pairs_recipe
+from realign_jax.train.batches import batch_shaper, random_pairs_recipe
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer, trained_parts
 
@@ -246,7 +246,7 @@ def check(config: Any, topology: str = "") -> Report:
                   mesh=dict(trainer.mesh.shape), chip=chip_of(devices[0]), needed_flops=flops.needed / len(devices),
                   executed_flops=flops.executed / len(devices))
     try:
-        compiled = trainer.compile(state, batch)
+        compiled = trainer.compile_step(state, batch)
     except jax.errors.JaxRuntimeError as error:
         if "RESOURCE_EXHAUSTED" not in str(error):
             raise

@@ -25,7 +25,7 @@ import ml_collections
 
 from realign_jax.eval.config import eval_config
 from realign_jax.pairs.registry import BUILDERS
-from realign_jax.train.config_base import aligning_config, world_sft_config
+from realign_jax.train.train_configs import aligning_config, world_sft_config
 
 # method -> (pair builder, a key of pairs/registry.BUILDERS; the align stages' losses in order:
 # POVID trains twice)

@@ -29,7 +29,7 @@ from realign_jax.pairs.bdhs import (
     guided_segments,
     split_sentences,
 )
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.synthetic import WorldConfig, generate_world
 

@@ -11,7 +11,7 @@ import pytest
 
 from realign_jax.eval.chair import chair, load_synonyms
 from realign_jax.main import run
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.synthetic import WorldConfig, generate_world
 from realign_jax.synthetic.benchmarks import object_lists
 

@@ -14,7 +14,7 @@ from transformers import CLIPImageProcessorPil, LlavaProcessor
 
 from realign_jax.data import images as image_ops
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder, TooLong
-from realign_jax.data.pipeline import BadRecordCounter, dataset, epoch_order, take_bad_records
+from realign_jax.data.loader import BadRecordCounter, dataset, epoch_order, take_bad_records
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER, render_conversation
 from realign_jax.data.records import BadRecord, from_json
 from realign_jax.data.sources import JsonlSource

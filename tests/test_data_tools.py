@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from test_data_pipeline import encoder, good_record, write_dataset
 
-from realign_jax.data import pipeline
+from realign_jax.data import loader
 from realign_jax.data.arrayrecord import ArrayRecordSource, convert
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.data.records import BadRecord
@@ -144,40 +144,40 @@ def test_worker_processes_resume_exactly_and_carry_skip_counts(tokenizer, tmp_pa
     enc = encoder(tokenizer, kinds=("chosen", "rejected"))
 
     def batches():
-        return iter(pipeline.dataset(source, enc, 2, seed=5, on_bad_record="skip", workers=1))
+        return iter(loader.dataset(source, enc, 2, seed=5, on_bad_record="skip", workers=1))
 
-    counter = pipeline.BadRecordCounter()
+    counter = loader.BadRecordCounter()
     first = batches()
     for _ in range(3):
-        pipeline.take_bad_records(next(first), counter)
+        loader.take_bad_records(next(first), counter)
     state = json.loads(json.dumps(first.get_state()))
-    expected = [pipeline.take_bad_records(next(first), counter) for _ in range(4)]
+    expected = [loader.take_bad_records(next(first), counter) for _ in range(4)]
     # 7 batches x 2 good examples = 14 good = 2 epochs + 2: the bad record passed 2 or 3 times,
     # counted in this process although worker processes read it.
     assert counter.counts["image"] in (2, 3) and set(counter.counts) == {"image"}
     first.close()
     resumed = batches()
     resumed.set_state(state)
-    for a, b in zip(expected, [pipeline.take_bad_records(next(resumed), counter) for _ in range(4)]):
+    for a, b in zip(expected, [loader.take_bad_records(next(resumed), counter) for _ in range(4)]):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     resumed.close()
 
 
 def test_length_buckets():
-    assert pipeline.parse_buckets("auto", 64) == (16, 32, 48, 64)
-    assert pipeline.parse_buckets("", 64) == (64,)
-    assert pipeline.parse_buckets("40,20", 64) == (20, 40, 64)
+    assert loader.parse_buckets("auto", 64) == (16, 32, 48, 64)
+    assert loader.parse_buckets("", 64) == (64,)
+    assert loader.parse_buckets("40,20", 64) == (20, 40, 64)
     for bad in ("x", "0,10", "100"):
         with pytest.raises(ValueError, match="data.length_buckets"):
-            pipeline.parse_buckets(bad, 64)
+            loader.parse_buckets(bad, 64)
     mask = np.zeros((2, 3, 64), np.int32)
     mask[0, 1, :33] = 1
     mask[1, 0, :20] = 1
     batch = {"input_ids": mask * 7, "attention_mask": mask, "loss_mask": mask, "pixel_values": np.ones((2, 1, 3))}
-    length = pipeline.bucket_length(batch, (16, 32, 48, 64))
+    length = loader.bucket_length(batch, (16, 32, 48, 64))
     assert length == 48
-    trimmed = pipeline.trim(batch, length)
+    trimmed = loader.trim(batch, length)
     assert trimmed["input_ids"].shape == (2, 3, 48) and trimmed["pixel_values"].shape == (2, 1, 3)
     assert trimmed["attention_mask"].sum() == mask.sum()  # only padding was cut
 
@@ -185,7 +185,7 @@ def test_length_buckets():
 def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokenizer, tmp_path):
     import train_llava
 
-    from realign_jax.train.inputs import make_dataset, to_bucket
+    from realign_jax.train.batches import make_dataset, to_bucket
     from realign_jax.train.settings import parse
     from realign_jax.train.trainer import Trainer
 
@@ -196,9 +196,9 @@ def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokeniz
     config.train.batch_size = 8
     trainer = Trainer(parse(config))
     state = trainer.init_state()
-    host = pipeline.take_bad_records(next(iter(make_dataset(config.data, trainer.settings, trainer.model_config))),
-                                     pipeline.BadRecordCounter())
-    trimmed = to_bucket(host, pipeline.parse_buckets("auto", 96))
+    host = loader.take_bad_records(next(iter(make_dataset(config.data, trainer.settings, trainer.model_config))),
+                                     loader.BadRecordCounter())
+    trimmed = to_bucket(host, loader.parse_buckets("auto", 96))
     assert trimmed["input_ids"].shape[-1] == 48 < host["input_ids"].shape[-1]
     full = trainer.reference_logps(state, trainer.device_batch(host))
     short = trainer.reference_logps(state, trainer.device_batch(trimmed))

@@ -20,7 +20,7 @@ from test_data_pipeline import encoder, good_record, write_dataset
 from realign_jax.data import images as image_ops
 from realign_jax.data import sources
 from realign_jax.data.jsonl import json_objects
-from realign_jax.data.pipeline import BadRecordCounter, dataset, take_bad_records
+from realign_jax.data.loader import BadRecordCounter, dataset, take_bad_records
 from realign_jax.data.records import BadRecord
 from realign_jax.data.sources import JsonlSource
 

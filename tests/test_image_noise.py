@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from test_data_pipeline import SPEC, encoder, good_record, write_dataset
 
-from realign_jax.data import image_noise, pipeline
+from realign_jax.data import image_noise, loader
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.records import BadRecord, from_json
 from realign_jax.data.sources import JsonlSource
@@ -68,7 +68,7 @@ def test_povid_second_image_is_the_noised_first_image(tokenizer, tmp_path):
     residual = xt - np.sqrt(abar) * x0
     assert residual.std() == pytest.approx(np.sqrt(1 - abar), rel=0.05) and abs(residual.mean()) < 0.02
     # Through the pipeline: the noise differs between epochs of the same record.
-    batches = iter(pipeline.dataset(JsonlSource(path), noisy_encoder, 1, seed=0))
+    batches = iter(loader.dataset(JsonlSource(path), noisy_encoder, 1, seed=0))
     seen: dict[int, list[np.ndarray]] = {}
     for _ in range(4):
         batch = next(batches)

@@ -198,7 +198,7 @@ def _targets(node: ast.AST, package: str, modules: set[str]) -> list[str]:
             origin = ".".join(base + ([node.module] if node.module else []))
         else:
             origin = node.module or ""
-        # `from realign_jax.data import pipeline` imports the module realign_jax.data.pipeline
+        # `from realign_jax.data import loader` imports the module realign_jax.data.loader
         return [f"{origin}.{a.name}" if f"{origin}.{a.name}" in modules else origin for a in node.names]
     if isinstance(node, ast.Constant) and isinstance(node.value, str) and _MODULE_STRING.fullmatch(node.value):
         return [node.value.partition(":")[0]]  # "realign_jax.pairs.povid:build_povid", imported by name

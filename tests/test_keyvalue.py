@@ -4,7 +4,7 @@ import pytest
 
 from realign_jax.data.keyvalue import parse_key_values
 from realign_jax.data.sources import _tfds
-from realign_jax.train.config_base import parse_arg
+from realign_jax.train.train_configs import parse_arg
 from realign_jax.train.optimizer import OptimConfig
 from realign_jax.train.settings import _parse_rules
 

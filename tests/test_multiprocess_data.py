@@ -30,7 +30,7 @@ from test_prompting import LLAVA_TEMPLATE, build_tokenizer
 
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.images import ImageProcessing
-from realign_jax.data.pipeline import dataset
+from realign_jax.data.loader import dataset
 from realign_jax.data.prompting import load_tokenizer
 from realign_jax.data.sources import JsonlSource
 

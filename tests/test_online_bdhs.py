@@ -16,7 +16,7 @@ from realign_jax.data.chat import ChatCodec
 from realign_jax.main import train
 from realign_jax.models.answering import Answerer
 from realign_jax.pairs.bdhs import BdhsSampler, settings_from_config
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.synthetic import WorldConfig, generate_world
 

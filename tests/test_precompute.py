@@ -16,7 +16,7 @@ from realign_jax.models import hf
 from realign_jax.models.config import preset
 from realign_jax.models.llava import LlavaModel
 from realign_jax.train import settings as train_settings
-from realign_jax.train.inputs import make_encoder
+from realign_jax.train.batches import make_encoder
 from realign_jax.train.loop import train
 from realign_jax.train.metrics_log import read
 from realign_jax.train.precompute import precompute

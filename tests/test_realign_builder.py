@@ -22,7 +22,7 @@ from realign_jax.eval.chair import load_synonyms, mentioned_objects
 from realign_jax.main import run
 from realign_jax.pairs.answers import RELATION_RE
 from realign_jax.pairs.image_index import ImageIndex
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.masking import MASK, LLMMasker, MaskedAnswer, RuleMasker
 from realign_jax.pairs.realign import HISTOGRAM_FILE, cut_fill
 from realign_jax.synthetic import WorldConfig, generate_world

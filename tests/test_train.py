@@ -11,7 +11,7 @@ import pytest
 
 from realign_jax.models.partitioning import make_mesh
 from realign_jax.train import settings as train_settings
-from realign_jax.train.inputs import make_dataset
+from realign_jax.train.batches import make_dataset
 from realign_jax.train.loop import train
 from realign_jax.train.metrics_log import read
 from realign_jax.train.trainer import Trainer

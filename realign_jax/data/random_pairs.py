@@ -14,7 +14,7 @@ import dataclasses
 import grain
 import numpy as np
 
-from realign_jax.data.pipeline import per_process_batch
+from realign_jax.data.loader import per_process_batch
 
 BOS = 1
 FIRST_TOKEN = 3  # 0 pad, 1 bos, 2 eos

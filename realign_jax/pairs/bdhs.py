@@ -39,7 +39,7 @@ import numpy as np
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.text import VERDICT_RE, cased
 from realign_jax.models.answering import Answerer, Prompt
-from realign_jax.pairs.inputs import image_path, rebase_image, with_chosen
+from realign_jax.pairs.builder_inputs import image_path, rebase_image, with_chosen
 from realign_jax.pairs.seeds import record_rng, stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.pairs.shards import build_in_shards

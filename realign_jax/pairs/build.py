@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from realign_jax.pairs.inputs import read_records
+from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.registry import BUILDERS
 
 

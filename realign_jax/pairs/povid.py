@@ -13,7 +13,7 @@ from typing import Any
 
 from realign_jax.data.text import load_synonyms
 from realign_jax.pairs.injection import KINDS, InjectionStats, inject_records
-from realign_jax.pairs.inputs import rebase_image, synonyms_path, with_chosen
+from realign_jax.pairs.builder_inputs import rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.llm import ChatEndpoint
 from realign_jax.pairs.shards import build_in_shards
 

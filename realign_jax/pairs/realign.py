@@ -38,7 +38,7 @@ from realign_jax.pairs.image_index import (
     ImageIndex,
     Neighbour,
 )
-from realign_jax.pairs.inputs import image_path, rebase_image, synonyms_path, with_chosen
+from realign_jax.pairs.builder_inputs import image_path, rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.masking import LLMMasker, MaskedAnswer, Masker, RuleMasker
 from realign_jax.pairs.seeds import stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder

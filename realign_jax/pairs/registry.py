@@ -1,7 +1,7 @@
 """The preference builders by `pairs.builder` name: the one list `mode=build_pairs`
 (pairs/build.py) and the pipeline (pipeline.py) read.
 
-Each entry names its build_pairs config (pairs/config_base.py), whether it generates with a
+Each entry names its build_pairs config (pairs/pair_configs.py), whether it generates with a
 VLM (then `model.path` is required), and where its builder function lives; the function is
 imported only when it runs (the model-based builders bring the generation stack with them).
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from realign_jax.pairs import config_base
+from realign_jax.pairs import pair_configs
 
 Builder = Callable[[Any, Sequence[dict[str, Any]], str, str], dict[str, Any]]
 
@@ -32,7 +32,7 @@ class BuilderSpec:
 
 
 BUILDERS: dict[str, BuilderSpec] = {
-    "povid": BuilderSpec(config_base.povid_pairs_config, False, "realign_jax.pairs.povid:build_povid"),
-    "realign": BuilderSpec(config_base.realign_pairs_config, True, "realign_jax.pairs.realign:build_realign"),
-    "bdhs": BuilderSpec(config_base.bdhs_pairs_config, True, "realign_jax.pairs.bdhs:build_bdhs"),
+    "povid": BuilderSpec(pair_configs.povid_pairs_config, False, "realign_jax.pairs.povid:build_povid"),
+    "realign": BuilderSpec(pair_configs.realign_pairs_config, True, "realign_jax.pairs.realign:build_realign"),
+    "bdhs": BuilderSpec(pair_configs.bdhs_pairs_config, True, "realign_jax.pairs.bdhs:build_bdhs"),
 }

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import jax
 from tqdm import tqdm
 
-from realign_jax.data import pipeline
+from realign_jax.data import loader
 from realign_jax.train.checkpoint import Checkpointer
-from realign_jax.train.inputs import batch_shaper, make_dataset
+from realign_jax.train.batches import batch_shaper, make_dataset
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import parse
@@ -123,7 +123,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     trainer = Trainer(settings)
     state = trainer.init_state()
     check_free_space(workdir, trainer.bytes_written(state, settings.keep_checkpoints, settings.export))
-    bad_records = pipeline.BadRecordCounter()
+    bad_records = loader.BadRecordCounter()
     nonfinite = NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir)
     if config.get("online_bdhs") and config.online_bdhs.every:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
@@ -155,12 +155,12 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     try:
         while step < settings.steps:
             raw = next(iterator)
-            host_batch = shaped(pipeline.take_bad_records(raw, bad_records))
-            if raw.get(pipeline.EPOCH, epoch) > epoch:
+            host_batch = shaped(loader.take_bad_records(raw, bad_records))
+            if raw.get(loader.EPOCH, epoch) > epoch:
                 if bad_records.total:
                     bar.write(f"epoch {epoch} done: {bad_records.total} bad records skipped so far "
                               f"{dict(bad_records.counts)}, e.g. {bad_records.examples[0]}")
-                epoch = raw[pipeline.EPOCH]
+                epoch = raw[loader.EPOCH]
             batch = trainer.device_batch(host_batch)
             if xla and step + 1 == settings.profile_start:
                 jax.profiler.start_trace(os.path.join(workdir, "profile"))
@@ -169,7 +169,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             step += 1
             nonfinite.queue(step, metrics)
             if xla and "xla" not in outputs:
-                outputs["xla"] = _write_xla_artifacts(trainer.compiled(state, batch), workdir)
+                outputs["xla"] = _write_xla_artifacts(trainer.executable(state, batch), workdir)
             if profiling and step + 1 == settings.profile_start + settings.profile_steps:
                 jax.block_until_ready(state)
                 jax.profiler.stop_trace()

@@ -23,14 +23,14 @@ from typing import Any, Protocol
 import jax
 import numpy as np
 
-from realign_jax.data import pipeline
+from realign_jax.data import loader
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.jsonl import json_objects
 from realign_jax.data.sources import JsonlSource
 from realign_jax.files import write_atomically
 from realign_jax.models.answering import Answerer
 from realign_jax.models.llava import LlavaModel
-from realign_jax.train.inputs import make_encoder
+from realign_jax.train.batches import make_encoder
 from realign_jax.train.settings import TrainSettings
 
 
@@ -91,7 +91,7 @@ class OnlineBdhsBatches:
         if self._inner is not None:
             self._inner.close()
         source = JsonlSource(path)
-        self._inner = iter(pipeline.dataset(source, self.encoder, self.settings.batch_size, seed=self.seed + index,
+        self._inner = iter(loader.dataset(source, self.encoder, self.settings.batch_size, seed=self.seed + index,
                                             on_bad_record=self.config.data.on_bad_record,
                                             cache_mb=self.config.data.cache_mb))
         if inner_state is not None:

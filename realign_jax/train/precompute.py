@@ -24,11 +24,11 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from realign_jax.data.pipeline import BadRecordCounter, stack_examples
+from realign_jax.data.loader import BadRecordCounter, stack_examples
 from realign_jax.data.records import BadRecord, Record, check_on_bad_record
 from realign_jax.data.sources import JsonlSource
 from realign_jax.train import settings as train_settings
-from realign_jax.train.inputs import batch_shaper, make_encoder
+from realign_jax.train.batches import batch_shaper, make_encoder
 from realign_jax.train.trainer import Trainer
 
 OUTPUT = "records.jsonl"

@@ -144,7 +144,7 @@ class Trainer:
     def _shapes(batch: Batch) -> tuple:
         return tuple(sorted((k, v.shape, str(v.dtype)) for k, v in batch.items()))
 
-    def compile(self, state: TrainState, batch: Batch) -> Any:
+    def compile_step(self, state: TrainState, batch: Batch) -> Any:
         """Lower and compile the step for these batch shapes once (AOT: memory analysis, HLO
         text); each length bucket gets its own executable."""
         state_sh = self.state_shardings(state)
@@ -157,13 +157,13 @@ class Trainer:
         self._compiled[self._shapes(batch)] = compiled
         return compiled
 
-    def compiled(self, state: TrainState, batch: Batch) -> Any:
+    def executable(self, state: TrainState, batch: Batch) -> Any:
         """The step's executable for this batch's shapes, compiling it on first use."""
         executable = self._compiled.get(self._shapes(batch))
-        return executable if executable is not None else self.compile(state, batch)
+        return executable if executable is not None else self.compile_step(state, batch)
 
     def step(self, state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        return self.compiled(state, batch)(state, batch)
+        return self.executable(state, batch)(state, batch)
 
     def bytes_written(self, state: TrainState, keep_checkpoints: int, export: bool) -> int:
         """About what the run puts on disk: `keep + 1` checkpoints (one is written while the

@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from realign_jax.data import images as image_ops
-from realign_jax.data import packing, pipeline, prompting, random_pairs
+from realign_jax.data import loader, packing, prompting, random_pairs
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.sources import open_source
 from realign_jax.models.config import LlavaConfig
@@ -47,7 +47,7 @@ def second_image(layout: Any) -> str:
 def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
     """The batches of this process for the configured source (`settings.parse` checked its name)."""
     if data.source != "random":
-        return pipeline.dataset(
+        return loader.dataset(
             open_source(data), make_encoder(data, settings, model),
             settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record, shard_index=jax.process_index(),
             shard_count=jax.process_count(), workers=data.workers,
@@ -77,7 +77,7 @@ def _agreed(value: int) -> int:
 def to_bucket(batch: dict[str, np.ndarray], buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
     """Trim the batch to its length bucket; every process takes the longest any of them needs,
     so the global arrays agree in shape."""
-    return pipeline.trim(batch, _agreed(pipeline.bucket_length(batch, buckets)))
+    return loader.trim(batch, _agreed(loader.bucket_length(batch, buckets)))
 
 
 def to_packed(batch: dict[str, np.ndarray], layout: Any, model: LlavaConfig, row_multiple: int,
@@ -122,5 +122,5 @@ def batch_shaper(data: Any, settings: TrainSettings, trainer: Any,
         micro_batches = settings.grad_accum if micro_batches is None else micro_batches
         return lambda batch: to_packed(batch, settings.layout, trainer.model_config, row_multiple, share_prefix,
                                        pack_len, micro_batches)
-    buckets = pipeline.parse_buckets(data.length_buckets if data.source != "random" else "", data.seq_len)
+    buckets = loader.parse_buckets(data.length_buckets if data.source != "random" else "", data.seq_len)
     return lambda batch: to_bucket(batch, buckets)
