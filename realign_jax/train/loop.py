@@ -1,13 +1,15 @@
 """The training loop behind `mode=train` and `mode=sft`: data -> step -> metrics + checkpoints.
 
 It resumes from the newest checkpoint in `<workdir>/checkpoints` (parameters, optimiser,
-step, RNG and the data iterator: Grain's, or online BDHS's rounds, train/online_bdhs.py), saves every `train.checkpoint_every` steps, at the end and
-when the process receives SIGTERM (TPU preemption) or Ctrl-C, and exports the merged model in
-Hugging Face format at the end.
+step, RNG and the data iterator: Grain's, or online BDHS's rounds, train/online_bdhs.py),
+saves every `train.checkpoint_every` steps, at the end and when the process receives SIGTERM
+(TPU preemption) or Ctrl-C, and exports the merged model in Hugging Face format at the end.
+`train` reads as its phases: `_prepare` (build and restore), the step loop, `_finish`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -21,7 +23,7 @@ from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.batches import batch_shaper, make_dataset
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
-from realign_jax.train.settings import parse
+from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer
 from realign_jax.train.workdir import check_free_space, check_writable, claim
 
@@ -105,15 +107,73 @@ def _write_xla_artifacts(compiled: Any, workdir: str) -> list[str]:
     return [hlo, memory]
 
 
-def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
-          overwrite: bool = False, online_sampler: RoundSampler | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the last logged metrics and the output paths.
+class XlaProfile:
+    """`--xla`: the first step's optimised HLO and memory analysis, and a trace of the steps
+    [train.profile_start, train.profile_start + train.profile_steps)."""
 
-    `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
-    `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
-    `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
-    passes pairs/bdhs.py's).
-    """
+    def __init__(self, enabled: bool, workdir: str, start: int, steps: int):
+        self.enabled, self.workdir, self.start, self.steps = enabled, workdir, start, steps
+        self.tracing = False
+
+    def before_step(self, step: int) -> None:
+        """`step` is the number of steps done so far."""
+        if self.enabled and step + 1 == self.start:
+            jax.profiler.start_trace(os.path.join(self.workdir, "profile"))
+            self.tracing = True
+
+    def after_step(self, step: int, trainer: Trainer, state: Any, batch: Any, outputs: dict[str, Any]) -> None:
+        if self.enabled and "xla" not in outputs:
+            outputs["xla"] = _write_xla_artifacts(trainer.executable(state, batch), self.workdir)
+        if self.tracing and step + 1 == self.start + self.steps:
+            jax.block_until_ready(state)
+            self.stop()
+            outputs["profile"] = os.path.join(self.workdir, "profile")
+
+    def stop(self) -> None:
+        if self.tracing:
+            jax.profiler.stop_trace()
+            self.tracing = False
+
+
+class Throughput:
+    """Tokens per second over the steps since the last log line (the first window after a
+    (re)start includes compilation)."""
+
+    def __init__(self) -> None:
+        self.tokens, self.start = 0.0, time.perf_counter()
+
+    def add(self, host_batch: dict[str, Any]) -> None:
+        self.tokens += float(host_batch["attention_mask"].sum()) * jax.process_count()
+
+    def take(self) -> float:
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.start, 1e-9)
+        self.tokens, self.start = 0.0, now
+        return rate
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop works with, once built and (on resume) restored."""
+
+    settings: TrainSettings
+    trainer: Trainer
+    state: Any
+    iterator: Any
+    shaped: Any  # host batch -> bucketed or packed host batch
+    checkpoints: Checkpointer
+    bad_records: loader.BadRecordCounter
+    nonfinite: NonFiniteSteps
+
+    def data_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps beside the train state."""
+        return {"iterator": self.iterator.get_state(), "skipped": self.bad_records.state(),
+                "nonfinite": self.nonfinite.state()}
+
+
+def _prepare(config: Any, workdir: str, overwrite: bool, online_sampler: RoundSampler | None) -> _Run:
+    """Settings, work dir, train state, data and checkpoints; restored from the newest checkpoint
+    when there is one."""
     settings = parse(config)
     maybe_initialize_distributed()
     check_writable(workdir)
@@ -123,100 +183,116 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
     trainer = Trainer(settings)
     state = trainer.init_state()
     check_free_space(workdir, trainer.bytes_written(state, settings.keep_checkpoints, settings.export))
-    bad_records = loader.BadRecordCounter()
-    nonfinite = NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir)
     if config.get("online_bdhs") and config.online_bdhs.every:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
-        # The lambda reads `state` when a round starts: the policy as trained up to then.
-        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir, lambda: trainer.policy(state),
-                                     online_sampler)
+        # The lambda reads the run's state when a round starts: the policy as trained up to then.
+        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir,
+                                     lambda: trainer.policy(run.state), online_sampler)
     else:
         iterator = iter(make_dataset(config.data, settings, trainer.model_config))
-    shaped = batch_shaper(config.data, settings, trainer)
-    checkpoints = Checkpointer(checkpoints_dir, settings.checkpoint_every,
-                               settings.keep_checkpoints)
-    if checkpoints.latest_step() is not None:
-        state, data_state = checkpoints.restore(state)
-        iterator.set_state(data_state["iterator"])
-        bad_records.restore(data_state["skipped"])
-        nonfinite.restore(data_state.get("nonfinite", {}))
-        print(f"resumed from checkpoint step {int(state.step)} in {checkpoints_dir}", flush=True)
-    step = int(state.step)
+    run = _Run(settings, trainer, state, iterator, batch_shaper(config.data, settings, trainer),
+               Checkpointer(checkpoints_dir, settings.checkpoint_every, settings.keep_checkpoints),
+               loader.BadRecordCounter(),
+               NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir))
+    if run.checkpoints.latest_step() is not None:
+        run.state, data_state = run.checkpoints.restore(run.state)
+        run.iterator.set_state(data_state["iterator"])
+        run.bad_records.restore(data_state["skipped"])
+        run.nonfinite.restore(data_state.get("nonfinite", {}))
+        print(f"resumed from checkpoint step {int(run.state.step)} in {checkpoints_dir}", flush=True)
+    return run
+
+
+def _log_line(run: _Run, metrics: Any, throughput: Throughput) -> dict[str, float]:
+    """The metrics of a log step, fetched from the device, with the loop's own counters."""
+    run.nonfinite.check_pending()  # the metrics are fetched here anyway
+    line = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    line["tokens_per_sec"] = throughput.take()
+    line["data/skipped"] = float(run.bad_records.total)
+    line["train/skipped_nonfinite"] = float(run.nonfinite.total)
+    return line
+
+
+def _finish(run: _Run, config: Any, workdir: str, step: int, outputs: dict[str, Any]) -> None:
+    """After the last step: every save done, a run that never updated refused, the export."""
+    run.checkpoints.wait()
+    run.nonfinite.check_pending()
+    if step and run.nonfinite.total >= step:  # skip let every step through without its update
+        raise FloatingPointError(
+            f"none of the {step} steps had a finite loss and gradient, so no update was applied and nothing "
+            "is exported: check the config's numbers (loss.beta, optim.lr) and the data (ref_logps)")
+    if step == run.settings.steps and run.settings.export:
+        outputs["export"] = os.path.join(workdir, "export")
+        side_files = run.settings.model.get("path") or config.data.get("tokenizer") or None  # tokenizer etc.
+        run.trainer.export(run.state, outputs["export"], copy_side_files_from=side_files)
+
+
+def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
+          overwrite: bool = False, online_sampler: RoundSampler | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the last logged metrics and the output paths.
+
+    `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
+    `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
+    `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
+    passes pairs/bdhs.py's).
+    """
+    run = _prepare(config, workdir, overwrite, online_sampler)
+    settings, trainer = run.settings, run.trainer
+    step = int(run.state.step)
     log = MetricsLog(workdir, resume_step=step)
     stop_requests = StopRequests()
+    profile = XlaProfile(xla, workdir, settings.profile_start, settings.profile_steps)
+    throughput = Throughput()
     outputs: dict[str, Any] = {"workdir": workdir, "resumed_from": step or None}
     last: dict[str, float] = {}
-    profiling = False
     epoch = 0
-    window_tokens, window_start = 0.0, time.perf_counter()
     bar = tqdm(total=settings.steps, initial=step, desc=settings.objective, unit="step",
                disable=jax.process_index() != 0)
     try:
         while step < settings.steps:
-            raw = next(iterator)
-            host_batch = shaped(loader.take_bad_records(raw, bad_records))
+            # The next batch, its skipped records counted (and reported when an epoch ends).
+            raw = next(run.iterator)
+            host_batch = run.shaped(loader.take_bad_records(raw, run.bad_records))
             if raw.get(loader.EPOCH, epoch) > epoch:
-                if bad_records.total:
-                    bar.write(f"epoch {epoch} done: {bad_records.total} bad records skipped so far "
-                              f"{dict(bad_records.counts)}, e.g. {bad_records.examples[0]}")
+                if run.bad_records.total:
+                    bar.write(f"epoch {epoch} done: {run.bad_records.total} bad records skipped so far "
+                              f"{dict(run.bad_records.counts)}, e.g. {run.bad_records.examples[0]}")
                 epoch = raw[loader.EPOCH]
             batch = trainer.device_batch(host_batch)
-            if xla and step + 1 == settings.profile_start:
-                jax.profiler.start_trace(os.path.join(workdir, "profile"))
-                profiling = True
-            state, metrics = trainer.step(state, batch)
+
+            # The step; its finiteness is read once the next one is queued.
+            profile.before_step(step)
+            run.state, metrics = trainer.step(run.state, batch)
             step += 1
-            nonfinite.queue(step, metrics)
-            if xla and "xla" not in outputs:
-                outputs["xla"] = _write_xla_artifacts(trainer.executable(state, batch), workdir)
-            if profiling and step + 1 == settings.profile_start + settings.profile_steps:
-                jax.block_until_ready(state)
-                jax.profiler.stop_trace()
-                profiling = False
-                outputs["profile"] = os.path.join(workdir, "profile")
-            window_tokens += float(host_batch["attention_mask"].sum()) * jax.process_count()
+            run.nonfinite.queue(step, metrics)
+            profile.after_step(step, trainer, run.state, batch, outputs)
+            throughput.add(host_batch)
+
+            # Metrics, then a checkpoint when due, asked for (SIGTERM, Ctrl-C) or at the end.
             if step % settings.log_every == 0 or step == settings.steps:
-                nonfinite.check_pending()  # the metrics are fetched here anyway
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                now = time.perf_counter()
-                # The first window after a (re)start includes compilation.
-                last["tokens_per_sec"] = window_tokens / max(now - window_start, 1e-9)
-                window_tokens, window_start = 0.0, now
-                last["data/skipped"] = float(bad_records.total)
-                last["train/skipped_nonfinite"] = float(nonfinite.total)
+                last = _log_line(run, metrics, throughput)
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
             stopping = stop_requests.requested is not None or (stop_after is not None and step >= stop_after)
-            if stopping or step == settings.steps or checkpoints.due(step):
-                nonfinite.check_pending()
-                trainer.check_finite(state, step)
-                checkpoints.save(step, state, {"iterator": iterator.get_state(), "skipped": bad_records.state(),
-                                               "nonfinite": nonfinite.state()})
+            if stopping or step == settings.steps or run.checkpoints.due(step):
+                run.nonfinite.check_pending()
+                trainer.check_finite(run.state, step)
+                run.checkpoints.save(step, run.state, run.data_state())
             if stopping:
                 outputs["stopped_at"] = step
                 break
-        checkpoints.wait()
-        nonfinite.check_pending()
-        if step and nonfinite.total >= step:  # skip let every step through without its update
-            raise FloatingPointError(
-                f"none of the {step} steps had a finite loss and gradient, so no update was applied and nothing "
-                "is exported: check the config's numbers (loss.beta, optim.lr) and the data (ref_logps)")
-        if step == settings.steps and settings.export:
-            outputs["export"] = os.path.join(workdir, "export")
-            side_files = settings.model.get("path") or config.data.get("tokenizer") or None  # tokenizer etc.
-            trainer.export(state, outputs["export"], copy_side_files_from=side_files)
+        _finish(run, config, workdir, step, outputs)
     finally:
-        if profiling:
-            jax.profiler.stop_trace()
+        profile.stop()
         bar.close()
-        iterator.close()  # stops Grain's read-ahead threads and worker processes
+        run.iterator.close()  # stops Grain's read-ahead threads and worker processes
         stop_requests.restore()
-        checkpoints.close()
+        run.checkpoints.close()
         log.close()
-    if bad_records.total:
-        outputs["skipped_records"] = dict(bad_records.counts)
+    if run.bad_records.total:
+        outputs["skipped_records"] = dict(run.bad_records.counts)
     outputs["metrics"] = last
     outputs["step"] = step
     return outputs
