@@ -70,7 +70,7 @@ def pipeline_config(method: str) -> ml_collections.ConfigDict:
     config.align = ml_collections.ConfigDict()
     for index, loss in enumerate(losses):
         stage = _align_sections(aligning_config(loss))
-        stage.optim.lr = 2e-4  # chosen on the world for rDPO over 1e-4 and 5e-4 (README "The pipeline")
+        stage.optim.lr = 2e-4  # chosen on the world for rDPO over 1e-4 and 5e-4 (docs/benchmarks.md, "Choosing the align recipe")
         if loss == "povid":  # the noisy response is the policy's own argmax under the noised image
             stage.loss.noisy_scoring = "argmax"
         if loss == "mdpo":  # the conditional term's image: a random crop of the image (mDPO's corruption)
