@@ -23,12 +23,13 @@ import time
 import jax
 import numpy as np
 
-from realign_jax.data import loader
+from realign_jax.data import batching, loader
 from realign_jax.synthetic.config import WorldConfig
 from realign_jax.synthetic.world import ensure_world
 from realign_jax.train import settings as train_settings
 from realign_jax.train.train_configs import world_sft_config
-from realign_jax.train.batches import make_dataset, to_bucket, to_packed
+from realign_jax.data.batching import to_bucket, to_packed
+from realign_jax.train.batches import make_dataset
 from realign_jax.train.trainer import Trainer
 
 
@@ -69,7 +70,7 @@ def main() -> None:
             state = trainer.init_state()
             raw = [loader.take_bad_records(b, loader.BadRecordCounter())
                    for b in itertools.islice(make_dataset(config.data, settings, trainer.model_config), args.steps)]
-            buckets = loader.parse_buckets(config.data.length_buckets, config.data.seq_len)
+            buckets = batching.parse_buckets(config.data.length_buckets, config.data.seq_len)
             layouts = {
                 "padded": [to_bucket(b, buckets) for b in raw],
                 "packed": [to_packed(b, settings.layout, trainer.model_config, trainer.packed_row_multiple())

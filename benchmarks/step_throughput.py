@@ -50,11 +50,12 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 import train_llava  # noqa: E402
-from realign_jax.data import loader, packing  # noqa: E402
+from realign_jax.data import batching, packing  # noqa: E402
 from peak import matmul_peak  # noqa: E402  (benchmarks/peak.py)
 from realign_jax.models.accounting import step_flops  # noqa: E402
 from realign_jax.train import settings as train_settings  # noqa: E402
-from realign_jax.train.batches import make_dataset, to_bucket, to_packed  # noqa: E402
+from realign_jax.data.batching import to_bucket, to_packed  # noqa: E402
+from realign_jax.train.batches import make_dataset  # noqa: E402
 from realign_jax.train.trainer import Trainer, trained_parts  # noqa: E402
 
 VARIANTS = ("padded", "packed", "shared_prefix", "precomputed_ref")
@@ -110,7 +111,7 @@ def main() -> None:
     prompt = 1 + fused.model_config.num_image_tokens + PROMPT_TEXT
     raw = list(itertools.islice(make_dataset(config.data, fused.settings, fused.model_config), args.steps))
     pack_len = args.pack_len or -(-(2 * args.seq_len - prompt + 1) // 64) * 64
-    buckets = loader.parse_buckets("auto", args.seq_len)
+    buckets = batching.parse_buckets("auto", args.seq_len)
     row_multiple = fused.packed_row_multiple()
     layouts = {
         "padded": lambda b: to_bucket(b, buckets),

@@ -345,10 +345,11 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
     import jax
     import jax.numpy as jnp
 
-    from realign_jax.data import loader
+    from realign_jax.data import batching, loader
     from realign_jax.models.partitioning import make_mesh
     from realign_jax.train import settings as train_settings
-    from realign_jax.train.batches import make_dataset, to_bucket, to_packed
+    from realign_jax.data.batching import to_bucket, to_packed
+    from realign_jax.train.batches import make_dataset
     from realign_jax.train.trainer import Trainer
 
     after_import = memory()
@@ -369,7 +370,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
     def batches(variant: str) -> Iterator[Any]:
         """The layout's device batches, built as train/loop.py builds them."""
         data = config(variant).data
-        buckets = loader.parse_buckets(data.length_buckets, data.seq_len)
+        buckets = batching.parse_buckets(data.length_buckets, data.seq_len)
         share = (True,) if data.get("share_prefix") else ()  # the argument exists only with the key
 
         def shaped(batch: dict[str, Any]) -> dict[str, Any]:

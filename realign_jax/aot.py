@@ -41,7 +41,8 @@ from realign_jax.data import random_pairs
 from realign_jax.data.loader import stack_examples
 from realign_jax.models.accounting import StepFlops, step_flops
 from realign_jax.models.partitioning import make_mesh
-from realign_jax.train.batches import batch_shaper, random_pairs_recipe
+from realign_jax.data.batching import shape_batch
+from realign_jax.train.batches import batch_shape, random_pairs_recipe
 from realign_jax.train.settings import TrainSettings, parse
 from realign_jax.train.trainer import Trainer, trained_parts
 
@@ -163,7 +164,8 @@ def host_batch(settings: TrainSettings, trainer: Trainer, data: Any) -> dict[str
     if settings.reference == "precomputed":
         batch["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
     # (padded: kept at seq_len, an upper bound, rather than trimmed to this batch's bucket)
-    return batch_shaper(data, settings, trainer)(batch) if data.packing else batch
+    shape = batch_shape(data, settings, trainer.model_config, trainer.packed_row_multiple())
+    return shape_batch(batch, shape) if data.packing else batch
 
 
 def row_shape(batch: dict[str, np.ndarray]) -> tuple[int, int]:

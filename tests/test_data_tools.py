@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from test_data_pipeline import encoder, good_record, write_dataset
 
-from realign_jax.data import loader
+from realign_jax.data import batching, loader
 from realign_jax.data.arrayrecord import ArrayRecordSource, convert
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.data.records import BadRecord
@@ -165,19 +165,19 @@ def test_worker_processes_resume_exactly_and_carry_skip_counts(tokenizer, tmp_pa
 
 
 def test_length_buckets():
-    assert loader.parse_buckets("auto", 64) == (16, 32, 48, 64)
-    assert loader.parse_buckets("", 64) == (64,)
-    assert loader.parse_buckets("40,20", 64) == (20, 40, 64)
+    assert batching.parse_buckets("auto", 64) == (16, 32, 48, 64)
+    assert batching.parse_buckets("", 64) == (64,)
+    assert batching.parse_buckets("40,20", 64) == (20, 40, 64)
     for bad in ("x", "0,10", "100"):
         with pytest.raises(ValueError, match="data.length_buckets"):
-            loader.parse_buckets(bad, 64)
+            batching.parse_buckets(bad, 64)
     mask = np.zeros((2, 3, 64), np.int32)
     mask[0, 1, :33] = 1
     mask[1, 0, :20] = 1
     batch = {"input_ids": mask * 7, "attention_mask": mask, "loss_mask": mask, "pixel_values": np.ones((2, 1, 3))}
-    length = loader.bucket_length(batch, (16, 32, 48, 64))
+    length = batching.bucket_length(batch, (16, 32, 48, 64))
     assert length == 48
-    trimmed = loader.trim(batch, length)
+    trimmed = batching.trim(batch, length)
     assert trimmed["input_ids"].shape == (2, 3, 48) and trimmed["pixel_values"].shape == (2, 1, 3)
     assert trimmed["attention_mask"].sum() == mask.sum()  # only padding was cut
 
@@ -185,7 +185,8 @@ def test_length_buckets():
 def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokenizer, tmp_path):
     import train_llava
 
-    from realign_jax.train.batches import make_dataset, to_bucket
+    from realign_jax.data.batching import to_bucket
+    from realign_jax.train.batches import make_dataset
     from realign_jax.train.settings import parse
     from realign_jax.train.trainer import Trainer
 
@@ -198,7 +199,7 @@ def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokeniz
     state = trainer.init_state()
     host = loader.take_bad_records(next(iter(make_dataset(config.data, trainer.settings, trainer.model_config))),
                                      loader.BadRecordCounter())
-    trimmed = to_bucket(host, loader.parse_buckets("auto", 96))
+    trimmed = to_bucket(host, batching.parse_buckets("auto", 96))
     assert trimmed["input_ids"].shape[-1] == 48 < host["input_ids"].shape[-1]
     full = trainer.reference_logps(state, trainer.device_batch(host))
     short = trainer.reference_logps(state, trainer.device_batch(trimmed))

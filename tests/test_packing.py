@@ -10,7 +10,8 @@ from realign_jax.data import packing
 from realign_jax.models.llava import LlavaModel
 from realign_jax.models.partitioning import axis_rules, make_mesh
 from realign_jax.train import settings as train_settings
-from realign_jax.train.batches import make_dataset, to_packed
+from realign_jax.data.batching import to_packed
+from realign_jax.train.batches import make_dataset
 from realign_jax.train.step import train_step
 from realign_jax.train.trainer import Trainer
 

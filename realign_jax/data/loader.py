@@ -10,9 +10,9 @@ them into a `BadRecordCounter` with `take_bad_records`. The iterator's state
 (`get_state`/`set_state`) goes into the Orbax checkpoint, so a resumed run continues with the
 next unseen example.
 
-Length buckets: batches are padded to `seq_len`; `bucket_length` picks the shortest bucket
-that holds every row of a batch and `trim` cuts the padding off, so short data compiles a
-few small steps instead of running every step at full length.
+Batches are padded to `seq_len`; data/batching.py then trims each to its length bucket or
+packs it, so short data compiles a few small steps instead of running every step at full
+length.
 """
 
 from __future__ import annotations
@@ -209,31 +209,3 @@ def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int,
             flags.FLAGS.mark_as_parsed()
         batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
     return batches
-
-
-def parse_buckets(spec: str, seq_len: int) -> tuple[int, ...]:
-    """'auto' -> quarters of seq_len; '' -> seq_len only; '128,256' -> those (seq_len added)."""
-    if spec == "auto":
-        lengths = {max(8, -(-seq_len * q // 4) // 8 * 8) for q in (1, 2, 3)}
-    elif spec:
-        try:
-            lengths = {int(x) for x in spec.split(",")}
-        except ValueError:
-            raise ValueError(f"data.length_buckets={spec!r}: give 'auto', '' or comma-separated lengths") from None
-        if min(lengths) <= 0 or max(lengths) > seq_len:
-            raise ValueError(f"data.length_buckets={spec!r}: lengths must be in 1..data.seq_len={seq_len}")
-    else:
-        lengths = set()
-    return tuple(sorted(lengths | {seq_len}))
-
-
-def bucket_length(batch: dict[str, np.ndarray], buckets: Sequence[int]) -> int:
-    """The shortest bucket that holds every (right-padded) row of the batch."""
-    longest = int(batch["attention_mask"].sum(-1).max())
-    return next(b for b in buckets if b >= longest)
-
-
-def trim(batch: dict[str, np.ndarray], length: int) -> dict[str, np.ndarray]:
-    """Cut the token arrays ([..., T]) to `length`; images and reference log-probs are kept."""
-    token_keys = ("input_ids", "attention_mask", "loss_mask")
-    return {k: (v[..., :length] if k in token_keys else v) for k, v in batch.items()}

@@ -31,7 +31,7 @@ The packed arrays, beside input_ids / attention_mask / loss_mask:
                               row's kind, token within the image)
 
 `pixel_values` and `ref_logps` keep their per-example shapes: each image is still encoded once
-per step. The caller rounds the number of packed rows up (train/batches.py `to_packed`), so a
+per step. The caller rounds the number of packed rows up (data/batching.py `to_packed`), so a
 run compiles a few row counts, as length buckets do.
 """
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 import numpy as np
 from tqdm import tqdm
 
-from realign_jax.data import loader
+from realign_jax.data import batching
 from realign_jax.data.encode import EncodedRow
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.data.records import BadRecord
@@ -80,7 +80,7 @@ def inspect(config: Any, out: TextIO = sys.stdout) -> DataReport:
     model = model_config(settings)
     encoder = make_encoder(data, settings, model)
     source = open_source(data)
-    buckets = loader.parse_buckets(data.length_buckets, data.seq_len)
+    buckets = batching.parse_buckets(data.length_buckets, data.seq_len)
     shown_limit, limit = config.inspect.examples, min(len(source), config.inspect.max_records)
     print(f"{data.source} {data.path}: {len(source)} records; objective {settings.objective} reads rows "
           f"{', '.join(settings.layout.kinds)} and {settings.layout.num_images} image(s); data.seq_len="

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from realign_jax.data import loader
 from realign_jax.train.checkpoint import Checkpointer
-from realign_jax.train.batches import batch_shaper, make_dataset
+from realign_jax.data.batching import BatchShape, shape_batch
+from realign_jax.train.batches import batch_shape, make_dataset
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.settings import TrainSettings, parse
@@ -160,7 +161,7 @@ class _Run:
     trainer: Trainer
     state: Any
     iterator: Any
-    shaped: Any  # host batch -> bucketed or packed host batch
+    shape: BatchShape  # how each host batch is bucketed or packed
     checkpoints: Checkpointer
     bad_records: loader.BadRecordCounter
     nonfinite: NonFiniteSteps
@@ -191,7 +192,8 @@ def _prepare(config: Any, workdir: str, overwrite: bool, online_sampler: RoundSa
                                      lambda: trainer.policy(run.state), online_sampler)
     else:
         iterator = iter(make_dataset(config.data, settings, trainer.model_config))
-    run = _Run(settings, trainer, state, iterator, batch_shaper(config.data, settings, trainer),
+    run = _Run(settings, trainer, state, iterator,
+               batch_shape(config.data, settings, trainer.model_config, trainer.packed_row_multiple()),
                Checkpointer(checkpoints_dir, settings.checkpoint_every, settings.keep_checkpoints),
                loader.BadRecordCounter(),
                NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir))
@@ -253,7 +255,7 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
         while step < settings.steps:
             # The next batch, its skipped records counted (and reported when an epoch ends).
             raw = next(run.iterator)
-            host_batch = run.shaped(loader.take_bad_records(raw, run.bad_records))
+            host_batch = shape_batch(loader.take_bad_records(raw, run.bad_records), run.shape)
             if raw.get(loader.EPOCH, epoch) > epoch:
                 if run.bad_records.total:
                     bar.write(f"epoch {epoch} done: {run.bad_records.total} bad records skipped so far "

@@ -28,7 +28,8 @@ from realign_jax.data.loader import BadRecordCounter, stack_examples
 from realign_jax.data.records import BadRecord, Record, check_on_bad_record
 from realign_jax.data.sources import JsonlSource
 from realign_jax.train import settings as train_settings
-from realign_jax.train.batches import batch_shaper, make_encoder
+from realign_jax.data.batching import shape_batch
+from realign_jax.train.batches import batch_shape, make_encoder
 from realign_jax.train.trainer import Trainer
 
 OUTPUT = "records.jsonl"
@@ -53,7 +54,7 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
         raise ValueError(f"{settings.objective} with loss.alt_image / loss.noisy_scoring drawing images afresh: "
                          "their reference log-probs change every epoch, so they cannot be precomputed")
     source = JsonlSource(config.data.path, config.data.image_root or None)
-    shaped = batch_shaper(config.data, settings, trainer, micro_batches=1)
+    shape = batch_shape(config.data, settings, trainer.model_config, trainer.packed_row_multiple(), micro_batches=1)
     kinds = settings.layout.kinds
     os.makedirs(workdir, exist_ok=True)
     output = os.path.join(workdir, OUTPUT)
@@ -76,7 +77,7 @@ def precompute(config: Any, workdir: str) -> dict[str, Any]:
                 continue
             examples += [examples[-1]] * (settings.batch_size - len(examples))  # a full batch: one compiled shape
             host = stack_examples(examples)
-            ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shaped(host))))
+            ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shape_batch(host, shape))))
             for row, (obj, record) in enumerate(records):
                 out.write(json.dumps(_with_ref_logps(obj, record, dict(zip(kinds, ref[row].tolist())))) + "\n")
             written += len(records)

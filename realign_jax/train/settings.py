@@ -12,7 +12,7 @@ from typing import Any
 
 from realign_jax.data.encode import TRUNCATION
 from realign_jax.data.keyvalue import parse_key_values
-from realign_jax.data.loader import parse_buckets
+from realign_jax.data.batching import parse_buckets
 from realign_jax.data.records import check_on_bad_record
 from realign_jax.data.sources import RECORD_SOURCES
 from realign_jax.objectives.losses import LossConfig, loss_spec

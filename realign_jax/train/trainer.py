@@ -7,7 +7,6 @@ output shardings, and the optimiser state is created the same way.
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from realign_jax.data.batching import packed_row_multiple
 from realign_jax.models import hf
 from realign_jax.models.config import LlavaConfig, preset
 from realign_jax.models.llava import LlavaModel, abstract_model
@@ -127,12 +127,9 @@ class Trainer:
         return NamedSharding(self.mesh, spec)
 
     def packed_row_multiple(self) -> int:
-        """What this process's packed row count is rounded up to: a multiple of the devices its
-        rows are split over, and coarse enough (an eighth of the batch) that a run compiles a
-        few row counts."""
+        """data/batching.py `packed_row_multiple` for this mesh's data shards."""
         shards = self.mesh.size // self.batch_sharding(1).shard_shape((self.mesh.size,))[0]
-        local_shards = max(1, shards // jax.process_count())
-        return math.lcm(local_shards, max(1, self.settings.batch_size // jax.process_count() // 8))
+        return packed_row_multiple(self.settings.batch_size, shards)
 
     def device_batch(self, host_batch: dict[str, np.ndarray]) -> Batch:
         """This process's rows -> global arrays sharded over the data axes."""
