@@ -84,6 +84,7 @@ def test_a_missing_config_file_or_an_empty_workdir_is_one_line(args, message):
     ("--config.loss.beta=-1", "loss.beta=-1.0 must be positive"),
     ("--config.train.steps=ten", "steps"),
     ("--config.loss.beta=nan", "config values must be finite numbers: loss.beta=nan"),
+    ("--config.model.dtype=float16", "XLA on CPU has no float16 matmul"),
     ("--config.optim.lr=inf --config.optim.clip_norm=nan", "optim.clip_norm=nan, optim.lr=inf"),
 ])
 def test_bad_training_config_is_one_line(tmp_path, override, message):

@@ -67,6 +67,11 @@ class Trainer:
         if micro % shards:
             raise ValueError(f"train.batch_size / train.grad_accum = {micro} is not divisible by the "
                              f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
+        on_cpu = {d.platform for d in self.mesh.devices.flat} == {"cpu"}
+        for key in ("dtype", "param_dtype"):
+            if on_cpu and settings.model.get(key) == "float16":
+                raise ValueError(f"model.{key}='float16': XLA on CPU has no float16 matmul; use 'float32' (or "
+                                 "'bfloat16') here, float16 on a GPU")
         self._compiled: dict[tuple, Any] = {}  # batch shapes -> executable (one per length bucket)
         self._reference_fn: Any = None
         self._all_finite: Any = None
