@@ -19,7 +19,7 @@ from test_data_pipeline import encoder, good_record, write_dataset
 
 from realign_jax.data import images as image_ops
 from realign_jax.data import sources
-from realign_jax.data.jsonl import json_objects
+from realign_jax.data.jsonl import json_objects, parse_line
 from realign_jax.data.loader import BadRecordCounter, dataset, take_bad_records
 from realign_jax.data.records import BadRecord
 from realign_jax.data.sources import JsonlSource
@@ -281,3 +281,13 @@ def test_a_value_of_the_wrong_type_is_refused_by_the_config_itself():
         config.train.steps = "ten"
     with pytest.raises(AttributeError, match="stepz"):
         config.train.stepz  # noqa: B018 - an unknown key is an error, not a default
+
+
+@pytest.mark.parametrize("line,message", [
+    (b'{"a": "x', "not valid JSON (Unterminated string starting at column 7)"),
+    (b'{"a": 1 "b": 2}', "not valid JSON (Expecting ',' delimiter at column 9)"),
+])
+def test_json_errors_read_as_one_sentence(line, message):
+    with pytest.raises(ValueError) as raised:
+        parse_line(line)
+    assert str(raised.value) == message
