@@ -291,3 +291,11 @@ def test_json_errors_read_as_one_sentence(line, message):
     with pytest.raises(ValueError) as raised:
         parse_line(line)
     assert str(raised.value) == message
+
+
+def test_data_path_that_is_not_a_file_is_named_as_such(tmp_path):
+    os.mkfifo(tmp_path / "records.jsonl")
+    with pytest.raises(ValueError, match="records.jsonl.*not a regular file or a folder of .jsonl files"):
+        JsonlSource(str(tmp_path / "records.jsonl"))
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        JsonlSource(str(tmp_path / "missing.jsonl"))

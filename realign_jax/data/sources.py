@@ -85,8 +85,10 @@ def _jsonl_files(path: str) -> list[str]:
         if not files:
             raise FileNotFoundError(f"data.path={path!r}: the folder holds no .jsonl files")
         return files
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise FileNotFoundError(f"data.path={path!r}: no such file")
+    if not os.path.isfile(path):  # a named pipe, a device, a socket: read twice here, or never ends
+        raise ValueError(f"data.path={path!r}: not a regular file or a folder of .jsonl files")
     return [path]
 
 
