@@ -34,22 +34,23 @@ Check a layout fits before renting the slice (realign_jax/aot.py; libtpu in its 
 
 7B packs each micro-batch's pairs with shared prefixes (`data.share_prefix`: image + prompt once
 for chosen and rejected) into rows of 3072 tokens. On the AOT check's random pairs (answers of 2-443
-tokens) that is 24 rows of 3072 instead of 96 padded rows of 1024. The step bound drops from 2.25 s
-to 1.87 s, with 62.13 GiB in place of 64.79 GiB. 13B keeps padded rows: with 8 pairs per
-micro-batch on 4 chips, the packed rows round up to as many tokens as padding (4.50 s against
-4.32 s at pack_len 2048).
+tokens) that is 24 rows of 3072 instead of 96 padded rows of 1024. The step bound drops from 2.30 s
+to 1.90 s, with 62.13 GiB in place of 64.79 GiB. 13B keeps padded rows: with 8 pairs per
+micro-batch on 4 chips, the packed rows round up to as many tokens as padding (4.57 s against
+4.39 s at pack_len 2048).
 
-Expected, per chip: 7B arguments 7.60 GiB, temporaries 54.48 GiB, total 62.13 of 95 GiB, FITS,
-step >= 1.87 s; 13B 14.01, 48.17, 62.24 GiB, FITS, step >= 4.32 s (lower bounds: the step's
-FLOPs at 459 TFLOP/s). Then train with `--config.model.path=/ckpt/llava-1.5-7b-hf
---config.data.source=... --config.data.path=...` (without a path it trains random weights of
-the preset's shape: a throughput check). Elsewhere:
+Expected, per chip (measured at commit 5a7c845): 7B arguments 7.60 GiB, temporaries 54.48 GiB,
+total 62.13 of 95 GiB, FITS, step >= 1.90 s; 13B 14.01, 48.17, 62.24 GiB, FITS, step >= 4.39 s
+(lower bounds: the step's FLOPs at 459 TFLOP/s). Then train with
+`--config.model.path=/ckpt/llava-1.5-7b-hf --config.data.source=... --config.data.path=...`
+(without a path it trains random weights of the preset's shape: a throughput check). Elsewhere
+(measured at commits 1627a7c to 5a7c845):
 - v5e-16 (16 GiB chips) and v6e-8 (32 GiB): `--config.model.remat=full --config.train.grad_accum=1`
-  (v5e-16: 10.02 / 13.25 GiB for 7B / 13B, 7B with `--config.data.packing=False`: 2 pairs per chip
-  pack no tighter than they pad; v6e-8: 27.31 GiB, step >= 0.56 s for 7B packed, 0.68 s padded, and
-  26.27 GiB for 13B).
+  (v5e-16: 10.02 / 13.25 GiB for 7B / 13B, 7B with `--config.data.packing=False
+  --config.data.share_prefix=False`: 2 pairs per chip pack no tighter than they pad; v6e-8:
+  27.31 GiB, step >= 0.57 s for 7B packed, 0.69 s padded, and 26.27 GiB for 13B).
 - 8 x H100 80GB: `--config.model.attention_impl=cudnn`, 7B with `--config.train.grad_accum=1`
-  (39.94 GiB, step >= 0.43 s; padded 50.90 GiB, 0.52 s), 13B with `--config.train.grad_accum=2`
+  (39.94 GiB, step >= 0.44 s; padded 50.90 GiB, 0.53 s), 13B with `--config.train.grad_accum=2`
   (45.98 GiB); `--topology=h100-8` checks it.
 - dots with the whole batch at once: XLA asks for 106 GiB (7B) on a v5p chip; the base replicated
   instead of sharded (`--config.mesh.data=-1 --config.mesh.fsdp=1`) fits 7B with remat full
