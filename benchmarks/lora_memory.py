@@ -39,7 +39,7 @@ def measure(config) -> tuple[object, int, int]:
     host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
     if settings.reference == "precomputed":
         host["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
-    compiled = trainer.compile(state, trainer.device_batch(host))
+    compiled = trainer.compile_step(state, trainer.device_batch(host))
     weights = sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.frozen)))
     return compiled.memory_analysis(), weights, sum(x.nbytes for x in jax.tree.leaves(state.trainable))
 

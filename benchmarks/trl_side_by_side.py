@@ -389,7 +389,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
     programs = set()  # batch shapes: one compiled step each
     for variant in spec["variants"]:
         for batch in itertools.islice(batches(variant), total):
-            trainer.compiled(state, batch)
+            trainer.executable(state, batch)
             programs.add(tuple(sorted((k, v.shape) for k, v in batch.items())))
     compile_s = time.perf_counter() - began
     streams = {variant: batches(variant) for variant in spec["variants"]}
