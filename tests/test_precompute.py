@@ -134,6 +134,14 @@ def test_a_precomputed_run_skips_records_it_cannot_use_and_trains_on_the_rest(rd
         train(config, str(tmp_path / "error"))
     assert not os.path.exists(tmp_path / "error" / "metrics.jsonl") or not read(str(tmp_path / "error" / "metrics.jsonl"))
 
+    # mode=inspect reads them through the same encoder and counts them by the same fields.
+    import io
+
+    from realign_jax.train.inspect_data import inspect
+
+    config.mode = "inspect"
+    assert dict(inspect(config, io.StringIO()).bad) == fields
+
 
 def test_a_run_that_never_applied_an_update_neither_succeeds_nor_exports(rdpo_records, tmp_path):
     """Reference log-probs at the edge of float32 make every step's loss overflow: under skip each
