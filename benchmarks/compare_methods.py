@@ -24,7 +24,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 
 from realign_jax.main import run  # noqa: E402
-from realign_jax.pipeline import METHODS, metric, reported  # noqa: E402
+from realign_jax.pipeline import metric, reported  # noqa: E402
+from common import METHODS  # noqa: E402  (configs/common.py: method -> pair builder)
 
 
 def method_config(method: str, base: dict, seed: int):

@@ -243,22 +243,22 @@ def train_step_seconds(steps: int) -> tuple[float, int, str]:
     import train_llava
     import jax
 
-    from realign_jax.train import settings as train_settings
+    from realign_jax.settings import runs as run_settings
     from realign_jax.train.batches import make_dataset
     from realign_jax.train.trainer import Trainer
 
     config = train_llava.get_config()
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))  # random pairs: plain arrays
+    host = next(iter(make_dataset(settings, trainer.model_config)))  # random pairs: plain arrays
     state, metrics = trainer.step(state, trainer.device_batch(host))  # compiles
     jax.block_until_ready((state, metrics))
     start = time.perf_counter()
     for _ in range(steps):
         state, metrics = trainer.step(state, trainer.device_batch(host))
     jax.block_until_ready((state, metrics))
-    return (time.perf_counter() - start) / steps, settings.batch_size, jax.default_backend()
+    return (time.perf_counter() - start) / steps, settings.train.batch_size, jax.default_backend()
 
 
 # -- the run --------------------------------------------------------------------------------------

@@ -26,19 +26,19 @@ import train_llava  # noqa: E402
 
 from realign_jax.models import config as model_config  # noqa: E402
 from realign_jax.models.partitioning import make_mesh  # noqa: E402
-from realign_jax.train import settings as train_settings  # noqa: E402
+from realign_jax.settings import runs as run_settings  # noqa: E402
 from realign_jax.train.batches import make_dataset  # noqa: E402
 from realign_jax.train.trainer import Trainer  # noqa: E402
 
 
 def measure(config) -> tuple[object, int, int]:
     """XLA's memory analysis of the compiled step, all weight bytes, and trained bytes."""
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    host = next(iter(make_dataset(settings, trainer.model_config)))
     if settings.reference == "precomputed":
-        host["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
+        host["ref_logps"] = np.zeros((settings.train.batch_size, len(settings.layout.kinds)), np.float32)
     compiled = trainer.compile_step(state, trainer.device_batch(host))
     weights = sum(x.nbytes for x in jax.tree.leaves((state.trainable, state.frozen)))
     return compiled.memory_analysis(), weights, sum(x.nbytes for x in jax.tree.leaves(state.trainable))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import sys
 import tempfile
 import time
 
@@ -26,10 +27,12 @@ import numpy as np
 from realign_jax.data import batching, loader
 from realign_jax.synthetic.config import WorldConfig
 from realign_jax.synthetic.world import ensure_world
-from realign_jax.train import settings as train_settings
-from realign_jax.train.train_configs import world_sft_config
+from realign_jax.settings import runs as run_settings
 from realign_jax.data.batching import to_bucket, to_packed
 from realign_jax.train.batches import make_dataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+import common  # noqa: E402  (configs/common.py: the world's SFT recipe)
 from realign_jax.train.trainer import Trainer
 
 
@@ -62,14 +65,14 @@ def main() -> None:
         print(f"device: {jax.devices()[0].device_kind} x {jax.device_count()}, world {world}")
         print(f"{'records':<10} {'layout':<8} {'tokens/example':>15} {'ms/step':>8} {'first loss':>11}")
         for records in ("captions", "grounding"):
-            config = world_sft_config(records)
+            config = common.to_config(common.world_sft(records))
             config.data.path = os.path.join(world, "train", f"{records}.jsonl")
             config.data.tokenizer = os.path.join(world, "tokenizer")
-            settings = train_settings.parse(config)
+            settings = run_settings.load(config)
             trainer = Trainer(settings)
             state = trainer.init_state()
             raw = [loader.take_bad_records(b, loader.BadRecordCounter())
-                   for b in itertools.islice(make_dataset(config.data, settings, trainer.model_config), args.steps)]
+                   for b in itertools.islice(make_dataset(settings, trainer.model_config), args.steps)]
             buckets = batching.parse_buckets(config.data.length_buckets, config.data.seq_len)
             layouts = {
                 "padded": [to_bucket(b, buckets) for b in raw],

@@ -53,7 +53,7 @@ import train_llava  # noqa: E402
 from realign_jax.data import batching, packing  # noqa: E402
 from peak import matmul_peak  # noqa: E402  (benchmarks/peak.py)
 from realign_jax.models.accounting import step_flops  # noqa: E402
-from realign_jax.train import settings as train_settings  # noqa: E402
+from realign_jax.settings import runs as run_settings  # noqa: E402
 from realign_jax.data.batching import to_bucket, to_packed  # noqa: E402
 from realign_jax.train.batches import make_dataset  # noqa: E402
 from realign_jax.train.trainer import Trainer, trained_parts  # noqa: E402
@@ -75,7 +75,7 @@ def needed_flops(trainer: Trainer, state: Any, batch: dict[str, np.ndarray]) -> 
 def build(config: Any, reference: str) -> Trainer:
     config = config.copy_and_resolve_references()
     config.reference = reference
-    return Trainer(train_settings.parse(config))
+    return Trainer(run_settings.load(config))
 
 
 def main() -> None:
@@ -109,7 +109,7 @@ def main() -> None:
     fused = build(config, config.reference)
     fused.init_state()  # (sets fused.model_config)
     prompt = 1 + fused.model_config.num_image_tokens + PROMPT_TEXT
-    raw = list(itertools.islice(make_dataset(config.data, fused.settings, fused.model_config), args.steps))
+    raw = list(itertools.islice(make_dataset(fused.settings, fused.model_config), args.steps))
     pack_len = args.pack_len or -(-(2 * args.seq_len - prompt + 1) // 64) * 64
     buckets = batching.parse_buckets("auto", args.seq_len)
     row_multiple = fused.packed_row_multiple()

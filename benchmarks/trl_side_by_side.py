@@ -218,11 +218,11 @@ def our_encoder(model_dir: str, records: str, seq_len: int) -> tuple[Any, Any]:
     """Our record source and DPO example encoder, as train/batches.py builds them for training."""
     from realign_jax.data.sources import open_source
     from realign_jax.models import hf
-    from realign_jax.train import settings as train_settings
+    from realign_jax.settings import runs as run_settings
     from realign_jax.train.batches import make_encoder
 
     config = our_config(model_dir, records, seq_len, "lora", 8, 16.0, 1, 1, 1e-4, "padded")  # only .data matters
-    return open_source(config.data), make_encoder(config.data, train_settings.parse(config),
+    return open_source(config.data), make_encoder(run_settings.load(config),
                                                   hf.config_from_hf(model_dir))
 
 
@@ -347,7 +347,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
 
     from realign_jax.data import batching, loader
     from realign_jax.models.partitioning import make_mesh
-    from realign_jax.train import settings as train_settings
+    from realign_jax.settings import runs as run_settings
     from realign_jax.data.batching import to_bucket, to_packed
     from realign_jax.train.batches import make_dataset
     from realign_jax.train.trainer import Trainer
@@ -361,7 +361,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
         return our_config(spec["model_dir"], spec["records"], seq_len, spec["mode"], spec["rank"], spec["alpha"],
                           spec["batch"], total, spec["lr"], variant)
 
-    settings = train_settings.parse(config(spec["variants"][0]))
+    settings = run_settings.load(config(spec["variants"][0]))
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = trainer.init_state()
     init_s = time.perf_counter() - began
@@ -378,7 +378,7 @@ def serve_ours(spec: dict[str, Any], channel: Channel) -> None:
                 return to_packed(batch, settings.layout, trainer.model_config, trainer.packed_row_multiple(), *share)
             return to_bucket(batch, buckets)
 
-        iterator = iter(make_dataset(data, settings, trainer.model_config))
+        iterator = iter(make_dataset(settings, trainer.model_config))
         try:
             for raw in iterator:
                 yield trainer.device_batch(shaped(loader.take_bad_records(raw, skipped)))
@@ -605,9 +605,9 @@ def run_case(ws: Workspace, mode: str, args: argparse.Namespace, variants: list[
 def our_variants() -> list[str]:
     """Packing with prefix sharing when this checkout has `data.share_prefix`, else packing alone;
     and the config default, length buckets."""
-    from realign_jax.train.train_configs import training_config
+    from realign_jax.settings.sections import DataSettings
 
-    return ["shared" if "share_prefix" in training_config().data else "packed", "padded"]
+    return ["shared" if "share_prefix" in DataSettings.__dataclass_fields__ else "packed", "padded"]
 
 
 def main() -> None:

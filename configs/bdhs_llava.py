@@ -11,9 +11,9 @@ during training) is configs/bdhs_train.py:online.
 
 import ml_collections
 
-from realign_jax.pipeline import pipeline_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return pipeline_config("bdhs")
+    common.config_arg(arg, "bdhs_llava.py")
+    return common.to_config(common.pipeline("bdhs"))

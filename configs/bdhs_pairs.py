@@ -28,9 +28,9 @@ rejected captions score CHAIR_i 0.182, so hiding the image more than doubles the
 
 import ml_collections
 
-from realign_jax.pairs.pair_configs import bdhs_pairs_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return bdhs_pairs_config()
+    common.config_arg(arg, "bdhs_pairs.py")
+    return common.to_config(common.pairs_run("bdhs"))

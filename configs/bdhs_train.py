@@ -20,22 +20,12 @@ evaluate it with configs/eval_world.py.
 
 import ml_collections
 
-from realign_jax.train.train_configs import aligning_config
+from realign_jax.settings.sections import OnlineBdhsSettings
+
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "online"):
-        raise ValueError(f"configs/bdhs_train.py:{arg}: choose nothing (offline) or 'online'")
-    config = aligning_config("dpo")
-    config.online_bdhs = ml_collections.ConfigDict()
-    config.online_bdhs.every = 25 if arg == "online" else 0  # steps per sampling round; 0 = offline pairs
-    config.online_bdhs.rho_th = 0.99
-    config.online_bdhs.eps_s = 0.97
-    config.online_bdhs.rounds = 5
-    config.online_bdhs.flip_probability = 0.5
-    config.online_bdhs.max_new_tokens = 64
-    config.online_bdhs.temperature = 0.0
-    config.online_bdhs.top_p = 1.0
-    config.online_bdhs.sentence_model = ""  # empty = the packaged all-MiniLM-L6-v2
-    config.online_bdhs.batch_size = 32  # prompts per generation batch
-    return config
+    online = common.config_arg(arg, "bdhs_train.py", choices=("online",)).get("variant") == "online"
+    settings = common.replace(common.aligning("dpo"), online_bdhs=OnlineBdhsSettings(every=25 if online else 0))
+    return common.to_config(settings)

@@ -12,21 +12,9 @@ folder until the conversion has finished.
 
 import ml_collections
 
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    config = ml_collections.ConfigDict()
-    config.mode = "convert"
-    config.data = ml_collections.ConfigDict()
-    config.data.source = "jsonl"  # any record source (see data/sources.py)
-    config.data.path = ""
-    config.data.split = "train"  # tfds only
-    config.data.tfds_data_dir = ""  # tfds only
-    config.data.tfds_fields = ""  # tfds only: record_field=feature overrides
-    config.data.image_root = ""  # where relative image paths point; empty = next to the records
-    config.data.on_bad_record = "error"  # error | skip
-    config.convert = ml_collections.ConfigDict()
-    config.convert.output = ""  # a folder that does not exist yet
-    config.convert.num_shards = 1
-    config.convert.overwrite = False
-    return config
+    common.config_arg(arg, "convert_data.py")
+    return common.to_config(common.runs.ConvertRun(data=common.runs.RecordSource(source="jsonl")))

@@ -11,9 +11,9 @@ configs/train_llava.py.)
 
 import ml_collections
 
-from realign_jax.pipeline import pipeline_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return pipeline_config("dpo")
+    common.config_arg(arg, "dpo_llava.py")
+    return common.to_config(common.pipeline("dpo"))

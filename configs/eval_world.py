@@ -20,9 +20,9 @@ JSON lines plus results.json.
 
 import ml_collections
 
-from realign_jax.eval.config import eval_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return eval_config()
+    common.config_arg(arg, "eval_world.py")
+    return common.to_config(common.runs.EvalRun(model=common.runs.ModelSettings(preset="")))

@@ -18,26 +18,9 @@ tokens/s per image.
 
 import ml_collections
 
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg  # no variants yet
-    config = ml_collections.ConfigDict()
-    config.mode = "generate"
-
-    config.model = ml_collections.ConfigDict()
-    config.model.path = ""  # a local LlavaForConditionalGeneration folder; empty = tiny random model
-    config.model.preset = "tiny"  # shape of the random model when no path is given
-    config.model.seed = 0
-    config.model.dtype = "float32"  # compute dtype
-    config.model.param_dtype = "float32"
-
-    config.data = ml_collections.ConfigDict()
-    config.data.images = ""  # comma-separated image paths; empty = a drawn demo image
-
-    config.generate = ml_collections.ConfigDict()
-    config.generate.prompt = "Describe the image in detail."
-    config.generate.max_new_tokens = 32
-    config.generate.temperature = 0.0  # 0 = greedy
-    config.generate.top_p = 1.0
-    config.generate.batch_size = 8
-    return config
+    common.config_arg(arg, "generate_llava.py")
+    return common.to_config(common.runs.GenerateRun())

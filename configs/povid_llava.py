@@ -11,9 +11,9 @@ diffusion-noised image (`align.stage2`). Prints the before / after table like rd
 
 import ml_collections
 
-from realign_jax.pipeline import pipeline_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return pipeline_config("povid")
+    common.config_arg(arg, "povid_llava.py")
+    return common.to_config(common.pipeline("povid"))

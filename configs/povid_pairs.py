@@ -21,9 +21,9 @@ is 0.000 for the chosen and 0.173 for the rejected answers (CHAIR_s 0.000 and 0.
 
 import ml_collections
 
-from realign_jax.pairs.pair_configs import povid_pairs_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return povid_pairs_config()
+    common.config_arg(arg, "povid_pairs.py")
+    return common.to_config(common.pairs_run("povid"))

@@ -25,15 +25,10 @@ Expected: each stage prints its final loss and reward accuracy and exports to
 
 import ml_collections
 
-from realign_jax.train.train_configs import aligning_config
-
-STAGES = {"dpo": "dpo", "noise": "povid"}  # stage -> loss
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    stage = arg or "dpo"
-    if stage not in STAGES:
-        raise ValueError(f"configs/povid_train.py:{stage}: choose a stage from {sorted(STAGES)}")
-    config = aligning_config(STAGES[stage])
-    config.loss.noisy_scoring = "argmax" if stage == "noise" else "batch"
-    return config
+    stage = common.config_arg(arg, "povid_train.py", choices=("noise",)).get("variant", "dpo")
+    settings = common.aligning("dpo")  # stage 1: plain DPO on (chosen, injected)
+    return common.to_config(common.povid_noise(settings) if stage == "noise" else settings)

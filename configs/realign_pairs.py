@@ -35,9 +35,9 @@ Measured on the default world with its SFT base model, 1000 caption records
 
 import ml_collections
 
-from realign_jax.pairs.pair_configs import realign_pairs_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return realign_pairs_config()
+    common.config_arg(arg, "realign_pairs.py")
+    return common.to_config(common.pairs_run("realign"))

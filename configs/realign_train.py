@@ -18,9 +18,9 @@ and the merged model in `<workdir>/export`; evaluate it with configs/eval_world.
 
 import ml_collections
 
-from realign_jax.train.train_configs import aligning_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return aligning_config("rdpo")
+    common.config_arg(arg, "realign_train.py")
+    return common.to_config(common.aligning("rdpo"))

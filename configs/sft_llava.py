@@ -11,9 +11,9 @@ the 40 steps; the full model (vision tower frozen) is exported under `<workdir>/
 
 import ml_collections
 
-from realign_jax.train.train_configs import training_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg
-    return training_config(mode="sft")
+    common.config_arg(arg, "sft_llava.py")
+    return common.to_config(common.training("sft"))

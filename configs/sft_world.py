@@ -26,8 +26,9 @@ has the table.
 
 import ml_collections
 
-from realign_jax.train.train_configs import world_sft_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    return world_sft_config(arg or "captions")
+    stage = common.config_arg(arg, "sft_world.py", choices=tuple(common.WORLD_SFT_STEPS)).get("variant", "captions")
+    return common.to_config(common.world_sft(stage))

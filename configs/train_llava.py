@@ -16,10 +16,11 @@ source from the data issue; the papers' settings are LoRA r=128/alpha=256, lr 1e
 
 import ml_collections
 
-from realign_jax.train.train_configs import parse_arg, training_config
+import common  # configs/common.py: realign_jax.cli puts this folder on the import path
+
+LOSSES = ("dpo", "ipo", "hinge", "rdpo", "mdpo", "povid", "povid_weighted")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    options = parse_arg(arg)
-    config = training_config(mode="train", loss=options.get("loss", "dpo"))
-    return config
+    options = common.config_arg(arg, "train_llava.py", options={"loss": LOSSES})
+    return common.to_config(common.training("train", options.get("loss", "dpo")))

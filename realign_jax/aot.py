@@ -1,8 +1,8 @@
 """Ahead-of-time fit check: compile the full-size training step for a TPU slice or a GPU host on
 any machine, with no weight allocated, and say whether it fits before anyone rents the hardware.
 
-    python -m realign_jax.aot --config=configs/rdpo_llava.py:7b --topology=v5p-8
-    python -m realign_jax.aot --config=configs/rdpo_llava.py:13b --topology=v5e-16 \\
+    python -m realign_jax.aot --config=configs/rdpo_llava_step.py:7b --topology=v5p-8
+    python -m realign_jax.aot --config=configs/rdpo_llava_step.py:13b --topology=v5e-16 \\
         --config.model.remat=full --config.train.grad_accum=1
     python -m realign_jax.aot --config=configs/train_llava.py --topology=cpu:8     # any machine (CI)
 
@@ -43,7 +43,7 @@ from realign_jax.models.accounting import StepFlops, step_flops
 from realign_jax.models.partitioning import make_mesh
 from realign_jax.data.batching import shape_batch
 from realign_jax.train.batches import batch_shape, random_pairs_recipe
-from realign_jax.train.settings import TrainSettings, parse
+from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.train.trainer import Trainer, trained_parts
 
 GiB = 2**30
@@ -155,17 +155,17 @@ def chip_of(device: Any) -> Chip:
     return Chip(device.device_kind, limit, 0.0)
 
 
-def host_batch(settings: TrainSettings, trainer: Trainer, data: Any) -> dict[str, np.ndarray]:
+def host_batch(settings: TrainSettings, trainer: Trainer) -> dict[str, np.ndarray]:
     """One global batch of the random source's pairs (the layout the encoder writes: answers of 2
     up to what data.seq_len leaves after the image and prompt) shaped as training shapes it:
     padded at data.seq_len, or packed (`data.packing`, `share_prefix`, `pack_len`)."""
-    recipe = random_pairs_recipe(data, settings, trainer.model_config, settings.batch_size)
-    batch = stack_examples([random_pairs.make_example(i, recipe) for i in range(settings.batch_size)])
+    recipe = random_pairs_recipe(settings, trainer.model_config, settings.train.batch_size)
+    batch = stack_examples([random_pairs.make_example(i, recipe) for i in range(settings.train.batch_size)])
     if settings.reference == "precomputed":
-        batch["ref_logps"] = np.zeros((settings.batch_size, len(settings.layout.kinds)), np.float32)
+        batch["ref_logps"] = np.zeros((settings.train.batch_size, len(settings.layout.kinds)), np.float32)
     # (padded: kept at seq_len, an upper bound, rather than trimmed to this batch's bucket)
-    shape = batch_shape(data, settings, trainer.model_config, trainer.packed_row_multiple())
-    return shape_batch(batch, shape) if data.packing else batch
+    shape = batch_shape(settings, trainer.model_config, trainer.packed_row_multiple())
+    return shape_batch(batch, shape) if settings.data.packing else batch
 
 
 def row_shape(batch: dict[str, np.ndarray]) -> tuple[int, int]:
@@ -230,18 +230,18 @@ class Report:
         return self.executed_flops / self.chip.peak_flops if self.chip.peak_flops else None
 
 
-def check(config: Any, topology: str = "") -> Report:
+def check(config: TrainSettings | Any, topology: str = "") -> Report:
     """Compile the config's training step for `topology` and measure it, allocating no weight."""
     devices = topology_devices(topology)
-    settings = parse(config)
+    settings = load(config)
     ms = settings.mesh
     trainer = Trainer(settings, mesh=make_mesh(ms.data, ms.fsdp, ms.tensor, devices=devices))
     state = trainer.abstract_state()
-    host = host_batch(settings, trainer, config.data)
+    host = host_batch(settings, trainer)
     batch = abstract_batch(host, trainer)
     flops = batch_flops(settings, trainer, state, host)
     rows, row_len = row_shape(host)
-    kind = ("packed, shared prefixes" if config.data.get("share_prefix") else "packed") if config.data.packing \
+    kind = ("packed, shared prefixes" if settings.data.share_prefix else "packed") if settings.data.packing \
         else "padded"
     common = dict(topology=topology or f"{devices[0].platform} (this process)", devices=len(devices),
                   layout=f"{rows} {kind} rows x {row_len}",
@@ -332,7 +332,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config, topology = config_value(lambda: flags.FLAGS.config), flags.FLAGS.topology
     if config is None:
-        raise SystemExit("--config is required, e.g. --config=configs/rdpo_llava.py:7b")
+        raise SystemExit("--config is required, e.g. --config=configs/rdpo_llava_step.py:7b")
     _prepare_backends(topology)
     try:
         report = check(config, topology)

@@ -3,15 +3,27 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from absl import flags
 
 
+def _config_folder_importable(argv: list[str]) -> None:
+    """Put the `--config` file's folder on the import path: configs/*.py import configs/common.py
+    as `common`, and absl loads the file by path, from wherever the command runs."""
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            folder = os.path.dirname(os.path.abspath(arg.removeprefix("--config=").partition(":")[0]))
+            if folder not in sys.path:
+                sys.path.insert(0, folder)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with an unknown `--config.key` reported in one line (it otherwise raises
     a KeyError chain from inside ml_collections)."""
+    _config_folder_importable(argv)
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:

@@ -8,7 +8,6 @@ ends in one line naming the key instead of a stack trace.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from realign_jax.cli import config_value, parse_flags
+from realign_jax.settings.runs import ConvertRun, EvalRun, GenerateRun, PairsRun, PipelineRun, TrainSettings, load
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
@@ -41,48 +41,44 @@ class RunOptions:
     overwrite: bool = False
 
 
-def _generate(config: Any, workdir: str, options: RunOptions) -> None:
+def _generate(settings: GenerateRun, workdir: str, options: RunOptions) -> None:
     del options  # --xla profiles training steps
     from realign_jax.eval.captioning import caption
 
-    caption(config, workdir)
+    caption(settings, workdir)
 
 
-def _prepare_world(config: Any, workdir: str) -> None:
-    """Configs with a `world` section train on the synthetic world: generate it once and point
-    the data (records and tokenizer) at it unless the config names other data."""
-    if "world" not in config or config.data.path:
-        return
-    if config.world.get("records") == "grounding" and not config.model.get("path"):
-        raise ValueError("world.records='grounding' continues the captions stage: set model.path to its export "
-                         "(see configs/sft_world.py)")
-    from realign_jax.synthetic.config import WorldConfig
+def with_world(settings: Any, workdir: str) -> Any:
+    """Settings with a `world` train on (or build pairs from) the synthetic world: generate it
+    once and point the data (records and tokenizer) at it unless they name other data."""
+    if getattr(settings, "world", None) is None or settings.data.path:
+        return settings
     from realign_jax.synthetic.world import ensure_world
 
-    folder = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k not in ("dir", "records")}),
-                          config.world.dir or os.path.join(workdir, "world"))
-    config.data.path = os.path.join(folder, "train", f"{config.world.get('records', 'sft')}.jsonl")
-    if "tokenizer" in config.data:  # configs that tokenize (not the text-only builders)
-        config.data.tokenizer = config.data.tokenizer or os.path.join(folder, "tokenizer")
+    folder = ensure_world(settings.world.recipe(), settings.world.dir or os.path.join(workdir, "world"))
+    data = dataclasses.replace(settings.data, path=os.path.join(folder, "train", f"{settings.world.records}.jsonl"))
+    if hasattr(data, "tokenizer"):  # settings that tokenize (not the text-only builders)
+        data = dataclasses.replace(data, tokenizer=data.tokenizer or os.path.join(folder, "tokenizer"))
+    return dataclasses.replace(settings, data=data)
 
 
-def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
+def train(settings: TrainSettings, workdir: str, *, xla: bool = False, stop_after: int | None = None,
           overwrite: bool = False) -> dict[str, Any]:
     """`train.loop.train` with online BDHS's round sampler plugged in when `online_bdhs.every` is
     set (train/ does not import pairs/, docs/design.md "Rooms and who may import whom")."""
     from realign_jax.train import loop
 
+    settings = load(settings)
     sampler = None
-    if config.get("online_bdhs") and config.online_bdhs.every:
+    if settings.online:
         from realign_jax.pairs.bdhs import online_sampler
 
-        sampler = online_sampler(config.online_bdhs)
-    return loop.train(config, workdir, xla=xla, stop_after=stop_after, overwrite=overwrite, online_sampler=sampler)
+        sampler = online_sampler(settings.online_bdhs)
+    return loop.train(settings, workdir, xla=xla, stop_after=stop_after, overwrite=overwrite, online_sampler=sampler)
 
 
-def _train(config: Any, workdir: str, options: RunOptions) -> None:
-    _prepare_world(config, workdir)
-    outputs = train(config, workdir, xla=options.xla, overwrite=options.overwrite)
+def _train(settings: TrainSettings, workdir: str, options: RunOptions) -> None:
+    outputs = train(with_world(settings, workdir), workdir, xla=options.xla, overwrite=options.overwrite)
     metrics = outputs["metrics"]
     shown = ", ".join(f"{k}={metrics[k]:.4f}" for k in ("loss", "rewards/accuracies", "rewards/margins") if k in metrics)
     print(f"step {outputs['step']}: {shown}")
@@ -97,66 +93,64 @@ def _train(config: Any, workdir: str, options: RunOptions) -> None:
         raise SystemExit(0)  # a pipeline must not go on to its next stage without this one's export
 
 
-def _inspect(config: Any, workdir: str, options: RunOptions) -> None:
+def _inspect(settings: TrainSettings, workdir: str, options: RunOptions) -> None:
     del workdir, options  # inspect only reads
     from realign_jax.train.inspect_data import inspect
 
-    inspect(config)
+    inspect(settings)
 
 
-def _convert(config: Any, workdir: str, options: RunOptions) -> None:
+def _convert(settings: ConvertRun, workdir: str, options: RunOptions) -> None:
     del workdir, options  # the output folder is convert.output
     from realign_jax.data.arrayrecord import convert
     from realign_jax.data.sources import open_source
 
-    source = open_source(config.data)
-    result = convert(source, config.convert.output, num_shards=config.convert.num_shards,
-                     on_bad_record=config.data.on_bad_record, overwrite=config.convert.overwrite)
-    print(f"convert: {result['written']} records -> {len(result['shards'])} shard(s) in {config.convert.output}")
+    output = settings.convert
+    result = convert(open_source(settings.data), output.output, num_shards=output.num_shards,
+                     on_bad_record=settings.data.on_bad_record, overwrite=output.overwrite)
+    print(f"convert: {result['written']} records -> {len(result['shards'])} shard(s) in {output.output}")
     if result["skipped"]:
         print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
 
 
-def _build_pairs(config: Any, workdir: str, options: RunOptions) -> None:
+def _build_pairs(settings: PairsRun, workdir: str, options: RunOptions) -> None:
     del options  # nothing is trained
-    from realign_jax.pairs.build import build_pairs, check_config
+    from realign_jax.pairs.build import build_pairs
 
-    check_config(config)  # before a world is generated for nothing
-    _prepare_world(config, workdir)
-    result = build_pairs(config, workdir)
+    result = build_pairs(with_world(settings, workdir), workdir)
     counts = result["counts"]
-    print(f"{config.pairs.builder}: {counts.get('kept', 0)} pairs kept, "
+    print(f"{settings.pairs.builder}: {counts.get('kept', 0)} pairs kept, "
           f"{sum(v for k, v in counts.items() if k.startswith('dropped_'))} records dropped "
           f"({result['built']} of {len(result['shards'])} shards built now, the rest already there)")
     print(f"counts: {counts}")
     print(f"pairs: {result['output']}")
 
 
-def _precompute(config: Any, workdir: str, options: RunOptions) -> None:
+def _precompute(settings: TrainSettings, workdir: str, options: RunOptions) -> None:
     del options  # nothing is trained
     from realign_jax.train.precompute import precompute
 
-    result = precompute(config, workdir)
+    result = precompute(settings, workdir)
     print(f"precompute: reference log-probs of {result['written']} records -> {result['output']}")
     if result["skipped"]:
         print(f"skipped {result['skipped']} bad records, e.g.:\n  " + "\n  ".join(result["skipped_examples"]))
     print(f"train on them: --config.reference=precomputed --config.data.path={result['output']}")
 
 
-def _eval(config: Any, workdir: str, options: RunOptions) -> None:
+def _eval(settings: EvalRun, workdir: str, options: RunOptions) -> None:
     del options  # --xla profiles training steps
     from realign_jax.eval.suite import evaluate
     from realign_jax.synthetic import benchmarks
 
-    evaluate(config, workdir, benchmarks)  # the world's ground truth: eval/ does not import synthetic/
+    evaluate(settings, workdir, benchmarks)  # the world's ground truth: eval/ does not import synthetic/
 
 
-def _pipeline(config: Any, workdir: str, options: RunOptions) -> None:
+def _pipeline(settings: PipelineRun, workdir: str, options: RunOptions) -> None:
     from realign_jax.pipeline import run_pipeline
 
     # --xla is not passed on: profile one stage with its own config instead.
-    run_pipeline(config, workdir,
-                 run=lambda stage_config, stage_dir: run(stage_config, stage_dir, overwrite=options.overwrite))
+    run_pipeline(settings, workdir,
+                 run=lambda stage, stage_dir: run(stage, stage_dir, overwrite=options.overwrite))
 
 
 MODES: dict[str, Callable[[Any, str, RunOptions], None]] = {
@@ -164,47 +158,10 @@ MODES: dict[str, Callable[[Any, str, RunOptions], None]] = {
     "build_pairs": _build_pairs, "pipeline": _pipeline, "precompute": _precompute}
 
 
-# The config sections each mode reads, and a config that has them.
-MODE_SECTIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "generate": (("model", "data", "generate"), "configs/generate_llava.py"),
-    "train": (("model", "data", "train"), "configs/train_llava.py"),
-    "precompute": (("model", "data", "train"), "configs/train_llava.py"),
-    "sft": (("model", "data", "train"), "configs/sft_llava.py"),
-    "inspect": (("model", "data", "train", "inspect"), "configs/train_llava.py"),
-    "convert": (("data", "convert"), "configs/convert_data.py"),
-    "eval": (("model", "eval"), "configs/eval_world.py"),
-    "build_pairs": (("data", "pairs"), "configs/povid_pairs.py"),
-    "pipeline": (("world", "model", "data", "sft", "pairs", "align", "eval"), "configs/rdpo_llava.py"),
-}
-
-
-def non_finite_values(config: Any, prefix: str = "") -> list[str]:
-    """`key=value` for every NaN or infinite number in the config (in tuples too): no key takes one,
-    and a NaN beta or lr would otherwise train to garbage and exit 0."""
-    found = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if hasattr(value, "items"):
-            found += non_finite_values(value, f"{name}.")
-        elif any(isinstance(v, float) and not math.isfinite(v)
-                 for v in (value if isinstance(value, tuple) else (value,))):
-            found.append(f"{name}={value}")
-    return found
-
-
 def run(config: Any, workdir: str, xla: bool = False, overwrite: bool = False) -> None:
-    bad = non_finite_values(config)
-    if bad:
-        raise ValueError(f"config values must be finite numbers: {', '.join(bad)}")
-    mode = config.get("mode")
-    if mode in MODES:
-        sections, example = MODE_SECTIONS[mode]
-        missing = [name for name in sections if name not in config]
-        if missing:
-            raise SystemExit(f"config.mode={mode!r} needs the config sections {missing}; start from {example}")
-        MODES[mode](config, workdir, RunOptions(xla=xla, overwrite=overwrite))
-    else:
-        raise SystemExit(f"config.mode={mode!r} is unknown; expected one of {sorted(MODES)}")
+    """Check the config (a ConfigDict, or settings a pipeline filled in) and run its mode."""
+    settings = load(config)
+    MODES[settings.mode](settings, workdir, RunOptions(xla=xla, overwrite=overwrite))
 
 
 def main(argv: list[str]) -> None:

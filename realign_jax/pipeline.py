@@ -14,123 +14,53 @@ published benchmark files (`eval.pope_file`, `eval.coco_instances`) no world is 
 
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import os
 from collections.abc import Callable
 from typing import Any
 
-import ml_collections
+from realign_jax.settings.keys import replace
+from realign_jax.settings.runs import PAIRS_RUNS, EvalRun, PipelineRun, TrainSettings
+from realign_jax.settings.sections import ModelSettings, RecordFiles
 
-from realign_jax.eval.config import eval_config
-from realign_jax.pairs.registry import BUILDERS
-from realign_jax.train.train_configs import aligning_config, world_sft_config
-
-# method -> (pair builder, a key of pairs/registry.BUILDERS; the align stages' losses in order:
-# POVID trains twice)
-METHODS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "rdpo": ("realign", ("rdpo",)),
-    "dpo": ("realign", ("dpo",)),
-    "mdpo": ("realign", ("mdpo",)),
-    "povid": ("povid", ("dpo", "povid")),
-    "bdhs": ("bdhs", ("dpo",)),
-}
-SFT_STAGES = ("captions", "grounding")
-ALIGN_SECTIONS = ("loss", "lora", "optim", "train", "mesh", "reference", "seed")  # seed: LoRA init, data order
 CHAIR_REPORTED = (("CHAIR_s", "chair_s"), ("CHAIR_i", "chair_i"), ("CHAIR recall", "recall"))
-StageRunner = Callable[[Any, str], None]  # runs one stage's config in a work dir, as the command line does
+StageRunner = Callable[[Any, str], None]  # runs one stage's settings in a work dir, as the command line does
 CURVES = ("loss", "rewards/margins", "visual/rewards/margins", "noisy/rewards/margins")
 
 
-def pipeline_config(method: str) -> ml_collections.ConfigDict:
-    """The pipeline's keys: the world, the model to align (empty = SFT the world's), the
-    records (empty = the world's captions), and one section per stage."""
-    if method not in METHODS:
-        raise ValueError(f"method {method!r}: choose one of {sorted(METHODS)}")
-    builder, losses = METHODS[method]
-    sft = world_sft_config()
-    config = ml_collections.ConfigDict()
-    config.mode = "pipeline"
-    config.method = method
-    config.world = copy.deepcopy(sft.world)
-    del config.world["records"]
-    config.model = ml_collections.ConfigDict()
-    config.model.path = ""  # empty = SFT the world's base model here; else the checkpoint to align
-    config.model.dtype = "float32"
-    config.model.param_dtype = "float32"
-    config.data = ml_collections.ConfigDict()
-    config.data.path = ""  # records with `chosen` to build pairs from; empty = the world's train/<data.records>.jsonl
-    config.data.records = "captions"  # which of the world's train files the pairs come from
-    config.data.image_root = ""
-    config.sft = ml_collections.ConfigDict({f"{stage}_steps": sft_steps(stage) for stage in SFT_STAGES})
-    config.pairs = copy.deepcopy(BUILDERS[builder].config().pairs)
-    if "max_records" in config.pairs:  # the model-based builders: pairs from the first 1000 records
-        config.pairs.max_records = 1000
-    config.align = ml_collections.ConfigDict()
-    for index, loss in enumerate(losses):
-        stage = _align_sections(aligning_config(loss))
-        stage.optim.lr = 2e-4  # chosen on the world for rDPO over 1e-4 and 5e-4 (docs/benchmarks.md, "Choosing the align recipe")
-        if loss == "povid":  # the noisy response is the policy's own argmax under the noised image
-            stage.loss.noisy_scoring = "argmax"
-        if loss == "mdpo":  # the conditional term's image: a random crop of the image (mDPO's corruption)
-            stage.loss.alt_image = "crop"
-        config.align[f"stage{index + 1}"] = stage
-    config.eval = copy.deepcopy(eval_config().eval)
-    return config
+def _model(settings: PipelineRun, path: str) -> ModelSettings:
+    """The model a stage reads: `path`, in the pipeline's dtypes."""
+    return ModelSettings(path=path, preset="", dtype=settings.model.dtype, param_dtype=settings.model.param_dtype)
 
 
-def sft_steps(stage: str) -> int:
-    return int(world_sft_config(stage).train.steps)
-
-
-def _align_sections(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({k: copy.deepcopy(config[k]) for k in ALIGN_SECTIONS})
-
-
-def _world_sections(config: Any, world_dir: str) -> ml_collections.ConfigDict:
-    world = copy.deepcopy(config.world)
-    world.dir = world_dir
-    return world
-
-
-def _sft(config: Any, workdir: str, world_dir: str, run: StageRunner) -> str:
+def _sft(settings: PipelineRun, workdir: str, world_dir: str, run: StageRunner) -> str:
     """The world's base model: the captions stage, then the grounding stage from its export."""
     model_path = ""
-    for stage in SFT_STAGES:
-        stage_dir = os.path.join(workdir, f"sft_{stage}")
+    for name in ("captions", "grounding"):
+        stage_dir = os.path.join(workdir, f"sft_{name}")
         export = os.path.join(stage_dir, "export")
         if not os.path.exists(os.path.join(export, "config.json")):
-            stage_config = world_sft_config(stage)
-            stage_config.world.update(_world_sections(config, world_dir))
-            stage_config.world.records = stage
-            stage_config.train.steps = config.sft[f"{stage}_steps"]
-            stage_config.model.path = model_path
-            _announce(f"SFT of the world's base model, stage {stage} ({stage_config.train.steps} steps)")
-            run(stage_config, stage_dir)
+            stage: TrainSettings = getattr(settings.sft, name)
+            stage = replace(stage, world=replace(settings.world, dir=world_dir, records=name), model__path=model_path)
+            _announce(f"SFT of the world's base model, stage {name} ({stage.train.steps} steps)")
+            run(stage, stage_dir)
         model_path = export
     return model_path
 
 
-def _pairs(config: Any, workdir: str, world_dir: str, model_path: str, run: StageRunner) -> str:
-    builder, _ = METHODS[config.method]
-    pairs_config = BUILDERS[builder].config()
-    pairs_config.world.update(_world_sections(config, world_dir))
-    pairs_config.world.records = config.data.records
-    pairs_config.pairs = copy.deepcopy(config.pairs)
-    pairs_config.pairs.output = os.path.join(workdir, "pairs")
-    pairs_config.data.path = config.data.path
-    pairs_config.data.image_root = config.data.image_root
-    if "model" in pairs_config:
-        pairs_config.model.update({"path": model_path, "dtype": config.model.dtype,
-                                   "param_dtype": config.model.param_dtype})
-    _announce(f"{builder} pairs from {config.data.path or 'the world: train/' + config.data.records + '.jsonl'}")
-    run(pairs_config, os.path.join(workdir, "pairs_build"))
-    output = pairs_config.pairs.output
-    if not _has_pairs(output):
-        raise ValueError(f"the {builder} builder kept no pairs in {output} (its counts are printed above): nothing "
-                         "to align on; a base model that writes nothing, or a filter that drops everything, does this")
-    return output
+def _pairs(settings: PipelineRun, workdir: str, world_dir: str, model_path: str, run: StageRunner) -> str:
+    pairs = replace(settings.pairs, output=os.path.join(workdir, "pairs"))
+    stage = PAIRS_RUNS[pairs.builder](
+        world=replace(settings.world, dir=world_dir), model=_model(settings, model_path) if pairs.needs_model else None,
+        data=RecordFiles(path=settings.data.path, image_root=settings.data.image_root), pairs=pairs)
+    _announce(f"{pairs.builder} pairs from {settings.data.path or 'the world: train/' + settings.world.records + '.jsonl'}")
+    run(stage, os.path.join(workdir, "pairs_build"))
+    if not _has_pairs(pairs.output):
+        raise ValueError(f"the {pairs.builder} builder kept no pairs in {pairs.output} (its counts are printed above): "
+                         "nothing to align on; a base model that writes nothing, or a filter that drops everything, "
+                         "does this")
+    return pairs.output
 
 
 def _has_pairs(folder: str) -> bool:
@@ -141,40 +71,32 @@ def _has_pairs(folder: str) -> bool:
     return False
 
 
-def _align(config: Any, workdir: str, model_path: str, pairs_dir: str, run: StageRunner) -> str:
+def _align(settings: PipelineRun, workdir: str, model_path: str, pairs_dir: str, run: StageRunner) -> str:
     """Each align stage from the previous stage's merged export (POVID's two stages)."""
-    for name in sorted(config.align):
+    for name, stage in settings.align.stages():
         stage_dir = os.path.join(workdir, f"align_{name}")
         export = os.path.join(stage_dir, "export")
         if not os.path.exists(os.path.join(export, "config.json")):
-            stage = config.align[name]
-            stage_config = aligning_config(stage.loss.name)
-            for section in ALIGN_SECTIONS:
-                if isinstance(stage_config[section], ml_collections.ConfigDict):
-                    stage_config[section].update(copy.deepcopy(stage[section]))
-                else:
-                    stage_config[section] = stage[section]
-            stage_config.model.update({"path": model_path, "dtype": config.model.dtype,
-                                       "param_dtype": config.model.param_dtype})
-            stage_config.data.path, stage_config.data.seed = pairs_dir, stage.seed
+            stage = replace(stage, model=replace(_model(settings, model_path), remat=stage.model.remat,
+                                                 scan_layers=stage.model.scan_layers,
+                                                 attention_impl=stage.model.attention_impl),
+                            data__path=pairs_dir, data__seed=stage.seed)
             _announce(f"aligning ({name}: loss {stage.loss.name}, {stage.train.steps} steps)")
-            run(stage_config, stage_dir)
+            run(stage, stage_dir)
         model_path = export
     return model_path
 
 
-def _evaluate(config: Any, workdir: str, name: str, world_dir: str, model_path: str,
+def _evaluate(settings: PipelineRun, workdir: str, name: str, world_dir: str, model_path: str,
               run: StageRunner) -> dict[str, Any]:
     out = os.path.join(workdir, name)
     results = os.path.join(out, "eval", "results.json")
     if not os.path.exists(results):
-        eval_run = eval_config()
-        eval_run.eval.update(copy.deepcopy(config.eval))
-        if not (eval_run.eval.pope_file or eval_run.eval.coco_instances):
-            eval_run.eval.world = eval_run.eval.world or world_dir
-        eval_run.model.update({"path": model_path, "dtype": config.model.dtype, "param_dtype": config.model.param_dtype})
+        section = settings.eval
+        if not (section.pope_file or section.coco_instances):
+            section = replace(section, world=section.world or world_dir)
         _announce(f"evaluating {name.removeprefix('eval_')} ({model_path})")
-        run(eval_run, out)
+        run(EvalRun(model=_model(settings, model_path), eval=section), out)
     with open(results, encoding="utf-8") as f:
         return json.load(f)
 
@@ -251,31 +173,28 @@ def plot_curves(metrics_files: list[str], path: str) -> str | None:
     return path
 
 
-def run_pipeline(config: Any, workdir: str, run: StageRunner) -> dict[str, Any]:
-    """All stages (module docstring); `run(config, workdir)` runs one stage's config the way the
-    command line does. Returns what results.json holds."""
-    if config.method not in METHODS:
-        raise ValueError(f"method={config.method!r}: choose one of {sorted(METHODS)}")
+def run_pipeline(settings: PipelineRun, workdir: str, run: StageRunner) -> dict[str, Any]:
+    """All stages (module docstring); `run(settings, workdir)` runs one stage the way the command
+    line does. Returns what results.json holds."""
     os.makedirs(workdir, exist_ok=True)
-    from realign_jax.synthetic.config import WorldConfig
     from realign_jax.synthetic.world import ensure_world
 
-    published_eval = bool(config.eval.pope_file or config.eval.coco_instances)
-    needs_world = not (config.model.path and config.data.path and published_eval)
-    world_dir = ensure_world(WorldConfig(**{k: v for k, v in config.world.items() if k != "dir"}),
-                             config.world.dir or os.path.join(workdir, "world")) if needs_world else ""
-    base = config.model.path or _sft(config, workdir, world_dir, run)
-    before = _evaluate(config, workdir, "eval_base", world_dir, base, run)
-    pairs_dir = _pairs(config, workdir, world_dir, base, run)
-    aligned = _align(config, workdir, base, pairs_dir, run)
-    after = _evaluate(config, workdir, "eval_aligned", world_dir, aligned, run)
+    published_eval = bool(settings.eval.pope_file or settings.eval.coco_instances)
+    needs_world = not (settings.model.path and settings.data.path and published_eval)
+    world_dir = ensure_world(settings.world.recipe(), settings.world.dir or os.path.join(workdir, "world")) \
+        if needs_world else ""
+    base = settings.model.path or _sft(settings, workdir, world_dir, run)
+    before = _evaluate(settings, workdir, "eval_base", world_dir, base, run)
+    pairs_dir = _pairs(settings, workdir, world_dir, base, run)
+    aligned = _align(settings, workdir, base, pairs_dir, run)
+    after = _evaluate(settings, workdir, "eval_aligned", world_dir, aligned, run)
     rows = report_rows(before, after)
-    stage_dirs = [os.path.join(workdir, f"align_{name}") for name in sorted(config.align)]
+    stage_dirs = [os.path.join(workdir, f"align_{name}") for name, _ in settings.align.stages()]
     plot = plot_curves([os.path.join(d, "metrics.jsonl") for d in stage_dirs], os.path.join(workdir, "curves.png"))
-    results = {"method": config.method, "base_model": base, "aligned_model": aligned, "world": world_dir,
+    results = {"method": settings.method, "base_model": base, "aligned_model": aligned, "world": world_dir,
                "pairs": pairs_dir, "table": rows, "base": before, "aligned": after, "curves": plot}
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
-    print("\n" + format_table(rows, config.method))
+    print("\n" + format_table(rows, settings.method))
     print(f"\nresults.json, curves.png: {workdir}")
     return results

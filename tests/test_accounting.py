@@ -207,12 +207,12 @@ def test_trained_parts_reads_what_the_state_trains():
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
     import train_llava
 
-    from realign_jax.train import settings as train_settings
+    from realign_jax.settings import runs as run_settings
     from realign_jax.train.trainer import Trainer, trained_parts
 
     config = train_llava.get_config("loss=dpo")
-    state = Trainer(train_settings.parse(config)).abstract_state()
+    state = Trainer(run_settings.load(config)).abstract_state()
     assert trained_parts(state.trainable) == ({"projector"}, set(ADAPTED))
     config.lora.rank, config.reference, config.train.trainable = 0, "frozen_copy", r"^(projector|decoder)\."
-    state = Trainer(train_settings.parse(config)).abstract_state()
+    state = Trainer(run_settings.load(config)).abstract_state()
     assert trained_parts(state.trainable) == ({"projector", "decoder"}, set())

@@ -11,12 +11,13 @@ import jax
 import pytest
 
 from realign_jax import aot
-from realign_jax.train import settings as train_settings
+from realign_jax.settings import runs as run_settings
 from realign_jax.train.trainer import Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "configs"))
 import rdpo_llava  # noqa: E402
+import rdpo_llava_step  # noqa: E402
 import train_llava  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def test_packed_shared_prefix_batch_is_compiled_as_training_packs_it():
 def test_abstract_state_matches_the_real_one():
     """What aot.py compiles against is what training builds: same shapes, dtypes and shardings."""
     config = tiny_config(8)
-    trainer = Trainer(train_settings.parse(config))
+    trainer = Trainer(run_settings.load(config))
     abstract, real = trainer.abstract_state(), trainer.init_state()
     assert jax.tree.structure(abstract) == jax.tree.structure(real)
     for a, r in zip(jax.tree.leaves(abstract), jax.tree.leaves(real)):
@@ -85,12 +86,12 @@ def test_tpu_topology_without_libtpu_says_what_to_install():
 
 
 def test_config_sizes():
-    config = rdpo_llava.get_config("13b")
+    config = rdpo_llava_step.get_config("13b")
     assert (config.mode, config.loss.name, config.model.preset) == ("train", "rdpo", "llava-1.5-13b")
     assert (config.lora.rank, config.lora.alpha, config.model.dtype) == (128, 256.0, "bfloat16")
     assert config.model.param_dtype == "float32"  # trained adapters and projector keep float32 masters
     assert not config.data.packing  # 8 pairs per micro-batch on 4 chips pack no tighter than they pad
-    seven = rdpo_llava.get_config("7b")
+    seven = rdpo_llava_step.get_config("7b")
     assert (seven.data.packing, seven.data.share_prefix, seven.data.pack_len) == (True, True, 3072)
     assert rdpo_llava.get_config("").mode == "pipeline"
     with pytest.raises(ValueError, match="rdpo_llava.py:70b.*'13b', '7b'"):
@@ -100,7 +101,7 @@ def test_config_sizes():
 def test_command_line_errors_name_the_flag_or_key():
     """`--config.key` overrides reach the check (a mesh that does not divide the devices stops
     it), and a bad topology ends in one line naming the flag; neither compiles anything."""
-    command = [sys.executable, "-m", "realign_jax.aot", "--config=configs/rdpo_llava.py:7b", "--topology=cpu:8"]
+    command = [sys.executable, "-m", "realign_jax.aot", "--config=configs/rdpo_llava_step.py:7b", "--topology=cpu:8"]
     mesh = subprocess.run(command + ["--config.mesh.data=-1", "--config.mesh.fsdp=3"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert mesh.returncode == 2 and "does not divide the 8 devices" in mesh.stderr, mesh.stderr[-2000:]
     bad = subprocess.run(command[:4] + ["--topology=v5x-8"], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -22,7 +22,6 @@ from realign_jax.models.answering import Answerer
 from realign_jax.models.generation import SamplingConfig, decode, generate
 from realign_jax.pairs.bdhs import (
     BdhsSampler,
-    BdhsSettings,
     cut_sentence,
     draw_flip,
     first_sentence,
@@ -31,6 +30,7 @@ from realign_jax.pairs.bdhs import (
 )
 from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
+from realign_jax.settings.sections import BdhsPairs
 from realign_jax.synthetic import WorldConfig, generate_world
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
@@ -64,7 +64,7 @@ def embedder() -> SentenceEmbedder:
 
 
 def sampler(answerer: Answerer, embedder: SentenceEmbedder, **settings) -> BdhsSampler:
-    return BdhsSampler(answerer, embedder, BdhsSettings(**{"max_new_tokens": NEW_TOKENS, **settings}))
+    return BdhsSampler(answerer, embedder, BdhsPairs(**{"max_new_tokens": NEW_TOKENS, **settings}))
 
 
 def captions(world: Path, n: int) -> tuple[list[dict], list[str]]:
@@ -224,9 +224,9 @@ def test_settings_errors_name_the_key(world: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model.path"):
         run(config_for(world, ""), str(tmp_path))
     with pytest.raises(ValueError, match="pairs.rho_th=1.5"):
-        BdhsSettings(rho_th=1.5)
+        BdhsPairs(rho_th=1.5)
     with pytest.raises(ValueError, match="pairs.rounds=0"):
-        BdhsSettings(rounds=0)
+        BdhsPairs(rounds=0)
 
 
 def test_runs_on_your_own_jsonl_and_image_folder(world: Path, checkpoint: str, tmp_path: Path) -> None:

@@ -156,19 +156,22 @@ def test_llm_injector_through_a_local_endpoint(world: Path, tmp_path: Path) -> N
 
 
 def test_one_builder_registry_serves_build_pairs_and_the_pipeline():
-    """pairs/registry.BUILDERS is the one list: each entry's config names it, its function loads,
-    the pipeline's methods all name one, and an unknown builder is refused with the list."""
-    from realign_jax.pairs.build import check_config
-    from realign_jax.pairs.registry import BUILDERS
-    from realign_jax.pipeline import METHODS
+    """settings/sections.PAIRS_SECTIONS is the one list: each builder's config names it, its
+    function loads (pairs/registry.py), the pipeline's methods all name one, and an unknown
+    builder is refused with the list."""
+    import common
 
-    assert set(BUILDERS) == {"povid", "realign", "bdhs"}
-    for name, spec in BUILDERS.items():
-        config = spec.config()
-        assert config.pairs.builder == name and ("model" in config) == spec.needs_model
-        assert callable(spec.load())
-    assert {builder for builder, _ in METHODS.values()} == set(BUILDERS)
+    from realign_jax.pairs.registry import builder
+    from realign_jax.settings.runs import load
+    from realign_jax.settings.sections import PAIRS_SECTIONS
+
+    assert set(PAIRS_SECTIONS) == {"povid", "realign", "bdhs"}
+    for name, section in PAIRS_SECTIONS.items():
+        config = common.to_config(common.pairs_run(name))
+        assert config.pairs.builder == name and ("model" in config) == section.needs_model
+        assert callable(builder(name))
+    assert set(common.METHODS.values()) == set(PAIRS_SECTIONS)
     config = povid_pairs.get_config()
     config.pairs.builder = "nope"
     with pytest.raises(ValueError, match=r"pairs.builder='nope': choose one of \('povid', 'realign', 'bdhs'\)"):
-        check_config(config)
+        load(config)

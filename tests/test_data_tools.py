@@ -15,6 +15,7 @@ from test_data_pipeline import encoder, good_record, write_dataset
 from realign_jax.data import batching, loader
 from realign_jax.data.arrayrecord import ArrayRecordSource, convert
 from realign_jax.data.prompting import IMAGE_PLACEHOLDER
+from realign_jax.settings.sections import RecordSource
 from realign_jax.data.records import BadRecord
 from realign_jax.data.sources import JsonlSource, open_source
 
@@ -50,7 +51,7 @@ def test_a_folder_of_jsonl_shards_reads_as_one_source(tmp_path):
         rows = [good_record(i) | {"image": f"../img{i % 4}.png", "rejected_image": "../img0.png"} for i in ids]
         (shards / name).write_text("".join(json.dumps(r) + "\n" for r in rows) + ("{broken\n" if ids[0] else ""))
     (shards / "pairs-00001-of-00002.jsonl.counts.json").write_text("{}")  # sidecars are not records
-    source = open_source({"source": "jsonl", "path": str(shards)})
+    source = open_source(RecordSource(source="jsonl", path=str(shards)))
     assert len(source) == 6 and [source[i].id for i in range(5)] == ["r0", "r1", "r2", "r3", "r4"]
     assert os.path.isfile(source[3].image) and os.path.samefile(source[3].image, tmp_path / "img3.png")
     assert source.where(5) == f"{shards / 'pairs-00001-of-00002.jsonl'}:record 3"
@@ -66,7 +67,7 @@ def test_convert_embeds_images_and_reads_back_the_same_examples(tokenizer, tmp_p
     jsonl = JsonlSource(path)
     result = convert(jsonl, str(tmp_path / "shards"), num_shards=2)
     assert result["written"] == 5 and len(result["shards"]) == 2 and not os.path.exists(tmp_path / "shards.partial")
-    shards = open_source({"source": "arrayrecord", "path": str(tmp_path / "shards")})
+    shards = open_source(RecordSource(source="arrayrecord", path=str(tmp_path / "shards")))
     assert len(shards) == 5
     # Round-robin: shard 0 holds records 0, 2, 4 and shard 1 holds 1, 3.
     order = [shards[i].id for i in range(5)]
@@ -187,7 +188,7 @@ def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokeniz
 
     from realign_jax.data.batching import to_bucket
     from realign_jax.train.batches import make_dataset
-    from realign_jax.train.settings import parse
+    from realign_jax.settings.runs import load
     from realign_jax.train.trainer import Trainer
 
     config = train_llava.get_config()
@@ -195,9 +196,9 @@ def test_trimming_to_a_bucket_leaves_the_log_probs_unchanged(checkpoint, tokeniz
     config.data.source, config.data.path, config.data.seq_len = "jsonl", write_dataset(tmp_path, [
         good_record(i) for i in range(8)]), 96
     config.train.batch_size = 8
-    trainer = Trainer(parse(config))
+    trainer = Trainer(load(config))
     state = trainer.init_state()
-    host = loader.take_bad_records(next(iter(make_dataset(config.data, trainer.settings, trainer.model_config))),
+    host = loader.take_bad_records(next(iter(make_dataset(trainer.settings, trainer.model_config))),
                                      loader.BadRecordCounter())
     trimmed = to_bucket(host, batching.parse_buckets("auto", 96))
     assert trimmed["input_ids"].shape[-1] == 48 < host["input_ids"].shape[-1]

@@ -20,10 +20,12 @@ import pathlib
 import re
 import shlex
 import subprocess
+import sys
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "configs"))  # configs/*.py import configs/common.py, as realign_jax.cli arranges
 TEXT_SUFFIXES = (".md", ".py", ".sh", ".sbatch", ".toml")
 
 # Built from pieces so that this file does not match itself.

@@ -260,14 +260,14 @@ def test_non_utf8_question_files_name_the_line(tmp_path):
 def test_bad_config_values_name_the_key_before_anything_is_built(key, value, message):
     from test_train import small_config
 
-    from realign_jax.train.settings import parse
+    from realign_jax.settings.runs import load
     from realign_jax.train.trainer import Trainer
 
     config = small_config("dpo")
     section, name = key.split(".")
     config[section][name] = value
     with pytest.raises(ValueError) as raised:
-        Trainer(parse(config)).init_state()
+        Trainer(load(config)).init_state()
     assert message in str(raised.value)
 
 

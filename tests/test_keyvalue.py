@@ -1,12 +1,17 @@
 """The one `k=v,k=v` parser (data/keyvalue.py) and the four fields that read through it."""
 
+import os
+import sys
+
 import pytest
 
 from realign_jax.data.keyvalue import parse_key_values
 from realign_jax.data.sources import _tfds
-from realign_jax.train.train_configs import parse_arg
-from realign_jax.train.optimizer import OptimConfig
-from realign_jax.train.settings import _parse_rules
+from realign_jax.settings.sections import OptimConfig
+from realign_jax.settings.sections import RecordSource, parse_rules as _parse_rules
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+from common import parse_arg  # noqa: E402
 
 
 def test_pairs_in_order_stripped_empty_items_skipped():
@@ -31,4 +36,4 @@ def test_the_fields_keep_their_messages():
         with pytest.raises(ValueError, match=rf"optim.lr_groups item {bad!r} is not 'regex=learning_rate'".replace("(", r"\(")):
             OptimConfig.parse_groups(bad)
     with pytest.raises(ValueError, match=r"data.tfds_fields: 'question' is not record_field=feature"):
-        _tfds({"tfds_fields": "image=img,question", "path": "x"})
+        _tfds(RecordSource(tfds_fields="image=img,question", path="x"))

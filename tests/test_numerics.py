@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from realign_jax.objectives.losses import LOSSES, LossConfig, get_loss
-from realign_jax.train import settings as train_settings
+from realign_jax.settings import runs as run_settings
 from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.batches import make_dataset
 from realign_jax.train.loop import train
@@ -24,10 +24,10 @@ def _leaves(state):
 
 def test_a_nan_batch_leaves_parameters_and_moments_as_they_were():
     config = small_config("rdpo")
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
-    batches = iter(make_dataset(config.data, settings, trainer.model_config))
+    batches = iter(make_dataset(settings, trainer.model_config))
     state, _ = trainer.step(state, trainer.device_batch(next(batches)))
     before, moments = _leaves(state), jax.tree.leaves(jax.device_get(state.opt_state))
     poisoned = dict(next(batches))
@@ -70,7 +70,7 @@ def test_skip_policy_counts_skips_and_stops_after_too_many_in_a_row(tmp_path):
 
 def test_a_nonfinite_parameter_is_never_checkpointed(tmp_path):
     config = small_config("dpo", train__steps=2)
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
     trainer.check_finite(state, 0)

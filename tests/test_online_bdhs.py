@@ -14,8 +14,9 @@ from conftest import build_world_llava
 
 from realign_jax.data.chat import ChatCodec
 from realign_jax.main import train
+from realign_jax.settings import runs as run_settings
 from realign_jax.models.answering import Answerer
-from realign_jax.pairs.bdhs import BdhsSampler, settings_from_config
+from realign_jax.pairs.bdhs import BdhsSampler
 from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.synthetic import WorldConfig, generate_world
@@ -69,7 +70,7 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
     records = read_records(config.data.path)
     order = np.random.default_rng(config.data.seed).permutation(len(records))
     sampler = BdhsSampler(Answerer.load(checkpoint, ChatCodec.load, batch_size=8), SentenceEmbedder.load(),
-                          settings_from_config(config.online_bdhs))
+                          run_settings.load(config).online_bdhs)
     folder = str(tmp_path / "whole" / "online_bdhs")
     image_root = str(world / "train")
     for index, expected_same in ((0, True), (1, False)):
@@ -89,9 +90,9 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
 
 def test_every_must_be_positive_when_set(world, checkpoint, tmp_path):
     from realign_jax.train.online_bdhs import OnlineBdhsBatches
-    from realign_jax.train.settings import parse
+    from realign_jax.settings.runs import load
 
     config = online_config(world, checkpoint)
     config.online_bdhs.every = -1
     with pytest.raises(ValueError, match="online_bdhs.every=-1"):
-        OnlineBdhsBatches(config, parse(config), None, str(tmp_path), lambda: None)
+        OnlineBdhsBatches(load(config), None, str(tmp_path), lambda: None)

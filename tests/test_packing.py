@@ -9,7 +9,7 @@ from test_train import small_config
 from realign_jax.data import packing
 from realign_jax.models.llava import LlavaModel
 from realign_jax.models.partitioning import axis_rules, make_mesh
-from realign_jax.train import settings as train_settings
+from realign_jax.settings import runs as run_settings
 from realign_jax.data.batching import to_packed
 from realign_jax.train.batches import make_dataset
 from realign_jax.train.step import train_step
@@ -29,7 +29,7 @@ def test_first_fit_decreasing_keeps_every_row_once_within_the_length():
 def _batch(loss, seq_len=128, **overrides):
     config = small_config(loss, **overrides)
     config.data.seq_len = seq_len
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     return config, settings
 
 
@@ -38,7 +38,7 @@ def test_packed_rows_hold_each_row_with_its_own_positions_and_images(share_prefi
     config, settings = _batch("rdpo")
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    host = next(iter(make_dataset(settings, trainer.model_config)))
     packed = to_packed(host, settings.layout, trainer.model_config, 1, share_prefix)
     b, k, _ = host["input_ids"].shape
     assert packed["input_ids"].shape[0] < b * k  # rows were shared
@@ -89,13 +89,13 @@ def test_packed_step_equals_the_padded_step(loss, overrides, sharded, share_pref
     config, settings = _batch(loss, **overrides)
     if sharded:
         config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
-        settings = train_settings.parse(config)
+        settings = run_settings.load(config)
     mesh = None if sharded else make_mesh(1, 1, 1, devices=jax.devices()[:1])
     trainer = Trainer(settings, mesh=mesh)
     states = [trainer.init_state(), trainer.init_state()]  # each step donates its state
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    host = next(iter(make_dataset(settings, trainer.model_config)))
     packed = to_packed(host, settings.layout, trainer.model_config, trainer.packed_row_multiple(), share_prefix,
-                       pack_len, settings.grad_accum)
+                       pack_len, settings.train.grad_accum)
     assert packed["input_ids"].shape[0] < host["input_ids"].shape[0] * host["input_ids"].shape[1]
     results = []
     for batch, state in zip((host, packed), states):
@@ -121,14 +121,14 @@ def test_packing_refuses_what_it_cannot_do():
     config = small_config("povid")
     config.data.packing, config.loss.noisy_scoring = True, "argmax"
     with pytest.raises(ValueError, match="data.packing=True cannot go with loss.noisy_scoring='argmax'"):
-        train_settings.parse(config)
+        run_settings.load(config)
     config = small_config("dpo")
     config.data.share_prefix = True
     with pytest.raises(ValueError, match="data.share_prefix=True needs data.packing=True"):
-        train_settings.parse(config)
+        run_settings.load(config)
     config.data.packing, config.data.pack_len = True, config.data.seq_len - 1
     with pytest.raises(ValueError, match="data.pack_len=.* is shorter than data.seq_len"):
-        train_settings.parse(config)
+        run_settings.load(config)
 
 
 @pytest.mark.parametrize("share_prefix,vision_trained,encodings", [
@@ -144,10 +144,10 @@ def test_each_image_is_encoded_once_per_step(monkeypatch, share_prefix, vision_t
     config, settings = _batch("rdpo")
     if vision_trained:
         config.reference, config.lora.rank, config.train.trainable = "frozen_copy", 0, r"^vision_tower\."
-        settings = train_settings.parse(config)
+        settings = run_settings.load(config)
     trainer = Trainer(settings, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     state = trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    host = next(iter(make_dataset(settings, trainer.model_config)))
     if share_prefix:
         host = to_packed(host, settings.layout, trainer.model_config, 1, share_prefix=True)
     with axis_rules(trainer.mesh, trainer.rules):  # traced, not compiled: the count is of the step's program

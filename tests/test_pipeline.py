@@ -20,7 +20,7 @@ from test_realign_builder import own_data  # noqa: E402
 
 def reduced_world(config):
     config.world.update({"seed": 2, "num_train_images": 24, "num_eval_images": 4})
-    config.sft.captions_steps, config.sft.grounding_steps = 40, 4  # enough to write a few words
+    config.sft.captions.train.steps, config.sft.grounding.train.steps = 40, 4  # enough to write a few words
     config.eval.update({"benchmarks": "pope,chair", "max_images": 4, "pope_per_image": 1, "batch_size": 8,
                         "caption_tokens": 8})
     return config

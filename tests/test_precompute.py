@@ -15,7 +15,7 @@ from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.models import hf
 from realign_jax.models.config import preset
 from realign_jax.models.llava import LlavaModel
-from realign_jax.train import settings as train_settings
+from realign_jax.settings import runs as run_settings
 from realign_jax.train.batches import make_encoder
 from realign_jax.train.loop import train
 from realign_jax.train.metrics_log import read
@@ -52,10 +52,10 @@ def test_precomputed_log_probs_match_the_fused_reference_and_train_the_same(rdpo
     assert all(os.path.isabs(r["image"]) and os.path.isfile(r["rejected_image"]) for r in lines)
 
     # The fused step's reference on the padded rows of records 8-11 (the last, half-full batch)
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
-    encoder = make_encoder(config.data, settings, trainer.model_config)
+    encoder = make_encoder(settings, trainer.model_config)
     from realign_jax.data.sources import JsonlSource
 
     source = JsonlSource(config.data.path)
@@ -147,7 +147,7 @@ def test_a_run_that_never_applied_an_update_neither_succeeds_nor_exports(rdpo_re
     """Reference log-probs at the edge of float32 make every step's loss overflow: under skip each
     update is left out, and the run ends in an error instead of exporting the untouched model."""
     config = rdpo_records
-    kinds = train_settings.parse(config).layout.kinds
+    kinds = run_settings.load(config).layout.kinds
     records = [good_record(i) | {"ref_logps": {k: (3e38 if k == "chosen" else -3e38) for k in kinds}}
                for i in range(8)]
     config.data.path = write_dataset(tmp_path, records)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from realign_jax.models.partitioning import make_mesh
-from realign_jax.train import settings as train_settings
+from realign_jax.settings import runs as run_settings
 from realign_jax.train.batches import make_dataset
 from realign_jax.train.loop import train
 from realign_jax.train.metrics_log import read
@@ -38,10 +38,10 @@ def small_config(loss="dpo", **train_overrides):
 
 def run_steps(config, steps, mesh=None, trainer=None):
     """Metrics of the first `steps` steps (host floats), and the trainer and final state."""
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = trainer or Trainer(settings, mesh=mesh)
     state = trainer.init_state()
-    batches = iter(make_dataset(config.data, settings, trainer.model_config))
+    batches = iter(make_dataset(settings, trainer.model_config))
     history = []
     for _ in range(steps):
         state, metrics = trainer.step(state, trainer.device_batch(next(batches)))
@@ -100,17 +100,17 @@ def test_gradient_accumulation_matches_one_big_batch():
 
 def test_precomputed_reference_gives_the_same_step():
     config = small_config("rdpo")
-    settings = train_settings.parse(config)
+    settings = run_settings.load(config)
     trainer = Trainer(settings)
     state = trainer.init_state()
-    host = next(iter(make_dataset(config.data, settings, trainer.model_config)))
+    host = next(iter(make_dataset(settings, trainer.model_config)))
     batch = trainer.device_batch(host)
     ref = np.asarray(trainer.reference_logps(state, batch))
     assert ref.shape == (8, 3) and np.all(ref < 0)
     _, in_step = trainer.step(state, batch)
 
     config.reference = "precomputed"
-    precomputed = Trainer(train_settings.parse(config))
+    precomputed = Trainer(run_settings.load(config))
     state = precomputed.init_state()
     assert not jax.tree.leaves(state.base_start)  # nothing kept for the reference
     _, metrics = precomputed.step(state, precomputed.device_batch({**host, "ref_logps": ref}))
@@ -181,7 +181,7 @@ def test_export_is_the_merged_policy(tmp_path):
     config = small_config("dpo", train__steps=3, train__checkpoint_every=0)
     outputs = train(config, str(tmp_path))
     exported = hf.load_pretrained(outputs["export"])
-    trainer = Trainer(train_settings.parse(config))
+    trainer = Trainer(run_settings.load(config))
     start = trainer.init_state()
     ids = np.arange(3, 23, dtype=np.int32).reshape(2, 10)
     initial = np.asarray(trainer.policy(start)(ids))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from realign_jax.data.adapters import PovidSource, RlaifVSource, VLFeedbackSource
@@ -98,11 +98,11 @@ def _resolve(image: str | bytes | None, root: str) -> str | bytes | None:
     return image
 
 
-def open_source(data: Mapping[str, Any]) -> Any:
-    """The record source of a config's `data` section: `data.source` over `data.path`
+def open_source(data: Any) -> Any:
+    """The record source of the `data` settings: `data.source` over `data.path`
     (`data.image_root` for relative image paths; TFDS also reads `data.split`,
     `data.tfds_data_dir` and `data.tfds_fields`)."""
-    source, path = data["source"], data["path"]
+    source, path = data.source, data.path
     if source not in RECORD_SOURCES:
         raise ValueError(f"data.source={source!r} is not a record source; available: {sorted(RECORD_SOURCES)}")
     if not path:
@@ -110,24 +110,23 @@ def open_source(data: Mapping[str, Any]) -> Any:
     return RECORD_SOURCES[source](data)
 
 
-def _tfds(data: Mapping[str, Any]) -> Any:
+def _tfds(data: Any) -> Any:
     from realign_jax.data.tfds_source import TfdsSource
 
-    fields = dict(parse_key_values(data.get("tfds_fields", ""),
-                                   "data.tfds_fields: {item!r} is not record_field=feature"))
-    return TfdsSource(data["path"], data.get("split", "train"), data.get("tfds_data_dir") or None, fields)
+    fields = dict(parse_key_values(data.tfds_fields, "data.tfds_fields: {item!r} is not record_field=feature"))
+    return TfdsSource(data.path, data.split, data.tfds_data_dir or None, fields)
 
 
-def _with_root(cls: Callable[[str, str | None], Any]) -> Callable[[Mapping[str, Any]], Any]:
-    return lambda data: cls(data["path"], data.get("image_root") or None)
+def _with_root(cls: Callable[[str, str | None], Any]) -> Callable[[Any], Any]:
+    return lambda data: cls(data.path, data.image_root or None)
 
 
 # data.source -> factory taking the `data` section. Adapters read public datasets' own layouts.
-RECORD_SOURCES: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+RECORD_SOURCES: dict[str, Callable[[Any], Any]] = {
     "jsonl": _with_root(JsonlSource),
-    "arrayrecord": lambda data: ArrayRecordSource(data["path"]),  # the images are inside the shards
+    "arrayrecord": lambda data: ArrayRecordSource(data.path),  # the images are inside the shards
     "tfds": _tfds,
-    "rlaif_v": lambda data: RlaifVSource(data["path"]),  # the images are inside the parquet files
+    "rlaif_v": lambda data: RlaifVSource(data.path),  # the images are inside the parquet files
     "povid": _with_root(PovidSource),
     "vlfeedback": _with_root(VLFeedbackSource),
 }

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from realign_jax.data.chat import ChatCodec
 from realign_jax.eval import amber, chair, pope
 from realign_jax.models.answering import Answerer
+from realign_jax.settings.runs import EvalRun, load
+from realign_jax.settings.sections import EVAL_BENCHMARKS
 
 
 def _write_jsonl(path: str, rows: list[dict[str, Any]]) -> None:
@@ -102,6 +104,7 @@ def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks
 
 BENCHMARKS: dict[str, Callable[[Answerer, Any, str, WorldBenchmarks | None], dict[str, Any]]] = {
     "pope": run_pope, "chair": run_chair, "amber": run_amber}
+assert sorted(BENCHMARKS) == sorted(EVAL_BENCHMARKS), "settings/sections.py EVAL_BENCHMARKS names what runs"
 
 
 def table(results: dict[str, Any]) -> list[str]:
@@ -122,20 +125,12 @@ def table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def evaluate(config: Any, workdir: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
-    """Run `eval.benchmarks` on `model.path`; `world` reads `eval.world`'s ground truth (main.py
-    passes synthetic/benchmarks.py)."""
+def evaluate(config: EvalRun | Any, workdir: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+    """Run `eval.benchmarks` on `model.path` (a ConfigDict is loaded and checked first); `world`
+    reads `eval.world`'s ground truth (main.py passes synthetic/benchmarks.py)."""
+    config = load(config)
     section = config.eval
-    names = [n.strip() for n in section.benchmarks.split(",") if n.strip()]
-    unknown = [n for n in names if n not in BENCHMARKS]
-    if unknown or not names:
-        raise ValueError(f"eval.benchmarks={section.benchmarks!r}: choose from {sorted(BENCHMARKS)}")
-    if not config.model.path:
-        raise ValueError("model.path is required: a Hugging Face LLaVA folder with its tokenizer (e.g. the "
-                         "export/ of configs/sft_world.py)")
-    if not section.world and not (section.pope_file or section.coco_instances):
-        raise ValueError("eval.world (a synthetic world folder) or the real benchmark files "
-                         "(eval.pope_file / eval.coco_instances + eval.image_folder) are required")
+    names = section.names
     out = os.path.join(workdir, "eval")
     os.makedirs(out, exist_ok=True)
     answerer = Answerer.load(config.model.path, ChatCodec.load, dtype=config.model.dtype,

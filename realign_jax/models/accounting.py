@@ -98,7 +98,7 @@ def forward_flops(config: LlavaConfig, prompt_tokens: int) -> ForwardFlops:
 
 
 PARTS = ("vision_tower", "projector", "decoder")  # in the order the forward runs them
-# reference kind (train.step.REFERENCES) -> reference forwards per step: `lora_off` (the policy's
+# reference kind (settings.runs.REFERENCES) -> reference forwards per step: `lora_off` (the policy's
 # weights with the adapters off and any fully trained base groups at their start values) and
 # `frozen_copy` run one; `precomputed` reads log-probs from the batch; `none` (SFT) has none.
 REFERENCE_FORWARDS = {"lora_off": 1, "frozen_copy": 1, "precomputed": 0, "none": 0}

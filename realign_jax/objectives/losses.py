@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,17 +24,22 @@ Rows = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
+def _key(default: Any, meaning: str) -> Any:
+    """A config key with its one-line meaning (read by realign_jax/settings/keys.py)."""
+    return dataclasses.field(default=default, metadata={"meaning": meaning})
+
+
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
     """Hyperparameters shared by the registry (docs/methods.md defaults)."""
 
-    beta: float = 0.1
-    label_smoothing: float = 0.0  # conservative DPO epsilon (cDPO; not TRL's "robust" loss)
-    length_normalize: bool = False
-    sft_weight: float = 0.0  # alpha of the added NLL(y_w) term
-    visual_weight: float = 1.0  # rDPO's w_v
-    mdpo_anchor_delta: float = 0.0
-    povid_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # paper form: a, b1, b2
+    beta: float = _key(0.1, "strength of the KL tie to the reference")
+    label_smoothing: float = _key(0.0, "conservative DPO epsilon (cDPO; not TRL's robust loss), in [0, 0.5)")
+    length_normalize: bool = _key(False, "divide each log-ratio by its response length")
+    sft_weight: float = _key(0.0, "alpha of the added NLL(y_w) term")
+    visual_weight: float = _key(1.0, "rDPO's w_v: weight of the visual preference term")
+    mdpo_anchor_delta: float = _key(0.0, "mDPO's anchor: the chosen reward is pushed above this")
+    povid_weights: tuple[float, float, float] = _key((1.0, 1.0, 1.0), "povid_weighted's a, b1, b2")
 
     def __post_init__(self) -> None:
         if self.beta <= 0:

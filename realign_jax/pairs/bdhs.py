@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from realign_jax.settings.runs import BdhsRun
+from realign_jax.settings.sections import BdhsSampling
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.text import VERDICT_RE, cased
 from realign_jax.models.answering import Answerer, Prompt
@@ -91,27 +93,8 @@ def flipped_verdict(answer: str) -> str | None:
     return answer[:verdict.start(1)] + cased(word, "no" if word.lower() == "yes" else "yes")
 
 
-@dataclasses.dataclass(frozen=True)
-class BdhsSettings:
-    """BDHS's knobs (docs/methods.md section 4 defaults); errors name the `pairs.` config keys."""
-
-    rho_th: float = 0.99
-    eps_s: float = 0.97
-    rounds: int = 5
-    flip_probability: float = 0.5
-    max_new_tokens: int = 64
-    temperature: float = 0.0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.rho_th <= 1.0:
-            raise ValueError(f"pairs.rho_th={self.rho_th} must be in [0, 1] (1 hides every image token)")
-        if self.rounds < 1:
-            raise ValueError(f"pairs.rounds={self.rounds} must be >= 1 (the last round is the unguided one)")
-        if not 0.0 <= self.flip_probability <= 1.0:
-            raise ValueError(f"pairs.flip_probability={self.flip_probability} must be in [0, 1]")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"pairs.max_new_tokens={self.max_new_tokens} must be >= 1")
+# The sampler's keys a shard's manifest records (a rerun with other values rebuilds it).
+SAMPLING_KEYS = ("rho_th", "eps_s", "rounds", "flip_probability", "max_new_tokens", "temperature", "top_p")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +146,7 @@ def _assemble(segments: Sequence[Segment], completions: Sequence[str]) -> str:
 class BdhsSampler:
     """BDHS rejected answers from an `Answerer` (any model: the SFT base, or the current policy)."""
 
-    def __init__(self, answerer: Answerer, embedder: SentenceEmbedder, settings: BdhsSettings,
+    def __init__(self, answerer: Answerer, embedder: SentenceEmbedder, settings: BdhsSampling,
                  progress: bool = False):
         self.answerer, self.embedder, self.settings, self.progress = answerer, embedder, settings, progress
 
@@ -226,17 +209,10 @@ class BdhsSampler:
         return self._complete([Prompt(images[i], records[i]["question"]) for i in pending], call_seed, round_index)
 
 
-def settings_from_config(pairs: Any) -> BdhsSettings:
-    """The `pairs` section's BDHS keys."""
-    return BdhsSettings(rho_th=pairs.rho_th, eps_s=pairs.eps_s, rounds=pairs.rounds,
-                        flip_probability=pairs.flip_probability, max_new_tokens=pairs.max_new_tokens,
-                        temperature=pairs.temperature, top_p=pairs.top_p)
-
-
-def online_sampler(online: Any) -> Callable[..., list[dict[str, Any]]]:
+def online_sampler(online: BdhsSampling) -> Callable[..., list[dict[str, Any]]]:
     """Online BDHS's round sampler (train/online_bdhs.py `RoundSampler`) for the `online_bdhs`
     section: `BdhsSampler.pairs` with the answerer the loop builds on the current policy."""
-    settings, embedder = settings_from_config(online), SentenceEmbedder.load(online.sentence_model or None)
+    settings, embedder = online, SentenceEmbedder.load(online.sentence_model or None)
 
     def sample(answerer: Answerer, records: Sequence[Mapping[str, Any]], image_root: str, output: str, seed: int,
                counts: Counter) -> list[dict[str, Any]]:
@@ -276,10 +252,10 @@ def _pair(record: Mapping[str, Any], result: BdhsResult, rho_th: float, counts: 
     return {**record, "rejected": text, "provenance": provenance}
 
 
-def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
+def build_bdhs(config: BdhsRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
     """`pairs.builder=bdhs`: rejected answers from the model at `model.path` with its image hidden."""
     pairs, model = config.pairs, config.model
-    settings = settings_from_config(pairs)
+    settings = pairs
     records = records[:pairs.max_records] if pairs.max_records else records
 
     @functools.cache
@@ -294,5 +270,5 @@ def build_bdhs(config: Any, records: Sequence[dict[str, Any]], image_root: str, 
     manifest = {"builder": BUILDER, "records_path": os.path.abspath(config.data.path),
                 "model": os.path.abspath(model.path), "dtype": model.dtype, "param_dtype": model.param_dtype,
                 "sentence_model": pairs.sentence_model, "seed": pairs.seed, "batch_size": pairs.batch_size,
-                "max_records": pairs.max_records, **dataclasses.asdict(settings)}
+                "max_records": pairs.max_records, **{name: getattr(pairs, name) for name in SAMPLING_KEYS}}
     return build_in_shards(records, output, pairs.shard_size, build, manifest, desc="bdhs")

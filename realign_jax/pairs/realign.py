@@ -31,9 +31,9 @@ import numpy as np
 
 from realign_jax.data.chat import ChatCodec
 from realign_jax.models.answering import Answerer, Prompt
+from realign_jax.settings.runs import RealignRun
+from realign_jax.settings.sections import RealignPairs
 from realign_jax.pairs.image_index import (
-    DEFAULT_CEILING,
-    DEFAULT_K,
     ImageEmbedder,
     ImageIndex,
     Neighbour,
@@ -55,24 +55,8 @@ _OPEN_WORDS = frozenset(("a", "an", "the", "to", "and", "or", "at", "in", "on", 
 _CONJUNCTIONS = frozenset(("and", "or", "but"))
 
 
-@dataclasses.dataclass(frozen=True)
-class RealignSettings:
-    """The builder's knobs; errors name their `pairs.` config keys."""
-
-    k: int = DEFAULT_K
-    tau: float = 0.95
-    ceiling: float = DEFAULT_CEILING
-    max_fill_tokens: int = 24
-    temperature: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise ValueError(f"pairs.k={self.k} must be >= 1 (neighbours tried per record)")
-        if self.max_fill_tokens < 1:
-            raise ValueError(f"pairs.max_fill_tokens={self.max_fill_tokens} must be >= 1")
-        if self.temperature < 0:
-            raise ValueError(f"pairs.temperature={self.temperature} must be >= 0 (0 = greedy)")
+# The builder's keys a shard's manifest records (a rerun with other values rebuilds it).
+SEARCH_KEYS = ("k", "tau", "ceiling", "max_fill_tokens", "temperature", "seed")
 
 
 def cut_fill(continuation: str, following: str, span: str) -> str:
@@ -106,7 +90,7 @@ class _Job:
     image: str
 
 
-def fill_masks(answerer: Answerer, jobs: Sequence[_Job], settings: RealignSettings, rank: int) -> list[str | None]:
+def fill_masks(answerer: Answerer, jobs: Sequence[_Job], settings: RealignPairs, rank: int) -> list[str | None]:
     """Each job's filled answer (None when the model left a mask empty). Masks are filled left to
     right, mask j of every job in one batched generation continuing the answer so far. Samples
     (temperature > 0) are seeded by (seed, neighbour rank, j), so a rebuilt shard repeats them."""
@@ -163,7 +147,7 @@ def _image_index(answerer: Answerer, keys: Sequence[str], output: str, batch_siz
 class _ShardBuilder:
     """Builds one shard's pairs with the loaded tools (see the module docstring)."""
 
-    def __init__(self, tools: _Tools, masker: Masker, settings: RealignSettings, output: str):
+    def __init__(self, tools: _Tools, masker: Masker, settings: RealignPairs, output: str):
         self.tools, self.masker, self.settings, self.output = tools, masker, settings, output
 
     def __call__(self, part: Sequence[Mapping[str, Any]], counts: Counter) -> list[dict[str, Any]]:
@@ -255,14 +239,13 @@ def _histogram(counts: dict[str, Any], output: str) -> tuple[dict[str, Any], dic
     return rest, summary
 
 
-def build_realign(config: Any, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
+def build_realign(config: RealignRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
     """`pairs.builder=realign`: rejected answers refilled from retrieved images (module docstring).
 
     Returns `build_in_shards`' result with the similarity histogram summarised under "similarity".
     """
     pairs, model = config.pairs, config.model
-    settings = RealignSettings(k=pairs.k, tau=pairs.tau, ceiling=pairs.ceiling, max_fill_tokens=pairs.max_fill_tokens,
-                               temperature=pairs.temperature, seed=pairs.seed)
+    settings = pairs
     masker, masker_manifest = _masker(config)
     rebased = [rebase_image(dict(r), image_root, output) for r in records]
     for record in rebased:
@@ -280,7 +263,7 @@ def build_realign(config: Any, records: Sequence[dict[str, Any]], image_root: st
     manifest = {"builder": BUILDER, "records_path": os.path.abspath(config.data.path),
                 "model": os.path.abspath(model.path), "dtype": model.dtype, "param_dtype": model.param_dtype,
                 "sentence_model": pairs.sentence_model, "max_records": pairs.max_records, "whiten": pairs.whiten,
-                **masker_manifest, **dataclasses.asdict(settings)}
+                **masker_manifest, **{name: getattr(pairs, name) for name in SEARCH_KEYS}}
     os.makedirs(output, exist_ok=True)
     selected = rebased[:pairs.max_records] if pairs.max_records else rebased
     result = build_in_shards(selected, output, pairs.shard_size, lambda part, counts: shard_builder()(part, counts),

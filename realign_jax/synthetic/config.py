@@ -14,27 +14,31 @@ from realign_jax.synthetic.render import auto_supersample
 from realign_jax.synthetic.scenes import SamplingSpec
 
 
+def _key(default: Any, meaning: str) -> Any:
+    """A config key with its one-line meaning (read by realign_jax/settings/keys.py)."""
+    return dataclasses.field(default=default, metadata={"meaning": meaning})
+
+
 @dataclasses.dataclass(frozen=True)
 class WorldConfig:
-    seed: int = 0
-    num_train_images: int = 6000
-    num_eval_images: int = 500
-    image_size: int = 32  # the `tiny` model preset's vision.image_size; 64-256 for clearer glyphs
-    supersample: int = 0  # drawing resolution factor; 0 picks one from image_size
-    min_objects: int = 1
-    max_objects: int = 4
-    # P(companion present | anchor present): strong in train (the prior), weak in eval (the probe).
-    companion_probability: float = 0.9
-    eval_companion_absent_rate: float = 0.5  # eval: P(companion absent | anchor present)
-    companion_weight: float = 0.5  # a companion picked on its own, relative to other categories
-    duplicate_probability: float = 0.15  # a non-anchor object comes twice
-    typical_color_probability: float = 0.85  # an object has its category's typical colour (else any colour)
-    captions_per_image: int = 1  # caption records per image (each with a prompt variant)
-    attribute_probability: float = 0.5  # a caption gives an object's colour (half as often size, position)
-    relation_probability: float = 0.4  # a caption adds one spatial relation
-    absent_companion_question_rate: float = 0.5  # "no" existence questions about a missing companion
-    grounding_exist_pairs: int = 3  # (yes, no) existence questions per image in grounding.jsonl
-    tokenizer_vocab_size: int = 256  # the `tiny` preset's text.vocab_size; '<image>' is the last id
+    seed: int = _key(0, "the world's seed: the same recipe and seed give byte-identical files")
+    num_train_images: int = _key(6000, "images of the train split")
+    num_eval_images: int = _key(500, "images of the eval split")
+    image_size: int = _key(32, "pixels per side (the tiny preset's vision.image_size; 64-256 draws clearer glyphs)")
+    supersample: int = _key(0, "drawing resolution factor; 0 picks one from image_size")
+    min_objects: int = _key(1, "fewest objects per image")
+    max_objects: int = _key(4, "most objects per image")
+    companion_probability: float = _key(0.9, "P(companion present | anchor present) in train: the prior to learn")
+    eval_companion_absent_rate: float = _key(0.5, "eval: P(companion absent | anchor present), the probe")
+    companion_weight: float = _key(0.5, "a companion picked on its own, relative to other categories")
+    duplicate_probability: float = _key(0.15, "a non-anchor object comes twice")
+    typical_color_probability: float = _key(0.85, "an object has its category's typical colour (else any colour)")
+    captions_per_image: int = _key(1, "caption records per image (each with a prompt variant)")
+    attribute_probability: float = _key(0.5, "a caption gives an object's colour (half as often size, position)")
+    relation_probability: float = _key(0.4, "a caption adds one spatial relation")
+    absent_companion_question_rate: float = _key(0.5, "share of 'no' existence questions about a missing companion")
+    grounding_exist_pairs: int = _key(3, "(yes, no) existence questions per image in grounding.jsonl")
+    tokenizer_vocab_size: int = _key(256, "the world tokenizer's size (the tiny preset's text.vocab_size)")
 
     def __post_init__(self) -> None:
         if self.num_train_images < 1 or self.num_eval_images < 1:

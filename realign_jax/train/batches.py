@@ -13,13 +13,14 @@ from realign_jax.data.batching import BatchShape, parse_buckets
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.sources import open_source
 from realign_jax.models.config import LlavaConfig
-from realign_jax.train.settings import TrainSettings
+from realign_jax.settings.runs import TrainSettings
 
 
-def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
+def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
     """Records -> the rows the objective reads, with the checkpoint's tokenizer and image
     preprocessing (checked against the model: the image token must be the model's)."""
-    folder = data.tokenizer or settings.model.get("path")
+    data, layout = settings.data, settings.layout
+    folder = data.tokenizer or settings.model.path
     if not folder:
         raise ValueError(f"data.source={data.source!r} needs a tokenizer: set data.tokenizer or model.path")
     tokenizer = prompting.load_tokenizer(folder)
@@ -29,51 +30,46 @@ def make_encoder(data: Any, settings: TrainSettings, model: LlavaConfig) -> Exam
                          f"model's image_token_id is {model.image_token_id}")
     processing = image_ops.ImageProcessing.for_checkpoint(folder, model.vision.image_size)
     return ExampleEncoder(tokenizer, processing, EncoderConfig(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
+        kinds=layout.kinds, num_images=layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
-        second_image=second_image(settings.layout),
+        second_image=layout.second_image or "rejected_image",
         ref_logps="required" if settings.reference == "precomputed" else "ignored"))
 
 
-def second_image(layout: Any) -> str:
-    """What the encoder puts in image slot 1 for this layout."""
-    if layout.noisy_scoring == "argmax":
-        return "noised"
-    return "cropped" if layout.alt_image == "crop" else "rejected_image"
-
-
-def make_dataset(data: Any, settings: TrainSettings, model: LlavaConfig) -> Any:
-    """The batches of this process for the configured source (`settings.parse` checked its name)."""
+def make_dataset(settings: TrainSettings, model: LlavaConfig) -> Any:
+    """The batches of this process for the configured source."""
+    data, batch_size = settings.data, settings.train.batch_size
     if data.source != "random":
         return loader.dataset(
-            open_source(data), make_encoder(data, settings, model),
-            settings.batch_size, seed=data.seed, on_bad_record=data.on_bad_record, shard_index=jax.process_index(),
-            shard_count=jax.process_count(), workers=data.workers,
-            cache_mb=data.cache_mb)
-    return random_pairs.dataset(random_pairs_recipe(data, settings, model, data.num_examples), settings.batch_size,
+            open_source(data), make_encoder(settings, model), batch_size, seed=data.seed,
+            on_bad_record=data.on_bad_record, shard_index=jax.process_index(), shard_count=jax.process_count(),
+            workers=data.workers, cache_mb=data.cache_mb)
+    return random_pairs.dataset(random_pairs_recipe(settings, model, data.num_examples), batch_size,
                                 shard_index=jax.process_index(), shard_count=jax.process_count())
 
 
-def random_pairs_recipe(data: Any, settings: TrainSettings, model: LlavaConfig,
+def random_pairs_recipe(settings: TrainSettings, model: LlavaConfig,
                         num_examples: int) -> random_pairs.RandomPairsRecipe:
     """The random smoke-test pairs (`data.source='random'`) in the layout the encoder writes for
     this objective and model."""
+    layout = settings.layout
     return random_pairs.RandomPairsRecipe(
-        kinds=settings.layout.kinds, num_images=settings.layout.num_images, seq_len=data.seq_len,
+        kinds=layout.kinds, num_images=layout.num_images, seq_len=settings.data.seq_len,
         vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
         num_image_tokens=model.num_image_tokens, image_size=model.vision.image_size,
-        num_examples=num_examples, seed=data.seed)
+        num_examples=num_examples, seed=settings.data.seed)
 
 
-def batch_shape(data: Any, settings: TrainSettings, model: LlavaConfig, row_multiple: int,
+def batch_shape(settings: TrainSettings, model: LlavaConfig, row_multiple: int,
                 micro_batches: int | None = None) -> BatchShape:
     """How each host batch is shaped before the step (data/batching.py `shape_batch`): packed
     (`data.packing`, `data.share_prefix`, `data.pack_len`), per micro-batch of
     `train.grad_accum` unless `micro_batches` says otherwise (a reference pass runs the whole
     batch at once), or trimmed to its length bucket. The random smoke-test pairs always run at
     seq_len unless packed. `row_multiple`: Trainer.packed_row_multiple()."""
+    data = settings.data
     return BatchShape(
         layout=settings.layout, num_image_tokens=model.num_image_tokens, image_token_id=model.image_token_id,
         buckets=parse_buckets(data.length_buckets if data.source != "random" else "", data.seq_len),
         packing=data.packing, share_prefix=data.share_prefix, pack_len=data.pack_len,
-        micro_batches=settings.grad_accum if micro_batches is None else micro_batches, row_multiple=row_multiple)
+        micro_batches=settings.train.grad_accum if micro_batches is None else micro_batches, row_multiple=row_multiple)

@@ -23,7 +23,7 @@ from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 from realign_jax.data.records import BadRecord
 from realign_jax.data.sources import open_source
 from realign_jax.train.batches import make_encoder
-from realign_jax.train.settings import parse
+from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.train.trainer import model_config
 
 
@@ -72,16 +72,16 @@ def histogram(lengths: list[int], edges: tuple[int, ...], width: int = 40) -> li
     return [f"  {label} {'#' * round(width * c / top):<{width}} {c}" for label, c in zip(labels, counts)]
 
 
-def inspect(config: Any, out: TextIO = sys.stdout) -> DataReport:
-    settings = parse(config)
-    data = config.data
+def inspect(config: TrainSettings | Any, out: TextIO = sys.stdout) -> DataReport:
+    settings = load(config)
+    data = settings.data
     if data.source == "random":
         raise ValueError("mode=inspect reads records: set data.source (e.g. jsonl) and data.path")
     model = model_config(settings)
-    encoder = make_encoder(data, settings, model)
+    encoder = make_encoder(settings, model)
     source = open_source(data)
     buckets = batching.parse_buckets(data.length_buckets, data.seq_len)
-    shown_limit, limit = config.inspect.examples, min(len(source), config.inspect.max_records)
+    shown_limit, limit = settings.inspect.examples, min(len(source), settings.inspect.max_records)
     print(f"{data.source} {data.path}: {len(source)} records; objective {settings.objective} reads rows "
           f"{', '.join(settings.layout.kinds)} and {settings.layout.num_images} image(s); data.seq_len="
           f"{data.seq_len}, buckets {buckets}, truncation={data.truncation}", file=out)

@@ -24,7 +24,8 @@ from realign_jax.data.batching import BatchShape, shape_batch
 from realign_jax.train.batches import batch_shape, make_dataset
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
-from realign_jax.train.settings import TrainSettings, parse
+from realign_jax.settings.keys import as_dict
+from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.train.trainer import Trainer
 from realign_jax.train.workdir import check_free_space, check_writable, claim
 
@@ -172,31 +173,30 @@ class _Run:
                 "nonfinite": self.nonfinite.state()}
 
 
-def _prepare(config: Any, workdir: str, overwrite: bool, online_sampler: RoundSampler | None) -> _Run:
-    """Settings, work dir, train state, data and checkpoints; restored from the newest checkpoint
-    when there is one."""
-    settings = parse(config)
+def _prepare(settings: TrainSettings, workdir: str, overwrite: bool, online_sampler: RoundSampler | None) -> _Run:
+    """Work dir, train state, data and checkpoints; restored from the newest checkpoint when
+    there is one."""
     maybe_initialize_distributed()
     check_writable(workdir)
     if jax.process_index() == 0:
-        claim(workdir, config, overwrite)
+        claim(workdir, as_dict(settings), overwrite)
     checkpoints_dir = os.path.join(workdir, "checkpoints")
     trainer = Trainer(settings)
     state = trainer.init_state()
-    check_free_space(workdir, trainer.bytes_written(state, settings.keep_checkpoints, settings.export))
-    if config.get("online_bdhs") and config.online_bdhs.every:
+    check_free_space(workdir, trainer.bytes_written(state, settings.train.keep_checkpoints, settings.train.export))
+    if settings.online:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
         # The lambda reads the run's state when a round starts: the policy as trained up to then.
-        iterator = OnlineBdhsBatches(config, settings, trainer.model_config, workdir,
+        iterator = OnlineBdhsBatches(settings, trainer.model_config, workdir,
                                      lambda: trainer.policy(run.state), online_sampler)
     else:
-        iterator = iter(make_dataset(config.data, settings, trainer.model_config))
+        iterator = iter(make_dataset(settings, trainer.model_config))
     run = _Run(settings, trainer, state, iterator,
-               batch_shape(config.data, settings, trainer.model_config, trainer.packed_row_multiple()),
-               Checkpointer(checkpoints_dir, settings.checkpoint_every, settings.keep_checkpoints),
+               batch_shape(settings, trainer.model_config, trainer.packed_row_multiple()),
+               Checkpointer(checkpoints_dir, settings.train.checkpoint_every, settings.train.keep_checkpoints),
                loader.BadRecordCounter(),
-               NonFiniteSteps(settings.on_nonfinite, settings.max_consecutive_skips, checkpoints_dir))
+               NonFiniteSteps(settings.train.on_nonfinite, settings.train.max_consecutive_skips, checkpoints_dir))
     if run.checkpoints.latest_step() is not None:
         run.state, data_state = run.checkpoints.restore(run.state)
         run.iterator.set_state(data_state["iterator"])
@@ -216,7 +216,7 @@ def _log_line(run: _Run, metrics: Any, throughput: Throughput) -> dict[str, floa
     return line
 
 
-def _finish(run: _Run, config: Any, workdir: str, step: int, outputs: dict[str, Any]) -> None:
+def _finish(run: _Run, workdir: str, step: int, outputs: dict[str, Any]) -> None:
     """After the last step: every save done, a run that never updated refused, the export."""
     run.checkpoints.wait()
     run.nonfinite.check_pending()
@@ -224,35 +224,36 @@ def _finish(run: _Run, config: Any, workdir: str, step: int, outputs: dict[str, 
         raise FloatingPointError(
             f"none of the {step} steps had a finite loss and gradient, so no update was applied and nothing "
             "is exported: check the config's numbers (loss.beta, optim.lr) and the data (ref_logps)")
-    if step == run.settings.steps and run.settings.export:
+    if step == run.settings.train.steps and run.settings.train.export:
         outputs["export"] = os.path.join(workdir, "export")
-        side_files = run.settings.model.get("path") or config.data.get("tokenizer") or None  # tokenizer etc.
+        side_files = run.settings.model.path or run.settings.data.tokenizer or None  # tokenizer etc.
         run.trainer.export(run.state, outputs["export"], copy_side_files_from=side_files)
 
 
-def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
+def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,
           overwrite: bool = False, online_sampler: RoundSampler | None = None) -> dict[str, Any]:
-    """Run (or resume) training; returns the last logged metrics and the output paths.
+    """Run (or resume) training on `config`'s settings (a ConfigDict is loaded and checked first);
+    returns the last logged metrics and the output paths.
 
     `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
     `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
     `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
     passes pairs/bdhs.py's).
     """
-    run = _prepare(config, workdir, overwrite, online_sampler)
+    run = _prepare(load(config), workdir, overwrite, online_sampler)
     settings, trainer = run.settings, run.trainer
     step = int(run.state.step)
     log = MetricsLog(workdir, resume_step=step)
     stop_requests = StopRequests()
-    profile = XlaProfile(xla, workdir, settings.profile_start, settings.profile_steps)
+    profile = XlaProfile(xla, workdir, settings.train.profile_start, settings.train.profile_steps)
     throughput = Throughput()
     outputs: dict[str, Any] = {"workdir": workdir, "resumed_from": step or None}
     last: dict[str, float] = {}
     epoch = 0
-    bar = tqdm(total=settings.steps, initial=step, desc=settings.objective, unit="step",
+    bar = tqdm(total=settings.train.steps, initial=step, desc=settings.objective, unit="step",
                disable=jax.process_index() != 0)
     try:
-        while step < settings.steps:
+        while step < settings.train.steps:
             # The next batch, its skipped records counted (and reported when an epoch ends).
             raw = next(run.iterator)
             host_batch = shape_batch(loader.take_bad_records(raw, run.bad_records), run.shape)
@@ -272,20 +273,20 @@ def train(config: Any, workdir: str, *, xla: bool = False, stop_after: int | Non
             throughput.add(host_batch)
 
             # Metrics, then a checkpoint when due, asked for (SIGTERM, Ctrl-C) or at the end.
-            if step % settings.log_every == 0 or step == settings.steps:
+            if step % settings.train.log_every == 0 or step == settings.train.steps:
                 last = _log_line(run, metrics, throughput)
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", tok_s=f"{last['tokens_per_sec']:.0f}")
             bar.update(1)
             stopping = stop_requests.requested is not None or (stop_after is not None and step >= stop_after)
-            if stopping or step == settings.steps or run.checkpoints.due(step):
+            if stopping or step == settings.train.steps or run.checkpoints.due(step):
                 run.nonfinite.check_pending()
                 trainer.check_finite(run.state, step)
                 run.checkpoints.save(step, run.state, run.data_state())
             if stopping:
                 outputs["stopped_at"] = step
                 break
-        _finish(run, config, workdir, step, outputs)
+        _finish(run, workdir, step, outputs)
     finally:
         profile.stop()
         bar.close()

@@ -8,7 +8,6 @@ of a LoRA run is the same parameters with `enabled = False`: no second copy of t
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterator
 
@@ -17,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from realign_jax.models.layers import INIT_STD, Linear
+from realign_jax.settings.sections import LoraConfig
 
 
 class LoraParam(nnx.Param):
@@ -25,26 +25,6 @@ class LoraParam(nnx.Param):
 
 class LoraDropoutKey(nnx.Variable):
     """Per-module PRNG key for LoRA dropout, refreshed by the step; never trained or saved."""
-
-
-@dataclasses.dataclass(frozen=True)
-class LoraConfig:
-    rank: int = 0  # 0 = no LoRA (full fine-tuning of the trainable groups)
-    alpha: float = 16.0
-    dropout: float = 0.0
-    targets: str = r"decoder\.layers\.(q_proj|k_proj|v_proj|o_proj)$"  # regex on module paths
-
-    def __post_init__(self) -> None:
-        if self.rank < 0:
-            raise ValueError(f"lora.rank={self.rank} must be >= 0")
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha={self.alpha} must be positive")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"lora.dropout={self.dropout} must be in [0, 1)")
-        try:
-            re.compile(self.targets)
-        except re.error as e:
-            raise ValueError(f"lora.targets={self.targets!r} is not a regex: {e}") from None
 
 
 class LoraLinear(Linear):

@@ -31,7 +31,7 @@ from realign_jax.files import write_atomically
 from realign_jax.models.answering import Answerer
 from realign_jax.models.llava import LlavaModel
 from realign_jax.train.batches import make_encoder
-from realign_jax.train.settings import TrainSettings
+from realign_jax.settings.runs import TrainSettings
 
 
 class RoundSampler(Protocol):
@@ -47,9 +47,9 @@ class OnlineBdhsBatches:
     `policy` returns the model being trained at the moment it is called; `sampler` writes a
     round's pairs with it (required: None only names who should have passed it)."""
 
-    def __init__(self, config: Any, settings: TrainSettings, model_config: Any, workdir: str,
+    def __init__(self, settings: TrainSettings, model_config: Any, workdir: str,
                  policy: Callable[[], LlavaModel], sampler: RoundSampler | None = None):
-        online = config.online_bdhs
+        online, data = settings.online_bdhs, settings.data
         if online.every < 1:
             raise ValueError(f"online_bdhs.every={online.every} must be >= 1 (steps per sampling round)")
         if jax.process_count() > 1:
@@ -57,13 +57,13 @@ class OnlineBdhsBatches:
         if sampler is None:
             raise ValueError("online_bdhs.every is set but no round sampler was given: train through "
                              "realign_jax.main (its `train` plugs in pairs/bdhs.py's online_sampler)")
-        self.config, self.settings, self.policy, self.sampler = config, settings, policy, sampler
-        self.every, self.seed = online.every, config.data.seed
-        self.records = [record for _, record in json_objects(config.data.path)]
-        self.image_root = config.data.image_root or os.path.dirname(os.path.abspath(config.data.path))
+        self.settings, self.policy, self.sampler = settings, policy, sampler
+        self.every, self.seed = online.every, data.seed
+        self.records = [record for _, record in json_objects(data.path)]
+        self.image_root = data.image_root or os.path.dirname(os.path.abspath(data.path))
         self.order = np.random.default_rng(self.seed).permutation(len(self.records))
         self.folder = os.path.join(workdir, "online_bdhs")
-        self.encoder = make_encoder(config.data, settings, model_config)
+        self.encoder = make_encoder(settings, model_config)
         self.generation_batch = online.batch_size
         self.round, self.served, self.counts = -1, 0, Counter()
         self._inner: Any = None
@@ -91,22 +91,22 @@ class OnlineBdhsBatches:
         if self._inner is not None:
             self._inner.close()
         source = JsonlSource(path)
-        self._inner = iter(loader.dataset(source, self.encoder, self.settings.batch_size, seed=self.seed + index,
-                                            on_bad_record=self.config.data.on_bad_record,
-                                            cache_mb=self.config.data.cache_mb))
+        self._inner = iter(loader.dataset(source, self.encoder, self.settings.train.batch_size, seed=self.seed + index,
+                                            on_bad_record=self.settings.data.on_bad_record,
+                                            cache_mb=self.settings.data.cache_mb))
         if inner_state is not None:
             self._inner.set_state(inner_state)
         self.round, self.served = index, 0 if inner_state is None else self.served
 
     def _sample(self, index: int, path: str) -> None:
-        size = self.every * self.settings.batch_size
+        size = self.every * self.settings.train.batch_size
         picked = [self.records[self.order[(index * size + i) % len(self.records)]] for i in range(size)]
         codec = ChatCodec(self.encoder.tokenizer, self.encoder.processing)
         answerer = Answerer(self.policy(), codec, batch_size=self.generation_batch)
         counts: Counter[str] = Counter()
         rows = self.sampler(answerer, picked, self.image_root, self.folder, self.seed + index, counts)
         if not rows:
-            raise ValueError(f"online BDHS round {index}: no record of {self.config.data.path} gave a pair "
+            raise ValueError(f"online BDHS round {index}: no record of {self.settings.data.path} gave a pair "
                              f"({dict(counts)})")
         os.makedirs(self.folder, exist_ok=True)
         write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -25,9 +25,10 @@ import numpy as np
 from tqdm import tqdm
 
 from realign_jax.data.loader import BadRecordCounter, stack_examples
-from realign_jax.data.records import BadRecord, Record, check_on_bad_record
+from realign_jax.data.records import BadRecord, Record
 from realign_jax.data.sources import JsonlSource
-from realign_jax.train import settings as train_settings
+from realign_jax.settings.keys import replace
+from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.data.batching import shape_batch
 from realign_jax.train.batches import batch_shape, make_encoder
 from realign_jax.train.trainer import Trainer
@@ -35,47 +36,47 @@ from realign_jax.train.trainer import Trainer
 OUTPUT = "records.jsonl"
 
 
-def precompute(config: Any, workdir: str) -> dict[str, Any]:
-    """Write `<workdir>/records.jsonl`; returns its path and the records written and skipped."""
-    config = config.copy_and_resolve_references()
-    check_on_bad_record(config.data.on_bad_record)
-    if config.data.source != "jsonl":
-        raise ValueError(f"mode=precompute reads and writes JSONL records; data.source={config.data.source!r} "
+def precompute(config: TrainSettings | Any, workdir: str) -> dict[str, Any]:
+    """Write `<workdir>/records.jsonl` from `config`'s settings (a ConfigDict is loaded first);
+    returns its path and the records written and skipped."""
+    settings = load(config)
+    data = settings.data
+    if data.source != "jsonl":
+        raise ValueError(f"mode=precompute reads and writes JSONL records; data.source={data.source!r} "
                          "(convert other sources with their builders' JSONL output)")
     if jax.process_count() > 1:
         raise ValueError("mode=precompute runs as one process; start it on one host")
-    if config.reference == "precomputed":  # the reference these log-probs stand for
-        config.reference = "lora_off" if config.lora.rank else "frozen_copy"
-    settings = train_settings.parse(config)
+    if settings.reference == "precomputed":  # the reference these log-probs stand for
+        settings = replace(settings, reference="lora_off" if settings.lora.rank else "frozen_copy")
     trainer = Trainer(settings)
     state = trainer.init_state()
-    encoder = make_encoder(config.data, settings, trainer.model_config)
+    encoder = make_encoder(settings, trainer.model_config)
     if not encoder.deterministic:
         raise ValueError(f"{settings.objective} with loss.alt_image / loss.noisy_scoring drawing images afresh: "
                          "their reference log-probs change every epoch, so they cannot be precomputed")
-    source = JsonlSource(config.data.path, config.data.image_root or None)
-    shape = batch_shape(config.data, settings, trainer.model_config, trainer.packed_row_multiple(), micro_batches=1)
+    source = JsonlSource(data.path, data.image_root or None)
+    shape = batch_shape(settings, trainer.model_config, trainer.packed_row_multiple(), micro_batches=1)
     kinds = settings.layout.kinds
     os.makedirs(workdir, exist_ok=True)
     output = os.path.join(workdir, OUTPUT)
     skipped = BadRecordCounter()
     written = 0
     with open(output + ".tmp", "w") as out:  # renamed when complete: a stopped run leaves no half file
-        for start in tqdm(range(0, len(source), settings.batch_size), desc="reference log-probs", unit="batch"):
+        for start in tqdm(range(0, len(source), settings.train.batch_size), desc="reference log-probs", unit="batch"):
             records, examples = [], []  # (the file's JSON, the checked record) of each good one
-            for index in range(start, min(start + settings.batch_size, len(source))):
+            for index in range(start, min(start + settings.train.batch_size, len(source))):
                 try:
                     obj = source.raw(index)
                     record = source.record(obj, index)
                     examples.append(encoder.encode(record, source.where(index)))
                     records.append((obj, record))
                 except BadRecord as error:
-                    if config.data.on_bad_record == "error":
+                    if data.on_bad_record == "error":
                         raise
                     skipped.add(error.reason, str(error))
             if not examples:
                 continue
-            examples += [examples[-1]] * (settings.batch_size - len(examples))  # a full batch: one compiled shape
+            examples += [examples[-1]] * (settings.train.batch_size - len(examples))  # a full batch: one compiled shape
             host = stack_examples(examples)
             ref = np.asarray(trainer.reference_logps(state, trainer.device_batch(shape_batch(host, shape))))
             for row, (obj, record) in enumerate(records):

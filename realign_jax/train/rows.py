@@ -13,59 +13,12 @@ encoded once; with a frozen tower its features are shared by policy and referenc
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 
 from realign_jax.models.llava import LlavaModel
-from realign_jax.objectives.losses import loss_spec
+from realign_jax.settings.runs import RowLayout
 from realign_jax.train.logprobs import shifted, token_scores
-
-ALT_IMAGE_KINDS = ("chosen_alt_image",)
-SCORING = ("label", "best_other")  # Re-Align's public code scores rejected rows by best_other
-NOISY_SCORING = ("batch", "argmax")  # POVID's public code: the argmax under the noised image
-ALT_IMAGES = ("rejected_image", "crop")  # chosen_alt_image's image: the record's, or mDPO's random crop
-
-
-@dataclasses.dataclass(frozen=True)
-class RowLayout:
-    """Which rows a batch stacks and how they are scored; static for the jitted step."""
-
-    kinds: tuple[str, ...]
-    rejected_scoring: str = "label"
-    noisy_scoring: str = "batch"
-    alt_image: str = "rejected_image"
-    vocab_chunk: int = 8192
-
-    @classmethod
-    def for_objective(cls, objective: str, **options) -> RowLayout:
-        kinds = ("chosen",) if objective == "sft" else loss_spec(objective).rows
-        layout = cls(kinds, **options)
-        if layout.rejected_scoring not in SCORING:
-            raise ValueError(f"loss.rejected_scoring={layout.rejected_scoring!r}: choose one of {SCORING}")
-        if layout.noisy_scoring not in NOISY_SCORING:
-            raise ValueError(f"loss.noisy_scoring={layout.noisy_scoring!r}: choose one of {NOISY_SCORING}")
-        if layout.noisy_scoring == "argmax" and "rejected_noisy" not in kinds:
-            raise ValueError(f"loss.noisy_scoring='argmax' needs a POVID loss, not {objective!r}")
-        if layout.alt_image not in ALT_IMAGES:
-            raise ValueError(f"loss.alt_image={layout.alt_image!r}: choose one of {ALT_IMAGES}")
-        if layout.alt_image == "crop" and not any(k in ALT_IMAGE_KINDS for k in kinds):
-            raise ValueError(f"loss.alt_image='crop' needs a loss with a visual term (rdpo, mdpo), not {objective!r}")
-        return layout
-
-    @property
-    def num_images(self) -> int:
-        needs_alt = any(k in ALT_IMAGE_KINDS for k in self.kinds) or self.noisy_scoring == "argmax"
-        return 2 if needs_alt else 1
-
-    @property
-    def image_slots(self) -> tuple[int, ...]:
-        return tuple(1 if k in ALT_IMAGE_KINDS else 0 for k in self.kinds)
-
-    def scored_by_best_other(self, kind: str) -> bool:
-        return self.rejected_scoring == "best_other" and kind in ("rejected", "chosen_alt_image")
-
 
 def flat_rows(x: jax.Array) -> jax.Array:
     """[B, K, ...] -> [B*K, ...], example-major so a data-sharded batch stays local."""

@@ -25,7 +25,6 @@ from realign_jax.train.rows import RowLayout, image_states, row_logps
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-REFERENCES = ("lora_off", "frozen_copy", "precomputed", "none")
 
 
 @jax.tree_util.register_dataclass

@@ -23,31 +23,28 @@ from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, state_shardings
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
 from realign_jax.train.optimizer import dotted, make_optimizer
-from realign_jax.train.settings import MODEL_RUNTIME_KEYS, TrainSettings
+from realign_jax.settings.runs import TrainSettings
 from realign_jax.train.step import Batch, Metrics, StepStatics, TrainState, all_finite, reference_logps, train_step
-
-
-def _runtime(model: dict[str, Any]) -> dict[str, Any]:
-    return {k: model[k] for k in MODEL_RUNTIME_KEYS if k in model}
 
 
 def model_config(settings: TrainSettings) -> LlavaConfig:
     """The model's config without its weights (what the data side needs: image tokens, size)."""
-    if settings.model.get("path"):
-        return hf.config_from_hf(settings.model["path"], **_runtime(settings.model))
-    return preset(settings.model["preset"], **_runtime(settings.model))
+    model = settings.model
+    if model.path:
+        return hf.config_from_hf(model.path, **model.runtime)
+    return preset(model.preset, **model.runtime)
 
 
 def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any, load: bool = True) -> LlavaModel:
     """The starting weights, created or read directly into their shards (`load=False`: random
     weights of the checkpoint's shapes, for tracing the state abstractly)."""
     model_settings = settings.model
-    if load and model_settings.get("path"):
-        return hf.load_pretrained(model_settings["path"], mesh=mesh, rules=rules, **_runtime(model_settings))
+    if load and model_settings.path:
+        return hf.load_pretrained(model_settings.path, mesh=mesh, rules=rules, **model_settings.runtime)
     config = model_config(settings)
     graphdef, abstract = nnx.split(abstract_model(config))
     shardings = state_shardings(abstract, mesh, rules)
-    seed = model_settings.get("seed", 0)
+    seed = model_settings.seed
     state = jax.jit(lambda: nnx.state(LlavaModel(config, rngs=nnx.Rngs(seed))), out_shardings=shardings)()
     return nnx.merge(graphdef, state)
 
@@ -58,18 +55,18 @@ class Trainer:
     def __init__(self, settings: TrainSettings, mesh: Mesh | None = None):
         self.settings = settings
         defaults = dict(DEFAULT_RULES)
-        defaults.update(dict(settings.mesh.rules))
+        defaults.update(dict(settings.mesh.rule_pairs))
         self.rules = tuple(defaults.items())
         self.mesh = mesh if mesh is not None else make_mesh(settings.mesh.data, settings.mesh.fsdp,
                                                              settings.mesh.tensor)
         shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        micro = settings.batch_size // settings.grad_accum
+        micro = settings.train.batch_size // settings.train.grad_accum
         if micro % shards:
             raise ValueError(f"train.batch_size / train.grad_accum = {micro} is not divisible by the "
                              f"{shards} data-parallel shards (mesh.data x mesh.fsdp)")
         on_cpu = {d.platform for d in self.mesh.devices.flat} == {"cpu"}
         for key in ("dtype", "param_dtype"):
-            if on_cpu and settings.model.get(key) == "float16":
+            if on_cpu and getattr(settings.model, key) == "float16":
                 raise ValueError(f"model.{key}='float16': XLA on CPU has no float16 matmul; use 'float32' (or "
                                  "'bfloat16') here, float16 on a GPU")
         self._compiled: dict[tuple, Any] = {}  # batch shapes -> executable (one per length bucket)
@@ -84,7 +81,7 @@ class Trainer:
         self.plain_graphdef = nnx.graphdef(model)
         if s.lora.rank:
             add_lora(model, s.lora, nnx.Rngs(s.seed + 1))
-        regex = re.compile(s.trainable) if s.trainable else None
+        regex = re.compile(s.train.trainable) if s.train.trainable else None
 
         def is_trainable(path: tuple[Any, ...], variable: Any) -> bool:
             if isinstance(variable, LoraParam):
@@ -93,20 +90,20 @@ class Trainer:
 
         graphdef, trainable, keys, frozen = nnx.split(model, is_trainable, LoraDropoutKey, ...)
         if not jax.tree.leaves(trainable):
-            raise ValueError(f"train.trainable={s.trainable!r} matches no parameter and LoRA is off")
+            raise ValueError(f"train.trainable={s.train.trainable!r} matches no parameter and LoRA is off")
         trainable = jax.device_put(trainable, state_shardings(trainable, self.mesh, self.rules))
         base_trainable = nnx.filter_state(trainable, nnx.Not(LoraParam))
         base_start = base_trainable if s.reference in ("lora_off", "frozen_copy") else nnx.State({})
         base_start = jax.jit(lambda t: jax.tree.map(jnp.copy, t),
                              out_shardings=state_shardings(base_start, self.mesh, self.rules))(base_start)
-        tx, schedules = make_optimizer(s.optim, s.steps, trainable)
+        tx, schedules = make_optimizer(s.optim, s.train.steps, trainable)
         opt_shardings = state_shardings(jax.eval_shape(tx.init, trainable), self.mesh, self.rules)
         opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(trainable)
         vision_trainable = any(dotted(path).startswith("vision_tower.")
                                for path, _ in jax.tree_util.tree_leaves_with_path(trainable))
         self.statics = StepStatics(
             graphdef=graphdef, objective=s.objective, loss=s.loss, layout=s.layout, reference=s.reference,
-            grad_accum=s.grad_accum, tx=tx, schedules=schedules, vision_trainable=vision_trainable,
+            grad_accum=s.train.grad_accum, tx=tx, schedules=schedules, vision_trainable=vision_trainable,
             dropout_keys=jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), keys),
         )
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -134,7 +131,7 @@ class Trainer:
     def packed_row_multiple(self) -> int:
         """data/batching.py `packed_row_multiple` for this mesh's data shards."""
         shards = self.mesh.size // self.batch_sharding(1).shard_shape((self.mesh.size,))[0]
-        return packed_row_multiple(self.settings.batch_size, shards)
+        return packed_row_multiple(self.settings.train.batch_size, shards)
 
     def device_batch(self, host_batch: dict[str, np.ndarray]) -> Batch:
         """This process's rows -> global arrays sharded over the data axes."""

@@ -70,11 +70,11 @@ def _binding(config: dict[str, Any]) -> dict[str, Any]:
             if not any(k == m or k.startswith(m + ".") for m in MAY_CHANGE)}
 
 
-def claim(workdir: str, config: Any, overwrite: bool = False) -> None:
+def claim(workdir: str, config: dict[str, Any], overwrite: bool = False) -> None:
     """Refuse a work dir whose checkpoints come from a different config, or with `overwrite`
     delete that run's outputs first; then record this config as the work dir's."""
     path = os.path.join(workdir, RUN_CONFIG)
-    current = json.loads(json.dumps(config.to_dict() if hasattr(config, "to_dict") else config, default=list))
+    current = json.loads(json.dumps(config, default=list))
     has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
         name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
     if has_checkpoints and os.path.isfile(path):
