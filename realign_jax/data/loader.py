@@ -3,10 +3,11 @@ read + encode (images decoded and preprocessed, chat template, rows, masks) -> b
 good examples -> optional worker processes.
 
 Bad records either stop the run with one line naming file, record and field
-(`on_bad_record='error'`) or are skipped (`'skip'`). A skipped record travels with the batch
-that skipped it (`batch[BAD_RECORDS]`), so the counts are of records the run consumed, not of
-records Grain's read-ahead threads touched, and they survive worker processes; the loop moves
-them into a `BadRecordCounter` with `take_bad_records`. The iterator's state
+(`on_bad_record='error'`) or are skipped (`'skip'`). A skipped record travels beside the batch
+that skipped it (`LoadedBatch.bad_records`, next to its arrays, never among them), so the
+counts are of records the run consumed, not of records Grain's read-ahead threads touched, and
+they survive worker processes; the loop moves them into a `BadRecordCounter` with
+`take_bad_records`. The iterator's state
 (`get_state`/`set_state`) goes into the Orbax checkpoint, so a resumed run continues with the
 next unseen example.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -29,8 +30,25 @@ from absl import flags
 from realign_jax.data.encode import ExampleEncoder
 from realign_jax.data.records import BadRecord, check_on_bad_record
 
-BAD_RECORDS = "bad_records"  # batch key: [(reason, message)] of records skipped to make this batch
-EPOCH = "epoch"  # batch key: the epoch (of this process's order) the batch's last example came from
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedBatch(Mapping):
+    """A host batch as the pipeline makes it: a read-only mapping of its arrays (what the step
+    gets), with its bookkeeping beside them."""
+
+    arrays: dict[str, np.ndarray]
+    bad_records: tuple[tuple[str, str], ...] = ()  # (reason, message) of records skipped to make it
+    epoch: int = 0  # the epoch (of this process's order) its last example came from
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
 
 
 @dataclasses.dataclass
@@ -57,11 +75,14 @@ class BadRecordCounter:
         self.examples = list(state.get("examples", []))
 
 
-def take_bad_records(batch: dict[str, Any], counter: BadRecordCounter) -> dict[str, np.ndarray]:
-    """The batch's arrays, with the records it skipped moved into `counter`."""
-    for reason, message in batch.get(BAD_RECORDS, ()):
+def take_bad_records(batch: LoadedBatch | dict[str, np.ndarray], counter: BadRecordCounter) -> dict[str, np.ndarray]:
+    """The batch's arrays, with the records it skipped moved into `counter` (the random
+    smoke-test pairs come as plain arrays: nothing is skipped there)."""
+    if not isinstance(batch, LoadedBatch):
+        return batch
+    for reason, message in batch.bad_records:
         counter.add(reason, message)
-    return {k: v for k, v in batch.items() if k not in (BAD_RECORDS, EPOCH)}
+    return batch.arrays
 
 
 class _EpochOrder:
@@ -120,7 +141,7 @@ class _GoodBatchesIterator(grain.DatasetIterator):
         self._batch_size, self._num_records = batch_size, num_records
         self._bad_in_a_row = 0
 
-    def __next__(self) -> dict[str, Any]:
+    def __next__(self) -> LoadedBatch:
         examples: list[dict[str, np.ndarray]] = []
         skipped: list[tuple[str, str]] = []
         epoch = 0
@@ -134,10 +155,7 @@ class _GoodBatchesIterator(grain.DatasetIterator):
                 continue
             self._bad_in_a_row = 0
             examples.append(item)
-        batch: dict[str, Any] = stack_examples(examples)
-        batch[BAD_RECORDS] = skipped
-        batch[EPOCH] = epoch
-        return batch
+        return LoadedBatch(stack_examples(examples), tuple(skipped), epoch)
 
     def get_state(self) -> dict[str, Any]:
         return self._parent.get_state()
@@ -147,7 +165,7 @@ class _GoodBatchesIterator(grain.DatasetIterator):
 
 
 class _GoodBatches(grain.IterDataset):
-    """Batches of `batch_size` good examples; the skipped records ride along in the batch."""
+    """Batches of `batch_size` good examples; the skipped records ride along beside each."""
 
     def __init__(self, parent: grain.IterDataset, batch_size: int, num_records: int):
         super().__init__(parent)

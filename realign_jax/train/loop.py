@@ -257,11 +257,11 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
             # The next batch, its skipped records counted (and reported when an epoch ends).
             raw = next(run.iterator)
             host_batch = shape_batch(loader.take_bad_records(raw, run.bad_records), run.shape)
-            if raw.get(loader.EPOCH, epoch) > epoch:
+            if getattr(raw, "epoch", epoch) > epoch:
                 if run.bad_records.total:
                     bar.write(f"epoch {epoch} done: {run.bad_records.total} bad records skipped so far "
                               f"{dict(run.bad_records.counts)}, e.g. {run.bad_records.examples[0]}")
-                epoch = raw[loader.EPOCH]
+                epoch = raw.epoch
             batch = trainer.device_batch(host_batch)
 
             # The step; its finiteness is read once the next one is queued.
