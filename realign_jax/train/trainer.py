@@ -72,12 +72,14 @@ class Trainer:
         self._compiled: dict[tuple, Any] = {}  # batch shapes -> executable (one per length bucket)
         self._reference_fn: Any = None
         self._all_finite: Any = None
+        # The model's config before its weights: the data side (tokens per image, image size)
+        # can be built before the train state.
+        self.model_config = model_config(settings)
 
     def init_state(self, load: bool = True) -> TrainState:
         """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
         s = self.settings
         model = _base_model(s, self.mesh, self.rules, load)
-        self.model_config = model.config
         self.plain_graphdef = nnx.graphdef(model)
         if s.lora.rank:
             add_lora(model, s.lora, nnx.Rngs(s.seed + 1))
