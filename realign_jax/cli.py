@@ -27,6 +27,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS(argv)
     except flags.Error as error:
+        text = str(error)
+        if "Error whilst parsing config file" in text:  # get_config refused its :ARG: its one line, not the trace
+            flag = text.split(": Error whilst", 1)[0].removeprefix("flag ")
+            reason = text.strip().splitlines()[-1].partition(": ")[2] or text.strip().splitlines()[-1]
+            raise SystemExit(f"error: {flag}: {reason}") from None
         raise SystemExit(f"error: {error}\nPass --helpshort to see the flags.") from None
     except (KeyError, AttributeError) as error:
         # ml_collections' KeyError carries "'key'\nDid you mean ...?", its AttributeError that KeyError.

@@ -67,6 +67,8 @@ def test_bad_config_is_one_line(tmp_path, override, message):
     (["--config=configs/nope.py"], "--config could not be loaded: [Errno 2] No such file or directory: "
                                    "'configs/nope.py' (a relative path is read from the current directory"),
     (["--config=configs/train_llava.py", "--workdir="], "--workdir is empty"),
+    (["--config=configs/sft_world.py:x"], "error: --config=configs/sft_world.py:x: configs/sft_world.py:x: choose one "
+                                          "of ['captions', 'grounding']"),
 ])
 def test_a_missing_config_file_or_an_empty_workdir_is_one_line(args, message):
     result = _cli(*args)
