@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from realign_jax.settings.runs import BdhsRun
+from realign_jax.settings.runs import PairsRun
 from realign_jax.settings.sections import BdhsSampling
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.text import VERDICT_RE, cased
@@ -252,7 +252,7 @@ def _pair(record: Mapping[str, Any], result: BdhsResult, rho_th: float, counts: 
     return {**record, "rejected": text, "provenance": provenance}
 
 
-def build_bdhs(config: BdhsRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
+def build_bdhs(config: PairsRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
     """`pairs.builder=bdhs`: rejected answers from the model at `model.path` with its image hidden."""
     pairs, model = config.pairs, config.model
     settings = pairs

@@ -31,7 +31,7 @@ import numpy as np
 
 from realign_jax.data.chat import ChatCodec
 from realign_jax.models.answering import Answerer, Prompt
-from realign_jax.settings.runs import RealignRun
+from realign_jax.settings.runs import PairsRun
 from realign_jax.settings.sections import RealignPairs
 from realign_jax.pairs.image_index import (
     ImageEmbedder,
@@ -239,7 +239,7 @@ def _histogram(counts: dict[str, Any], output: str) -> tuple[dict[str, Any], dic
     return rest, summary
 
 
-def build_realign(config: RealignRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
+def build_realign(config: PairsRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
     """`pairs.builder=realign`: rejected answers refilled from retrieved images (module docstring).
 
     Returns `build_in_shards`' result with the similarity histogram summarised under "similarity".

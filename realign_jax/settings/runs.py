@@ -19,7 +19,6 @@ from realign_jax.settings import keys
 from realign_jax.settings.keys import key, optional_section, section
 from realign_jax.settings.sections import (
     PAIRS_SECTIONS,
-    BdhsPairs,
     ConvertSettings,
     DataSettings,
     EvalSettings,
@@ -33,8 +32,6 @@ from realign_jax.settings.sections import (
     OnlineBdhsSettings,
     OptimConfig,
     PairsSettings,
-    PovidPairs,
-    RealignPairs,
     RecordFiles,
     RecordSource,
     TrainLoopSettings,
@@ -164,7 +161,7 @@ class TrainSettings:
 class PairsRun:
     """`mode=build_pairs` (configs/*_pairs.py): records with `chosen` -> preference pairs."""
 
-    mode: str = key("build_pairs", "build_pairs", choices=("build_pairs",))
+    mode: str = key("build_pairs", "what runs: a pair builder", choices=("build_pairs",))
     world: WorldSettings | None = optional_section("the synthetic world read when data.path is empty; must match "
                                                    "the world the model was trained on")
     model: ModelSettings | None = optional_section("the VLM the builder generates with")
@@ -179,25 +176,10 @@ class PairsRun:
 
 
 @dataclasses.dataclass(frozen=True)
-class RealignRun(PairsRun):
-    pairs: RealignPairs = section(RealignPairs, "Re-Align's masks, retrieval and refills")
-
-
-@dataclasses.dataclass(frozen=True)
-class PovidRun(PairsRun):
-    pairs: PovidPairs = section(PovidPairs, "POVID's hallucination injection")
-
-
-@dataclasses.dataclass(frozen=True)
-class BdhsRun(PairsRun):
-    pairs: BdhsPairs = section(BdhsPairs, "BDHS's image-hidden rewrites")
-
-
-@dataclasses.dataclass(frozen=True)
 class EvalRun:
     """`mode=eval` (configs/eval_world.py): POPE, CHAIR and AMBER-style on one checkpoint."""
 
-    mode: str = key("eval", "eval", choices=("eval",))
+    mode: str = key("eval", "what runs: the benchmarks on one checkpoint", choices=("eval",))
     model: ModelSettings = section(ModelSettings, "the Hugging Face LLaVA folder evaluated, with its tokenizer")
     eval: EvalSettings = section(EvalSettings, "the benchmarks and their files")
 
@@ -215,7 +197,7 @@ class EvalRun:
 class GenerateRun:
     """`mode=generate` (configs/generate_llava.py): caption images."""
 
-    mode: str = key("generate", "generate", choices=("generate",))
+    mode: str = key("generate", "what runs: captioning images", choices=("generate",))
     model: ModelSettings = section(ModelSettings, "the checkpoint; empty path = a tiny random one, exported first")
     data: GenerateData = section(GenerateData, "the images")
     generate: GenerateSettings = section(GenerateSettings, "the prompt and sampling")
@@ -225,7 +207,7 @@ class GenerateRun:
 class ConvertRun:
     """`mode=convert` (configs/convert_data.py): any record source -> ArrayRecord shards."""
 
-    mode: str = key("convert", "convert", choices=("convert",))
+    mode: str = key("convert", "what runs: records to ArrayRecord shards", choices=("convert",))
     data: RecordSource = section(RecordSource, "the records converted")
     convert: ConvertSettings = section(ConvertSettings, "the shards written")
 
@@ -258,7 +240,7 @@ class PipelineRun:
     sections are whole stage settings; the pipeline fills in only what joins them (the world,
     the model each stage starts from, the records each reads)."""
 
-    mode: str = key("pipeline", "pipeline", choices=("pipeline",))
+    mode: str = key("pipeline", "what runs: a method end to end", choices=("pipeline",))
     method: str = key("rdpo", "the method's name in the report table")
     world: WorldSettings = section(WorldSettings, "the synthetic world (records: the file pairs are built from)")
     model: ModelSettings = section(ModelSettings, "empty path = SFT the world's base model here; else the "
@@ -278,24 +260,18 @@ class PipelineRun:
                                  "data.path at the top")
 
 
-@dataclasses.dataclass(frozen=True)
-class RealignPipeline(PipelineRun):
-    pairs: RealignPairs = section(RealignPairs, "the pair builder's own keys")
+def _with_pairs(base: type, pairs: type[PairsSettings]) -> type:
+    """`base` with one builder's `pairs` section: the roots of build_pairs and of the pipeline
+    differ only in the builder's keys."""
+    name = pairs.__name__.removesuffix("Pairs") + base.__name__
+    field = ("pairs", pairs, section(pairs, f"the {pairs.name} builder's own keys"))
+    root = dataclasses.make_dataclass(name, [field], bases=(base,), frozen=True)
+    root.__module__ = __name__
+    return root
 
 
-@dataclasses.dataclass(frozen=True)
-class PovidPipeline(PipelineRun):
-    pairs: PovidPairs = section(PovidPairs, "the pair builder's own keys")
-
-
-@dataclasses.dataclass(frozen=True)
-class BdhsPipeline(PipelineRun):
-    pairs: BdhsPairs = section(BdhsPairs, "the pair builder's own keys")
-
-
-PAIRS_RUNS = {"povid": PovidRun, "realign": RealignRun, "bdhs": BdhsRun}
-PIPELINES = {"povid": PovidPipeline, "realign": RealignPipeline, "bdhs": BdhsPipeline}
-Settings = TrainSettings | PairsRun | EvalRun | GenerateRun | ConvertRun | PipelineRun
+PAIRS_RUNS: dict[str, type[PairsRun]] = {name: _with_pairs(PairsRun, cls) for name, cls in PAIRS_SECTIONS.items()}
+PIPELINES: dict[str, type[PipelineRun]] = {name: _with_pairs(PipelineRun, cls) for name, cls in PAIRS_SECTIONS.items()}
 ROOTS: dict[str, type] = {**{mode: TrainSettings for mode in TRAINING_MODES}, "eval": EvalRun,
                           "generate": GenerateRun, "convert": ConvertRun}
 
