@@ -1,16 +1,17 @@
 """Kill a training run at random moments, restart it each time, and check that it ends where a
 run never interrupted ends: the same logged metrics at every step and the same exported weights.
 
-    python benchmarks/kill_resume.py --kills 20                      # the documented size
+    python benchmarks/kill_resume.py --kills 50                      # the documented size
     python benchmarks/kill_resume.py --kills 3 --steps 40 --checkpoint-every 5 --seed 1  # CI's
 
-Three kinds of interruption take turns:
+Four kinds of interruption take turns:
 - `random`: SIGKILL at a random moment while steps run (also during the final export);
 - `mid-save`: SIGKILL as soon as a new Orbax temporary folder (`<step>.orbax-checkpoint-tmp`)
   appears, so the asynchronous save never completes. A kill that lands after the save
   finished is reported and redone;
 - `sigterm`: a preemption notice: the run must save a checkpoint and exit 0 within
-  `sigterm_limit` seconds.
+  `sigterm_limit` seconds;
+- `sigint`: Ctrl-C, which must do the same.
 
 After each interruption the harness notes the complete checkpoints on disk and the partial
 saves, restarts the same command, and reads the step the restart resumed from (its
@@ -35,7 +36,8 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KINDS = ("random", "mid-save", "sigterm")
+KINDS = ("random", "mid-save", "sigterm", "sigint")
+SIGNALS = {"sigterm": signal.SIGTERM, "sigint": signal.SIGINT}  # the kinds that ask the run to stop
 IGNORED_METRICS = ("tokens_per_sec",)  # wall-clock figures differ between any two runs
 
 
@@ -46,7 +48,7 @@ class Interruption:
     partial_saves: list[str]  # Orbax temporary folders on disk after the process died
     complete: list[int]  # complete checkpoints on disk after the process died
     resumed_from: int | None = None  # step the restart continued from (0: from scratch)
-    exit_seconds: float | None = None  # sigterm only: signal -> exit
+    exit_seconds: float | None = None  # sigterm and sigint: signal -> exit
     returncode: int | None = None
 
 
@@ -119,9 +121,9 @@ def _interrupt(args: list[str], workdir: str, log: str, kind: str, rng: random.R
                 break
         elif _last_step(workdir) >= target:
             time.sleep(rng.uniform(0.0, 0.05))  # anywhere inside the following step
-            if kind == "sigterm":
+            if kind in SIGNALS:
                 sent = time.time()
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(SIGNALS[kind])
             else:
                 process.kill()
             break
@@ -135,7 +137,7 @@ def _interrupt(args: list[str], workdir: str, log: str, kind: str, rng: random.R
     if sent is not None:
         event.exit_seconds = time.time() - sent
         if process.returncode != 0:
-            raise RuntimeError(f"SIGTERM at step {at_step}: exit code {process.returncode}\n{_tail(log)}")
+            raise RuntimeError(f"{kind} at step {at_step}: exit code {process.returncode}\n{_tail(log)}")
     return event
 
 
@@ -191,6 +193,9 @@ def _compare(reference: str, interrupted: str, events: list[Interruption], steps
         "mid_save_kills_after_the_save_finished": sum(not e.partial_saves for e in events if e.kind == "mid-save"),
         "resumed_from_newest_complete": all(e.resumed_from == max(e.complete, default=0) for e in events),
         "sigterm_exits_within_limit": all(e.exit_seconds < sigterm_limit for e in events if e.kind == "sigterm"),
+        "sigint_exits_within_limit": all(e.exit_seconds < sigterm_limit for e in events if e.kind == "sigint"),
+        "slowest_signal_exit_seconds": max((round(e.exit_seconds, 1) for e in events if e.kind in SIGNALS),
+                                           default=None),
         "same_logged_metrics": losses(reference) == losses(interrupted),
         "logged_steps": len(losses(interrupted)),
         "same_exported_weights": weights(reference) == weights(interrupted),
@@ -201,7 +206,7 @@ def _compare(reference: str, interrupted: str, events: list[Interruption], steps
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--checkpoint-every", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
@@ -211,7 +216,7 @@ def main() -> None:
     for event in report["interruptions"]:
         print(f"{event['kind']:>8} after step {event['at_step']:>4}: complete checkpoints {event['complete']}, "
               f"partial {event['partial_saves'] or '-'}, resumed from {event['resumed_from']}"
-              + (f", exited {event['exit_seconds']:.1f} s after SIGTERM" if event["exit_seconds"] else ""))
+              + (f", exited {event['exit_seconds']:.1f} s after the signal" if event["exit_seconds"] else ""))
     summary = {k: v for k, v in report.items() if k != "interruptions"}
     planned = sum(report["kinds"].values()) - report["mid_save_kills_after_the_save_finished"]
     if planned < args.kills:

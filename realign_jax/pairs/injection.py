@@ -26,6 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from realign_jax.settings.sections import INJECTION_KINDS
 from realign_jax.data.text import (
     COLOR_WORDS,
     NUMBER_VALUES,
@@ -39,7 +40,7 @@ from realign_jax.pairs.answers import VERBS, Lexicon, Mention, ParsedAnswer, ove
 from realign_jax.pairs.seeds import record_rng
 
 BUILDER = "povid_injection"
-KINDS: tuple[str, ...] = ("object", "attribute", "relation", "count", "verdict")
+KINDS = INJECTION_KINDS
 # English word classes an edit stays within (data/text.py); which members a data set uses is
 # learnt from its text. A centre ("in the middle") has no opposite: it is swapped for a side.
 

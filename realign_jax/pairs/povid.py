@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from realign_jax.data.text import load_synonyms
-from realign_jax.pairs.injection import KINDS, InjectionStats, inject_records
+from realign_jax.pairs.injection import InjectionStats, inject_records
 from realign_jax.pairs.builder_inputs import rebase_image, synonyms_path, with_chosen
 from realign_jax.pairs.llm import ChatEndpoint
 from realign_jax.pairs.shards import build_in_shards
@@ -50,23 +50,13 @@ class LLMInjector:
         return rows
 
 
-def _parse_kinds(text: str) -> tuple[str, ...]:
-    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = sorted(set(kinds) - set(KINDS))
-    if not kinds or unknown:
-        raise ValueError(f"pairs.kinds={text!r}: choose a comma-separated subset of {KINDS}")
-    return kinds
-
-
 def build_povid(config: Any, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:
     """POVID's injected rejections; the rules' statistics are learnt once and kept with the pairs."""
     pairs = config.pairs
     if pairs.injector == "llm":
         return _build_with_llm(config, records, image_root, output)
-    if pairs.injector != "rules":
-        raise ValueError(f"pairs.injector={pairs.injector!r}: choose 'rules' or 'llm'")
     synonyms = synonyms_path(pairs.synonyms, config.data.path)
-    kinds = _parse_kinds(pairs.kinds)
+    kinds = pairs.kind_list
     os.makedirs(output, exist_ok=True)
     stats_path = os.path.join(output, "injection_stats.json")
     if os.path.exists(stats_path):  # a resumed run injects from the statistics the first run learnt

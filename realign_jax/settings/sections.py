@@ -331,6 +331,9 @@ class BdhsPairs(PairsSettings, BdhsSampling):
     name: ClassVar[str] = "bdhs"
 
 
+INJECTION_KINDS = ("object", "attribute", "relation", "count", "verdict")  # pairs/injection.py's edits
+
+
 @dataclasses.dataclass(frozen=True)
 class PovidPairs(PairsSettings, Synonyms, LlmStep):
     name: ClassVar[str] = "povid"
@@ -340,6 +343,14 @@ class PovidPairs(PairsSettings, Synonyms, LlmStep):
                         choices=("rules", "llm"))
     kinds: str = key("object,attribute,relation,count,verdict", "the kinds of injected hallucination")
     max_edits: int = key(2, "edits per rejected answer: 1..max_edits", least=1)
+
+    @property
+    def kind_list(self) -> tuple[str, ...]:
+        return tuple(k.strip() for k in self.kinds.split(",") if k.strip())
+
+    def check(self, prefix: str) -> None:
+        if not self.kind_list or set(self.kind_list) - set(INJECTION_KINDS):
+            raise ValueError(f"{prefix}kinds={self.kinds!r}: choose a comma-separated subset of {INJECTION_KINDS}")
 
 
 PAIRS_SECTIONS: dict[str, type[PairsSettings]] = {cls.name: cls for cls in (PovidPairs, RealignPairs, BdhsPairs)}
