@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from realign_jax.cli import config_value, parse_flags
 from realign_jax.settings.runs import ConvertRun, EvalRun, GenerateRun, PairsRun, PipelineRun, TrainSettings, load
+from realign_jax.train.workdir import DiskFull
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", "workdir", "Directory for checkpoints, logs and outputs.")
@@ -179,6 +180,11 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE.value)
     try:
         run(config, _WORKDIR.value, _XLA.value, _OVERWRITE.value)
+    except DiskFull as error:
+        # Nothing more can be written: exit at once, before the writers' exit hooks (TensorBoard's,
+        # Orbax's threads) try again and print their own failures after this line.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        os._exit(2)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         print(f"error: {error}", file=sys.stderr)

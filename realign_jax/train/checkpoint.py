@@ -9,7 +9,9 @@ Saves are asynchronous: training continues while the files are written.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -26,9 +28,12 @@ def _unwrap(tree: Any) -> Any:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, every: int, keep: int):
+    def __init__(self, directory: str, every: int, keep: int, checkpoint_bytes: int = 0):
         self.directory = os.path.abspath(directory)
         self.every = every  # 0 = only forced saves (the end, preemption)
+        # A save does not start without room for it: a disk that filled since the last one is
+        # reported before Orbax's writer threads each fail on it.
+        self.checkpoint_bytes = checkpoint_bytes
         # A save cut by a kill leaves `<step>.orbax-checkpoint-tmp`: never restored, removed on start.
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True,
                                                cleanup_tmp_directories=True)
@@ -47,6 +52,9 @@ class Checkpointer:
         deciding whether to save never waits on the device."""
         if step in self.manager.all_steps():
             return
+        free = shutil.disk_usage(os.path.dirname(self.directory)).free
+        if free < self.checkpoint_bytes:
+            raise OSError(errno.ENOSPC, f"{free} bytes free for the {self.checkpoint_bytes}-byte checkpoint of step {step}")
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_unwrap(state.checkpointed())), data=ocp.args.JsonSave(data_state)),
             force=True)

@@ -27,7 +27,7 @@ from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.settings.keys import as_dict
 from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.train.trainer import Trainer
-from realign_jax.train.workdir import check_free_space, check_writable, claim
+from realign_jax.train.workdir import QuietFullDisk, check_free_space, check_writable, claim, disk_full, is_disk_full
 
 if TYPE_CHECKING:
     from realign_jax.train.online_bdhs import RoundSampler
@@ -166,6 +166,7 @@ class _Run:
     checkpoints: Checkpointer
     bad_records: loader.BadRecordCounter
     nonfinite: NonFiniteSteps
+    bytes_written: int  # what the checkpoints and the export take on disk (the work dir's check)
 
     def data_state(self) -> dict[str, Any]:
         """What a checkpoint keeps beside the train state."""
@@ -183,7 +184,8 @@ def _prepare(settings: TrainSettings, workdir: str, overwrite: bool, online_samp
     checkpoints_dir = os.path.join(workdir, "checkpoints")
     trainer = Trainer(settings)
     state = trainer.init_state()
-    check_free_space(workdir, trainer.bytes_written(state, settings.train.keep_checkpoints, settings.train.export))
+    bytes_written = trainer.bytes_written(state, settings.train.keep_checkpoints, settings.train.export)
+    check_free_space(workdir, bytes_written)
     if settings.online:
         from realign_jax.train.online_bdhs import OnlineBdhsBatches
 
@@ -194,9 +196,11 @@ def _prepare(settings: TrainSettings, workdir: str, overwrite: bool, online_samp
         iterator = iter(make_dataset(settings, trainer.model_config))
     run = _Run(settings, trainer, state, iterator,
                batch_shape(settings, trainer.model_config, trainer.packed_row_multiple()),
-               Checkpointer(checkpoints_dir, settings.train.checkpoint_every, settings.train.keep_checkpoints),
+               Checkpointer(checkpoints_dir, settings.train.checkpoint_every, settings.train.keep_checkpoints,
+                            trainer.bytes_written(state, 0, False)),
                loader.BadRecordCounter(),
-               NonFiniteSteps(settings.train.on_nonfinite, settings.train.max_consecutive_skips, checkpoints_dir))
+               NonFiniteSteps(settings.train.on_nonfinite, settings.train.max_consecutive_skips, checkpoints_dir),
+               bytes_written)
     if run.checkpoints.latest_step() is not None:
         run.state, data_state = run.checkpoints.restore(run.state)
         run.iterator.set_state(data_state["iterator"])
@@ -252,6 +256,8 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
     epoch = 0
     bar = tqdm(total=settings.train.steps, initial=step, desc=settings.objective, unit="step",
                disable=jax.process_index() != 0)
+    quiet = QuietFullDisk(workdir)
+    quiet.install()
     try:
         while step < settings.train.steps:
             # The next batch, its skipped records counted (and reported when an epoch ends).
@@ -287,13 +293,27 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
                 outputs["stopped_at"] = step
                 break
         _finish(run, workdir, step, outputs)
+    except Exception as error:
+        if not is_disk_full(error):
+            raise
+        full = True  # a save, the metrics or the export hit a full disk: one line, below
+    else:
+        full = False
     finally:
         profile.stop()
         bar.close()
         run.iterator.close()  # stops Grain's read-ahead threads and worker processes
         stop_requests.restore()
-        run.checkpoints.close()
-        log.close()
+        for closing in (run.checkpoints.close, log.close):  # each ends even when a full disk failed the other
+            try:
+                closing()
+            except Exception as error:
+                if not is_disk_full(error):
+                    raise
+                full = True
+        quiet.remove()
+    if full:
+        raise disk_full(workdir, run.bytes_written, run.checkpoints.latest_step()) from None
     if run.bad_records.total:
         outputs["skipped_records"] = dict(run.bad_records.counts)
     outputs["metrics"] = last

@@ -9,10 +9,14 @@ changes what the checkpoints mean is refused, naming the keys, unless it asks to
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from typing import Any
 
 from realign_jax.files import changed_keys, write_atomically
@@ -43,6 +47,77 @@ def check_free_space(workdir: str, needed_bytes: int) -> None:
         raise ValueError(f"--workdir={workdir}: {_size(free)} free on its disk, but this run writes about "
                          f"{_size(needed_bytes)} (checkpoints and the export); free some space or choose another "
                          "--workdir")
+
+
+class DiskFull(OSError):
+    """The work dir's disk filled during the run; the message says what to do."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from (Orbax wraps its writer threads'), is
+    ENOSPC."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class QuietFullDisk(logging.Filter):
+    """Drops the reports of writes that failed on a full disk (Orbax logs each of its writer
+    threads' failures, asyncio each unread one, TensorBoard's writer thread dies with a
+    traceback, tensorstore's callbacks print the closed event loop of the failed save): the loop
+    reports the full disk once, in one line. A report is dropped only when it is of a full disk,
+    or of a closed event loop while the work dir's disk has no room left."""
+
+    LOGGERS = ("absl", "asyncio")
+
+    def __init__(self, workdir: str) -> None:
+        super().__init__()
+        self.workdir = workdir
+        self._thread_hook, self._native_hook = threading.excepthook, sys.excepthook
+
+    def _full_disk_report(self, error: BaseException | None) -> bool:
+        if error is None:
+            return False
+        if is_disk_full(error):
+            return True
+        return isinstance(error, RuntimeError) and "Event loop is closed" in str(error) and \
+            shutil.disk_usage(self.workdir).free < (1 << 20)
+
+    def _thread_failed(self, args: threading.ExceptHookArgs) -> None:
+        if not self._full_disk_report(args.exc_value):
+            self._thread_hook(args)
+
+    def _native_failed(self, kind: type, error: BaseException, trace: Any) -> None:
+        """Native callbacks (tensorstore's) print their errors through sys.excepthook."""
+        if not self._full_disk_report(error):
+            self._native_hook(kind, error, trace)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        failed = record.exc_info[1] if record.exc_info else None
+        return not ("No space left on device" in record.getMessage() or self._full_disk_report(failed))
+
+    def install(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        self._thread_hook, threading.excepthook = threading.excepthook, self._thread_failed
+        self._native_hook, sys.excepthook = sys.excepthook, self._native_failed
+
+    def remove(self) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+        threading.excepthook, sys.excepthook = self._thread_hook, self._native_hook
+
+
+def disk_full(workdir: str, needed_bytes: int, complete_step: int | None) -> DiskFull:
+    kept = f"the newest complete checkpoint, step {complete_step}, is kept" if complete_step else \
+        "no checkpoint was complete yet"
+    return DiskFull(f"--workdir={workdir}: the disk filled during the run "
+                    f"({_size(shutil.disk_usage(workdir).free)} free; this run writes about {_size(needed_bytes)} "
+                    f"of checkpoints and export); {kept}: free some space and run the same command to resume")
 
 
 def _size(count: int) -> str:
