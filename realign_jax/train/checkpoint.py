@@ -9,9 +9,7 @@ Saves are asynchronous: training continues while the files are written.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -19,6 +17,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from realign_jax.train.step import TrainState
+from realign_jax.train.workdir import check_room
 
 
 def _unwrap(tree: Any) -> Any:
@@ -52,9 +51,7 @@ class Checkpointer:
         deciding whether to save never waits on the device."""
         if step in self.manager.all_steps():
             return
-        free = shutil.disk_usage(os.path.dirname(self.directory)).free
-        if free < self.checkpoint_bytes:
-            raise OSError(errno.ENOSPC, f"{free} bytes free for the {self.checkpoint_bytes}-byte checkpoint of step {step}")
+        check_room(os.path.dirname(self.directory), self.checkpoint_bytes, f"the checkpoint of step {step}")
         self.manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(_unwrap(state.checkpointed())), data=ocp.args.JsonSave(data_state)),
             force=True)

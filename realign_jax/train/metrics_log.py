@@ -14,6 +14,10 @@ from typing import Any
 import jax
 
 from realign_jax.files import write_atomically
+from realign_jax.train.workdir import check_room
+
+
+LINE_ROOM = 1 << 20  # bytes a logged step may need (metrics.jsonl, TensorBoard events): checked first
 
 
 class MetricsLog:
@@ -33,6 +37,9 @@ class MetricsLog:
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
+        # TensorBoard writes from a thread: on a full disk it dies and the next events block
+        # the loop on its queue, so a full disk is refused here first.
+        check_room(os.path.dirname(self.path), LINE_ROOM, f"the metrics of step {step}")
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")

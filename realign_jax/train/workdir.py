@@ -49,6 +49,14 @@ def check_free_space(workdir: str, needed_bytes: int) -> None:
                          "--workdir")
 
 
+def check_room(folder: str, needed_bytes: int, what: str) -> None:
+    """ENOSPC unless `folder`'s disk has `needed_bytes` free: a writer checks before it starts, so a
+    disk that filled is one error here, not a writer thread dying (or blocking the loop) on it."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise OSError(errno.ENOSPC, f"{free} bytes free for {what} ({needed_bytes} needed)")
+
+
 class DiskFull(OSError):
     """The work dir's disk filled during the run; the message says what to do."""
 
