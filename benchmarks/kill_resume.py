@@ -146,6 +146,7 @@ def run(kills: int, steps: int = 200, checkpoint_every: int = 7, seed: int = 0, 
     """Returns the interruptions and the comparison with an uninterrupted run."""
     rng = random.Random(seed)
     root = keep or tempfile.mkdtemp(prefix="kill_resume_")
+    os.makedirs(root, exist_ok=True)
     reference, interrupted = os.path.join(root, "reference"), os.path.join(root, "interrupted")
     for folder in (reference, interrupted):
         shutil.rmtree(folder, ignore_errors=True)
