@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from ml_collections import config_flags
 
 from realign_jax.cli import config_value, parse_flags
 from realign_jax.settings.runs import ConvertRun, EvalRun, GenerateRun, PairsRun, PipelineRun, TrainSettings, load
+from realign_jax.train import multihost
 from realign_jax.train.workdir import DiskFull
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file (configs/*.py).")
@@ -165,6 +167,17 @@ def run(config: Any, workdir: str, xla: bool = False, overwrite: bool = False) -
     MODES[settings.mode](settings, workdir, RunOptions(xla=xla, overwrite=overwrite))
 
 
+def _fail(message: str, code: int = 2, hard: bool = False) -> None:
+    """One line and exit `code`. In a multi-host run every other process is told (and exits with
+    the same line), and this one exits at once: the distributed runtime's exit barrier would
+    otherwise wait for processes that are stuck in a collective."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if multihost.report_failure(message) or hard:
+        sys.stdout.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
 def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)  # keep JAX's backend probing out of the terminal
     if len(argv) > 1:
@@ -183,12 +196,15 @@ def main(argv: list[str]) -> None:
     except DiskFull as error:
         # Nothing more can be written: exit at once, before the writers' exit hooks (TensorBoard's,
         # Orbax's threads) try again and print their own failures after this line.
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        os._exit(2)
+        _fail(str(error), hard=True)
     except (ValueError, FileNotFoundError, FileExistsError, NotImplementedError, FloatingPointError) as error:
         # Bad input and bad config values end in one line naming the problem, not a trace.
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _fail(str(error))
+    except Exception as error:
+        if not multihost.report_failure(f"{type(error).__name__}: {error} (its traceback is in this process's log)"):
+            raise
+        traceback.print_exc()  # a bug: the trace here, one line on the other processes
+        _fail(f"{type(error).__name__}: {error}", code=1)
     except KeyboardInterrupt:
         # Ctrl-C outside the training steps (building, compiling, a builder, an evaluator): one
         # line, not a traceback. Inside them the loop saves a checkpoint instead (train/interrupts.py).

@@ -58,3 +58,40 @@ def test_two_processes_train_like_one(tmp_path):
     assert all("resumed from checkpoint step 6" in out for out in outputs)
     with open(exported, "rb") as f:
         assert f.read() == weights
+
+
+@pytest.mark.slow
+def test_a_refusal_on_one_process_ends_every_process_with_its_line(tmp_path):
+    """Process 0 refuses the work dir (checkpoints of another config); process 1, already in the
+    run's first collective, exits within seconds with the same line instead of waiting ~100 s
+    for the heartbeat timeout."""
+    import time
+
+    workdir = str(tmp_path / "run")
+    first = subprocess.run([sys.executable, "-m", "realign_jax.main", f"--workdir={workdir}", *ARGS], cwd=REPO,
+                           capture_output=True, text=True, env=_env(4), timeout=TIMEOUT_S)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    port = free_port()
+    command = [sys.executable, "-m", "realign_jax.main", f"--workdir={workdir}", *ARGS, "--config.loss.beta=0.5"]
+    logs = [tmp_path / f"refused{i}.log" for i in range(2)]
+    processes = []
+    for i, log in enumerate(logs):
+        env = _env(2, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+        with open(log, "w") as f:
+            processes.append(subprocess.Popen(command, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT))
+    exited = []
+    try:
+        for process in processes:
+            process.wait(timeout=TIMEOUT_S)
+            exited.append(time.monotonic())
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    outputs = [log.read_text() for log in logs]
+    assert [p.returncode for p in processes] == [2, 2], outputs
+    assert exited[1] - exited[0] < 20, (exited, outputs)  # not the ~100 s heartbeat timeout
+    message = "holds checkpoints of a run with a different config (loss.beta: 0.1 -> 0.5)"
+    assert all(message in out and "Traceback" not in out for out in outputs), outputs
+    assert "error: process 0: --workdir=" in outputs[1]  # process 1 names who refused

@@ -24,6 +24,7 @@ from realign_jax.data.batching import BatchShape, shape_batch
 from realign_jax.train.batches import batch_shape, make_dataset
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
+from realign_jax.train.multihost import maybe_initialize_distributed
 from realign_jax.settings.keys import as_dict
 from realign_jax.settings.runs import TrainSettings, load
 from realign_jax.train.trainer import Trainer
@@ -31,21 +32,6 @@ from realign_jax.train.workdir import QuietFullDisk, check_free_space, check_wri
 
 if TYPE_CHECKING:
     from realign_jax.train.online_bdhs import RoundSampler
-
-
-def maybe_initialize_distributed() -> None:
-    """Join the other processes of a multi-host run (TPU pod slice, SLURM, or an explicit
-    coordinator: JAX_COORDINATOR_ADDRESS=host:port with JAX_NUM_PROCESSES and JAX_PROCESS_ID);
-    a single process, or one already joined, does nothing."""
-    if jax.distributed.is_initialized():
-        return
-    multi = os.environ.get("JAX_COORDINATOR_ADDRESS") or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
-        or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    if not multi:
-        return
-    explicit = {key: int(os.environ[name]) for key, name in (("num_processes", "JAX_NUM_PROCESSES"),
-                                                             ("process_id", "JAX_PROCESS_ID")) if name in os.environ}
-    jax.distributed.initialize(**explicit)
 
 
 class NonFiniteSteps:
