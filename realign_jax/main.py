@@ -201,10 +201,10 @@ def main(argv: list[str]) -> None:
         # Bad input and bad config values end in one line naming the problem, not a trace.
         _fail(str(error))
     except Exception as error:
-        if not multihost.report_failure(f"{type(error).__name__}: {error} (its traceback is in this process's log)"):
+        if not multihost.joined():
             raise
         traceback.print_exc()  # a bug: the trace here, one line on the other processes
-        _fail(f"{type(error).__name__}: {error}", code=1)
+        _fail(f"{type(error).__name__}: {error} (its traceback is in this process's log)", code=1)
     except KeyboardInterrupt:
         # Ctrl-C outside the training steps (building, compiling, a builder, an evaluator): one
         # line, not a traceback. Inside them the loop saves a checkpoint instead (train/interrupts.py).

@@ -77,10 +77,9 @@ def _align(settings: PipelineRun, workdir: str, model_path: str, pairs_dir: str,
         stage_dir = os.path.join(workdir, f"align_{name}")
         export = os.path.join(stage_dir, "export")
         if not os.path.exists(os.path.join(export, "config.json")):
-            stage = replace(stage, model=replace(_model(settings, model_path), remat=stage.model.remat,
-                                                 scan_layers=stage.model.scan_layers,
-                                                 attention_impl=stage.model.attention_impl),
-                            data__path=pairs_dir, data__seed=stage.seed)
+            stage = replace(stage, model__path=model_path, model__preset="", model__dtype=settings.model.dtype,
+                            model__param_dtype=settings.model.param_dtype, data__path=pairs_dir,
+                            data__seed=stage.seed)
             _announce(f"aligning ({name}: loss {stage.loss.name}, {stage.train.steps} steps)")
             run(stage, stage_dir)
         model_path = export

@@ -60,29 +60,27 @@ def _value_type(cls: type, name: str) -> type:
     return typing.get_origin(hint) or hint
 
 
-def to_config(settings: Any) -> ml_collections.ConfigDict:
-    """Sections -> a locked ConfigDict of the same keys (absent optional sections left out):
-    what a configs/*.py `get_config` returns, so a config can only set keys that exist."""
-    values: dict[str, Any] = {}
+def _present(settings: Any) -> Iterator[tuple[str, Any]]:
+    """(name, value) of each field, optional sections left out when absent."""
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
         if value is None and _section_type(type(settings), field.name) is not None:
             continue
-        values[field.name] = to_config(value) if dataclasses.is_dataclass(value) else value
-    config = ml_collections.ConfigDict(values)
+        yield field.name, value
+
+
+def to_config(settings: Any) -> ml_collections.ConfigDict:
+    """Sections -> a locked ConfigDict of the same keys (absent optional sections left out):
+    what a configs/*.py `get_config` returns, so a config can only set keys that exist."""
+    config = ml_collections.ConfigDict({name: to_config(value) if dataclasses.is_dataclass(value) else value
+                                        for name, value in _present(settings)})
     config.lock()
     return config
 
 
 def as_dict(settings: Any) -> dict[str, Any]:
     """Sections -> plain nested dicts (what a work dir records of the run)."""
-    values = {}
-    for field in dataclasses.fields(settings):
-        value = getattr(settings, field.name)
-        if value is None and _section_type(type(settings), field.name) is not None:
-            continue  # an optional section left out
-        values[field.name] = as_dict(value) if dataclasses.is_dataclass(value) else value
-    return values
+    return {name: as_dict(value) if dataclasses.is_dataclass(value) else value for name, value in _present(settings)}
 
 
 def _checked_value(cls: type, field: dataclasses.Field, value: Any, name: str) -> Any:

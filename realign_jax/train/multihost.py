@@ -38,6 +38,11 @@ def maybe_initialize_distributed() -> None:
     watch_for_failures()
 
 
+def joined() -> bool:
+    """Whether this process is one of several (jax.distributed is initialised)."""
+    return jax.distributed.is_initialized()
+
+
 def _client():
     from jax._src import distributed  # the coordination service's client: no public accessor yet
 
@@ -77,7 +82,7 @@ def watch_for_failures() -> None:
 def report_failure(message: str) -> bool:
     """Tell every process that this one failed with `message`; False when this run is a single
     process (nothing to tell)."""
-    if not jax.distributed.is_initialized():
+    if not joined():
         return False
     try:
         _client().key_value_set(FAILURE_KEY, f"process {jax.process_index()}: {message}")
