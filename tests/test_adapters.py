@@ -221,7 +221,7 @@ def test_vlfeedback_pairs_highest_and_lowest_mean_rating(tmp_path):
     ]
     source, path = write_feedback(tmp_path, rows)
     assert (len(source), source.skipped_ties, source.skipped_unrated) == (3, 1, 1)
-    assert [source.where(i) for i in range(3)] == [f"{path}:record {r}" for r in (0, 3, 4)]
+    assert [source.where(i) for i in range(3)] == [f"{path}, line {n}" for n in (1, 4, 6)]
     for i in (2, 0, 1):
         record = source[i]
         assert record.id == ("a", "d", "e")[i]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -54,8 +55,8 @@ def test_a_folder_of_jsonl_shards_reads_as_one_source(tmp_path):
     source = open_source(RecordSource(source="jsonl", path=str(shards)))
     assert len(source) == 6 and [source[i].id for i in range(5)] == ["r0", "r1", "r2", "r3", "r4"]
     assert os.path.isfile(source[3].image) and os.path.samefile(source[3].image, tmp_path / "img3.png")
-    assert source.where(5) == f"{shards / 'pairs-00001-of-00002.jsonl'}:record 3"
-    with pytest.raises(BadRecord, match=r"pairs-00001-of-00002.jsonl:record 3: field '<json>'"):
+    assert source.where(5) == f"{shards / 'pairs-00001-of-00002.jsonl'}, line 4"
+    with pytest.raises(BadRecord, match=r"pairs-00001-of-00002.jsonl, line 4: field '<json>'"):
         source[5]
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no .jsonl files"):
@@ -91,11 +92,11 @@ def test_convert_bad_image_stops_or_skips_and_never_leaves_a_finished_looking_ou
     path = write_dataset(tmp_path, records)
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     output = str(tmp_path / "out")
-    with pytest.raises(BadRecord, match=r"pairs.jsonl:record 1: field 'image'"):
+    with pytest.raises(BadRecord, match=r"pairs.jsonl, line 2: field 'image'"):
         convert(JsonlSource(path), output)
     assert not os.path.exists(output)
     result = convert(JsonlSource(path), output, on_bad_record="skip")
-    assert result["written"] == 2 and result["skipped"] == 1 and "record 1" in result["skipped_examples"][0]
+    assert result["written"] == 2 and result["skipped"] == 1 and "line 2" in result["skipped_examples"][0]
     with pytest.raises(FileExistsError, match="already exists"):
         convert(JsonlSource(path), output)
     with pytest.raises(FileNotFoundError, match="no .arrayrecord shards"):
@@ -125,8 +126,17 @@ def test_cli_convert_then_inspect(tokenizer, checkpoint, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"{IMAGE_PLACEHOLDER}x16" in out and "[[A red cat sits on a mat.</s>]]" in out
     assert out.count("\nchosen: ") == 3 and "cut from" in out  # record 2's chosen row was truncated
-    assert "bad records: {'chosen': 1}" in out and "record 6" in out
+    assert "bad records: {'chosen': 1}" in out and "line 7" in out
     assert "6 good of 7 read" in out and "truncated to data.seq_len: 1" in out
+
+    # Every bad record is listed, in file order, not only the first few.
+    bad_lines = [2, 3, 5, 6, 8, 9, 11]
+    records = [good_record(i) if i + 1 not in bad_lines else good_record(i) | {"image": f"gone{i + 1}.png"}
+               for i in range(12)]
+    config.data.path = write_dataset(tmp_path, records)
+    run(config, str(tmp_path))
+    listed = re.findall(r"pairs.jsonl, line (\d+): field 'image'", capsys.readouterr().out)
+    assert [int(n) for n in listed] == bad_lines
 
     config.data.source, config.data.path = "arrayrecord", str(tmp_path / "ar")
     run(config, str(tmp_path))

@@ -119,7 +119,7 @@ def test_a_record_whose_image_is_a_named_pipe_is_a_bad_record(tokenizer, tmp_pat
     source = JsonlSource(path)
     with pytest.raises(BadRecord, match="pipe.png: a named pipe") as raised:
         encoder(tokenizer).encode(source[0], source.where(0))
-    assert raised.value.field == "image" and f"{path}:record 0" in str(raised.value)
+    assert raised.value.field == "image" and f"{path}, line 1" in str(raised.value)
 
 
 def _hostile_records(tmp_path) -> tuple[str, dict[int, str]]:
@@ -178,7 +178,7 @@ def test_hostile_json_is_one_named_bad_record(tokenizer, tmp_path, case):
     with pytest.raises(BadRecord) as raised:
         encoder(tokenizer).encode(source[1], source.where(1))
     assert raised.value.field == field and words in str(raised.value), str(raised.value)
-    assert f"{path}:record 1" in str(raised.value)
+    assert f"{path}, line 2" in str(raised.value)
 
 
 def test_hostile_json_is_counted_under_skip(tokenizer, tmp_path):
@@ -200,7 +200,7 @@ def test_hostile_records_are_named_one_by_one(tokenizer, tmp_path):
         with pytest.raises(BadRecord) as raised:
             encoder(tokenizer).encode(source[index], source.where(index))
         assert raised.value.field == expected[index], (index, str(raised.value))
-        assert f"{path}:record {index}" in str(raised.value)
+        assert f"{path}, line {index + 1}" in str(raised.value)
 
 
 def test_hostile_records_are_counted_skips_under_skip(tokenizer, tmp_path):
@@ -218,7 +218,7 @@ def test_hostile_records_are_counted_skips_under_skip(tokenizer, tmp_path):
 def test_an_over_long_line_is_refused_without_parsing_it(tokenizer, tmp_path):
     path = write_dataset(tmp_path, [good_record(0), good_record(1) | {"chosen": "x" * (sources.MAX_RECORD_BYTES + 1)}])
     source = JsonlSource(path)
-    with pytest.raises(BadRecord, match="record 1.*over the 67108864-byte limit"):
+    with pytest.raises(BadRecord, match="line 2.*over the 67108864-byte limit"):
         source[1]
 
 

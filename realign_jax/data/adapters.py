@@ -241,10 +241,10 @@ class VLFeedbackSource:
             os.path.join(os.path.dirname(os.path.abspath(path)), "merged_images")
         self.skipped_ties = self.skipped_unrated = 0
         self._offsets: list[int] = []
-        self._rows: list[int] = []  # row number in the file (non-empty lines) of each record
+        self._lines: list[int] = []  # the file's line number of each record
         with open(path, "rb") as f:
-            offset, row = 0, 0
-            for line in f:
+            offset = 0
+            for lineno, line in enumerate(f, 1):
                 if line.strip():
                     try:
                         scores = _silkie_scores(parse_line(line), "")
@@ -257,8 +257,7 @@ class VLFeedbackSource:
                             self.skipped_ties += 1
                     else:
                         self._offsets.append(offset)
-                        self._rows.append(row)
-                    row += 1
+                        self._lines.append(lineno)
                 offset += len(line)
         if not self._offsets:
             raise ValueError(f"{path!r}: no usable rows ({self.skipped_ties} ties, {self.skipped_unrated} unrated)")
@@ -267,7 +266,7 @@ class VLFeedbackSource:
         return len(self._offsets)
 
     def where(self, index: int) -> str:
-        return f"{self.path}:record {self._rows[index]}"
+        return f"{self.path}, line {self._lines[index]}"
 
     def __getitem__(self, index: int) -> Record:
         where = self.where(index)

@@ -30,6 +30,9 @@ from absl import flags
 from realign_jax.data.encode import ExampleEncoder
 from realign_jax.data.records import BadRecord, check_on_bad_record
 
+# Under on_bad_record='error', how many records before the bad one met are checked for an
+# earlier one (a full scan of a large file would take minutes; mode=inspect lists them all).
+FILE_ORDER_SCAN = 5000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +41,7 @@ class LoadedBatch(Mapping):
     gets), with its bookkeeping beside them."""
 
     arrays: dict[str, np.ndarray]
-    bad_records: tuple[tuple[str, str], ...] = ()  # (reason, message) of records skipped to make it
+    bad_records: tuple[tuple[str, str, int], ...] = ()  # (reason, message, epoch) of records skipped to make it
     epoch: int = 0  # the epoch (of this process's order) its last example came from
 
     def __getitem__(self, key: str) -> np.ndarray:
@@ -80,9 +83,15 @@ def take_bad_records(batch: LoadedBatch | dict[str, np.ndarray], counter: BadRec
     smoke-test pairs come as plain arrays: nothing is skipped there)."""
     if not isinstance(batch, LoadedBatch):
         return batch
-    for reason, message in batch.bad_records:
+    for reason, message, _ in batch.bad_records:
         counter.add(reason, message)
     return batch.arrays
+
+
+def read_ahead(batch: LoadedBatch, epoch: int) -> collections.Counter:
+    """The batch's skipped records by reason that belong to `epoch` or later: the part of its
+    count an epoch-end line for an earlier epoch leaves out."""
+    return collections.Counter(reason for reason, _, from_epoch in batch.bad_records if from_epoch >= epoch)
 
 
 class _EpochOrder:
@@ -128,6 +137,7 @@ class _Skipped:
 
     reason: str
     message: str
+    epoch: int
 
 
 def stack_examples(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -143,12 +153,12 @@ class _GoodBatchesIterator(grain.DatasetIterator):
 
     def __next__(self) -> LoadedBatch:
         examples: list[dict[str, np.ndarray]] = []
-        skipped: list[tuple[str, str]] = []
+        skipped: list[tuple[str, str, int]] = []
         epoch = 0
         while len(examples) < self._batch_size:
             epoch, item = next(self._parent)
             if isinstance(item, _Skipped):
-                skipped.append((item.reason, item.message))
+                skipped.append((item.reason, item.message, epoch))
                 self._bad_in_a_row += 1
                 if self._bad_in_a_row >= self._num_records:
                     raise ValueError(f"all {self._num_records} records were skipped as bad, e.g. {item.message}")
@@ -198,13 +208,25 @@ class _Reader:
             example = self.encoder.encode(self.source[index], self.source.where(index), rng)
         except BadRecord as error:
             if self.on_bad_record == "error":
-                raise
-            return epoch, _Skipped(error.reason, str(error))
+                raise self.first_in_file_order(index, error) from None
+            return epoch, _Skipped(error.reason, str(error), epoch)
         size = sum(v.nbytes for v in example.values())
         if self.cached_bytes + size <= self.cache_bytes:
             self.cache[index] = example
             self.cached_bytes += size
         return epoch, example
+
+    def first_in_file_order(self, index: int, error: BadRecord) -> BadRecord:
+        """The first bad record of the source (file order), given that record `index` is bad:
+        what `on_bad_record='error'` reports, so fixing and rerunning walks the file from the
+        top instead of the shuffled order. Checks at most FILE_ORDER_SCAN records before it."""
+        rng = np.random.default_rng(0)  # image noise does not decide whether a record is bad
+        for earlier in range(min(index, FILE_ORDER_SCAN)):
+            try:
+                self.encoder.encode(self.source[earlier], self.source.where(earlier), rng)
+            except BadRecord as found:
+                return found
+        return error
 
 
 def dataset(source: Any, encoder: ExampleEncoder, batch_size: int, *, seed: int, on_bad_record: str = "error",

@@ -1,5 +1,5 @@
 """Random-access record sources for Grain: `len(source)`, `source[i] -> Record` and
-`source.where(i)` (the file and record an error names). `RECORD_SOURCES` maps
+`source.where(i)` (the file and line, or record, an error names). `RECORD_SOURCES` maps
 `data.source` to them: JSONL, ArrayRecord shards (data/arrayrecord.py), TFDS
 (data/tfds_source.py) and the public preference datasets' layouts (data/adapters.py).
 
@@ -32,14 +32,13 @@ class JsonlSource:
     def __init__(self, path: str, image_root: str | None = None):
         self.files = _jsonl_files(path)
         self.image_root = image_root
-        self._offsets: list[tuple[int, int, int]] = []  # (file, byte offset, record in file) of each record
+        self._offsets: list[tuple[int, int, int]] = []  # (file, byte offset, line number) of each record
         for number, file in enumerate(self.files):
             with open(file, "rb") as f:
-                offset, in_file = 0, 0
-                for line in f:
+                offset = 0
+                for lineno, line in enumerate(f, 1):
                     if line.strip():
-                        self._offsets.append((number, offset, in_file))
-                        in_file += 1
+                        self._offsets.append((number, offset, lineno))
                     offset += len(line)
         if not self._offsets:
             raise ValueError(f"data.path={path!r}: no records in {len(self.files)} file(s)")
@@ -48,8 +47,9 @@ class JsonlSource:
         return len(self._offsets)
 
     def where(self, index: int) -> str:
-        number, _, in_file = self._offsets[index]
-        return f"{self.files[number]}:record {in_file}"
+        """'<file>, line <n>': the line an editor opens (blank lines count), as json_objects says it."""
+        number, _, lineno = self._offsets[index]
+        return f"{self.files[number]}, line {lineno}"
 
     def raw(self, index: int) -> Any:
         """Record `index` as the file holds it: the parsed JSON value, before any check."""

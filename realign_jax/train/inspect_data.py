@@ -33,7 +33,7 @@ class DataReport:
     lengths: list[int]  # the longest row of each good record, before truncation
     truncated: int
     bad: collections.Counter
-    bad_examples: list[str]
+    bad_examples: list[str]  # every bad record's line, in file order
     buckets: tuple[int, ...]
 
 
@@ -94,8 +94,7 @@ def inspect(config: TrainSettings | Any, out: TextIO = sys.stdout) -> DataReport
             _, rows = encoder.encode_with_rows(record, where)  # images decoded and preprocessed, as in training
         except BadRecord as error:
             report.bad[error.reason] += 1
-            if len(report.bad_examples) < 5:
-                report.bad_examples.append(str(error))
+            report.bad_examples.append(str(error))  # every one, in file order: the list to fix
             continue
         report.lengths.append(max(r.full_length for r in rows))
         report.truncated += any(r.truncated for r in rows)
