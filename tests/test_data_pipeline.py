@@ -5,6 +5,7 @@ exact resume."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,6 +83,42 @@ def test_over_long_answers_are_cut_at_the_end_never_through_the_image(tokenizer,
         encoder(tokenizer, seq_len=NUM_IMAGE_TOKENS).encode(source[0], source.where(0))
 
 
+@pytest.mark.parametrize("truncation", ["response", "drop"])
+def test_an_over_long_question_is_named_as_the_question_not_the_answer(tokenizer, tmp_path, truncation):
+    long_question = " ".join(["Is the red cat on the mat?"] * 40)
+    turns = [{"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."},
+             {"role": "user", "content": long_question}]
+    records = [good_record(0) | {"question": long_question},
+               {k: v for k, v in good_record(0).items() if k != "question"} | {"messages": turns}]
+    source = JsonlSource(write_dataset(tmp_path, records))
+    for index, field in enumerate(["question", "messages"]):
+        with pytest.raises(TooLong) as raised:
+            encoder(tokenizer, truncation=truncation).encode(source[index], source.where(index))
+        assert raised.value.field == field and "the prompt alone is" in str(raised.value), str(raised.value)
+    # A long answer under drop stays the answer's fault.
+    source = JsonlSource(write_dataset(tmp_path, [good_record(0) | {"chosen": "A red cat. " * 40}]))
+    with pytest.raises(TooLong) as raised:
+        encoder(tokenizer, truncation="drop").encode(source[0], source.where(0))
+    assert raised.value.field == "chosen"
+
+
+def test_under_error_the_first_bad_record_in_file_order_is_reported(tokenizer, tmp_path):
+    """Whatever the shuffled order meets first, the line names the file's first bad record, so
+    fix-and-rerun walks the file from the top."""
+    records = [good_record(i) for i in range(10)]
+    records[2] |= {"image": "nope.png"}
+    records[8] |= {"chosen": " "}
+    source = JsonlSource(write_dataset(tmp_path, records))
+    late_first = [seed for seed in range(8)  # orders that meet record 8 before record 2
+                  if list(epoch_order(10, seed, 0, 1)[i][1] for i in range(10)).index(8) <
+                  list(epoch_order(10, seed, 0, 1)[i][1] for i in range(10)).index(2)]
+    assert late_first, "no seed meets the later bad record first: the test would not test anything"
+    for seed in late_first[:2]:
+        with pytest.raises(BadRecord) as raised:
+            next(iter(dataset(source, encoder(tokenizer), 10, seed=seed, on_bad_record="error", read_threads=1)))
+        assert str(raised.value).startswith(f"{source.files[0]}, line 3: field 'image'"), str(raised.value)
+
+
 BAD = {
     "missing image file": (good_record(0) | {"image": "nope.png"}, "image", "not found"),
     "corrupt image": (good_record(0) | {"image": "corrupt.png"}, "image", "not a readable image"),
@@ -104,9 +141,9 @@ def test_bad_record_stops_with_file_record_and_field(tokenizer, tmp_path, case):
         for i in range(len(source)):
             encoder(tokenizer).encode(source[i], source.where(i))
     assert raised.value.field == field and message in str(raised.value)
-    assert f"{path}:record 1" in str(raised.value)
+    assert f"{path}, line 2" in str(raised.value)
     # The pipeline under 'error' stops with the same one-line error ...
-    with pytest.raises(BadRecord, match="record 1"):
+    with pytest.raises(BadRecord, match="line 2"):
         for _ in zip(range(3), dataset(source, encoder(tokenizer), 1, seed=0, on_bad_record="error")):
             pass
     # ... and under 'skip' yields only the good records and counts the bad one by field.
@@ -116,7 +153,7 @@ def test_bad_record_stops_with_file_record_and_field(tokenizer, tmp_path, case):
     assert len(seen) == 6 and all(set(b) == {"input_ids", "attention_mask", "loss_mask", "pixel_values"} for b in seen)
     # 6 good records consumed from 2 epochs of 3 good + 1 bad: the bad one passed once or twice.
     assert set(counter.counts) == {field} and 1 <= counter.counts[field] <= 2
-    assert "record 1" in counter.examples[0]
+    assert "line 2" in counter.examples[0]
 
 
 def test_all_bad_records_under_skip_end_in_one_line(tokenizer, tmp_path):
@@ -233,3 +270,6 @@ def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_pat
     # 32 examples from 8 good records span 4 epochs; each finished epoch reports the counts.
     out = capsys.readouterr().out
     assert "epoch 0 done: " in out and "bad records skipped so far {'image':" in out
+    # An ended epoch counts its own one bad record each, never the next epoch's read ahead.
+    ended = re.findall(r"epoch (\d+) done: (\d+) bad records skipped so far \{'image': (\d+)\}", out)
+    assert ended and all(int(n) == int(k) + 1 == int(c) for k, n, c in ended), ended

@@ -75,6 +75,12 @@ class EncoderConfig:
             raise ValueError(f"unknown row kinds {unknown}")
 
 
+def _prompt_field(record: Record) -> str:
+    """The JSON field a record's prompt came from, as its author wrote it: one user turn is
+    the `question` shorthand (or `prompt`), several turns are `messages`."""
+    return "question" if len(record.messages) == 1 else "messages"
+
+
 class ExampleEncoder:
     """Turns records into example dicts of numpy arrays; raises BadRecord on unusable input."""
 
@@ -120,7 +126,10 @@ class ExampleEncoder:
         ids, mask = encoded.input_ids, encoded.response_mask
         full_length, prompt_len = len(ids), mask.index(True)
         if full_length > self.config.seq_len:
-            if self.config.truncation == "drop" or prompt_len + 1 > self.config.seq_len:
+            if prompt_len + 1 > self.config.seq_len:  # no room for one answer token: the prompt is at fault
+                raise TooLong(where, _prompt_field(record), f"the prompt alone is {prompt_len} tokens (with the "
+                              f"image's), over data.seq_len={self.config.seq_len}")
+            if self.config.truncation == "drop":
                 raise TooLong(where, field, f"{full_length} tokens (prompt {prompt_len}) exceed data.seq_len="
                                             f"{self.config.seq_len}")
             ids, mask = ids[: self.config.seq_len], mask[: self.config.seq_len]

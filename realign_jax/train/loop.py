@@ -9,6 +9,7 @@ saves every `train.checkpoint_every` steps, at the end and when the process rece
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import os
@@ -206,6 +207,16 @@ def _log_line(run: _Run, metrics: Any, throughput: Throughput) -> dict[str, floa
     return line
 
 
+def _epoch_done(epoch: int, counter: loader.BadRecordCounter, read_ahead: collections.Counter) -> str | None:
+    """The line saying what the epochs up to `epoch` skipped (None when nothing), leaving out
+    the skips the batch that crossed into the next epoch met there."""
+    skipped = counter.counts - read_ahead
+    if not skipped:
+        return None
+    return (f"epoch {epoch} done: {sum(skipped.values())} bad records skipped so far {dict(skipped)}, "
+            f"e.g. {counter.examples[0]}")
+
+
 def _finish(run: _Run, workdir: str, step: int, outputs: dict[str, Any]) -> None:
     """After the last step: every save done, a run that never updated refused, the export."""
     run.checkpoints.wait()
@@ -250,9 +261,9 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
             raw = next(run.iterator)
             host_batch = shape_batch(loader.take_bad_records(raw, run.bad_records), run.shape)
             if getattr(raw, "epoch", epoch) > epoch:
-                if run.bad_records.total:
-                    bar.write(f"epoch {epoch} done: {run.bad_records.total} bad records skipped so far "
-                              f"{dict(run.bad_records.counts)}, e.g. {run.bad_records.examples[0]}")
+                line = _epoch_done(epoch, run.bad_records, loader.read_ahead(raw, raw.epoch))
+                if line:
+                    bar.write(line)
                 epoch = raw.epoch
             batch = trainer.device_batch(host_batch)
 
