@@ -26,6 +26,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from realign_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.models.partitioning import DEFAULT_RULES, Rules, state_shardings
+from realign_jax.models.processor_files import ImageProcessingFields, write_processor_files
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +321,15 @@ def _save_readable(save_file: Callable[..., None], tensors: dict[str, np.ndarray
 
 def save_pretrained(
     model: LlavaModel, path: str, *, max_shard_bytes: int = 5 * 2**30, dtype: Any = None,
-    copy_side_files_from: str | None = None,
+    copy_side_files_from: str | None = None, image_processing: ImageProcessingFields | None = None,
 ) -> None:
     """Write `model` as a transformers-loadable LlavaForConditionalGeneration folder.
 
     Tensors are gathered one layer at a time; only process 0 writes. `dtype` casts on export
     (e.g. 'bfloat16'); by default parameters keep their dtype. `copy_side_files_from` copies
-    tokenizer, processor and generation files from the source checkpoint.
+    tokenizer, processor and generation files from the source checkpoint. `image_processing`
+    (the data/images.py `ImageProcessing` the model was trained with) writes the processor files
+    the source lacks, so `AutoProcessor` loads the export (models/processor_files.py).
     """
     from safetensors.numpy import save_file
 
@@ -357,11 +360,20 @@ def save_pretrained(
         total = sum(t.nbytes for s in shards for t in s.values())
         with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
-    if copy_side_files_from:
-        for name in SIDE_FILES:
-            source = os.path.join(copy_side_files_from, name)
-            if os.path.isfile(source):
-                shutil.copy(source, os.path.join(path, name))
+    copied = _copy_side_files(copy_side_files_from, path) if copy_side_files_from else []
+    if image_processing is not None:
+        write_processor_files(path, config, image_processing, keep=copied)
+
+
+def _copy_side_files(source_folder: str, path: str) -> list[str]:
+    """Copy the SIDE_FILES `source_folder` has into `path`; returns the names copied."""
+    copied = []
+    for name in SIDE_FILES:
+        source = os.path.join(source_folder, name)
+        if os.path.isfile(source):
+            shutil.copy(source, os.path.join(path, name))
+            copied.append(name)
+    return copied
 
 
 def _hf_tensors(model: LlavaModel) -> Iterator[tuple[str, np.ndarray]]:

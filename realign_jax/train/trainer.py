@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from realign_jax.data import images as image_ops
 from realign_jax.data.batching import packed_row_multiple
 from realign_jax.models import hf
 from realign_jax.models.config import LlavaConfig, preset
@@ -33,6 +34,17 @@ def model_config(settings: TrainSettings) -> LlavaConfig:
     if model.path:
         return hf.config_from_hf(model.path, **model.runtime)
     return preset(model.preset, **model.runtime)
+
+
+def image_processing(settings: TrainSettings, config: LlavaConfig) -> image_ops.ImageProcessing:
+    """The preprocessing the run's images go through, which the export's processor files describe:
+    train/batches.py `make_encoder` reads it from the same folder (plain CLIP at the tower's size
+    when that has no processor config, or when there is no folder: random pairs)."""
+    folder = settings.data.tokenizer or settings.model.path
+    size = config.vision.image_size
+    if not folder:
+        return image_ops.ImageProcessing(size=size, shortest_edge=size)
+    return image_ops.ImageProcessing.for_checkpoint(folder, size)
 
 
 def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any, load: bool = True) -> LlavaModel:
@@ -75,6 +87,8 @@ class Trainer:
         # The model's config before its weights: the data side (tokens per image, image size)
         # can be built before the train state.
         self.model_config = model_config(settings)
+        # Read now, not at the export: a processor config it cannot reproduce fails before training.
+        self.image_processing = image_processing(settings, self.model_config)
 
     def init_state(self, load: bool = True) -> TrainState:
         """Base weights (+ LoRA), optimiser state and RNG, all laid out on the mesh."""
@@ -202,7 +216,9 @@ class Trainer:
         return nnx.merge(self.plain_graphdef, merged_base_state(self.policy(state)))
 
     def export(self, state: TrainState, path: str, **kwargs: Any) -> None:
-        hf.save_pretrained(self.merged_policy(state), path, **kwargs)
+        """The merged policy as a Hugging Face folder, with processor files describing the run's
+        preprocessing wherever the side-file source has none (`AutoProcessor` loads it)."""
+        hf.save_pretrained(self.merged_policy(state), path, image_processing=self.image_processing, **kwargs)
 
 
 
