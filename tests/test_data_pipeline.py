@@ -270,6 +270,7 @@ def test_training_reads_jsonl_records_and_counts_skipped_ones(tokenizer, tmp_pat
     # 32 examples from 8 good records span 4 epochs; each finished epoch reports the counts.
     out = capsys.readouterr().out
     assert "epoch 0 done: " in out and "bad records skipped so far {'image':" in out
+    assert "compiling the rdpo step for input_ids (" in out and "compiled in " in out  # not a silent wait
     # An ended epoch counts its own one bad record each, never the next epoch's read ahead.
     ended = re.findall(r"epoch (\d+) done: (\d+) bad records skipped so far \{'image': (\d+)\}", out)
     assert ended and all(int(n) == int(k) + 1 == int(c) for k, n, c in ended), ended

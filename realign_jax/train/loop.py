@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from realign_jax.data import loader
 from realign_jax.train.checkpoint import Checkpointer
+from realign_jax.train.compile_notice import CompileNotice
 from realign_jax.data.batching import BatchShape, shape_batch
 from realign_jax.train.batches import batch_shape, make_dataset
 from realign_jax.train.interrupts import StopRequests
@@ -125,14 +126,17 @@ class XlaProfile:
 
 
 class Throughput:
-    """Tokens per second over the steps since the last log line (the first window after a
-    (re)start includes compilation)."""
+    """Tokens per second over the steps since the last log line (compiles left out)."""
 
     def __init__(self) -> None:
         self.tokens, self.start = 0.0, time.perf_counter()
 
     def add(self, host_batch: dict[str, Any]) -> None:
         self.tokens += float(host_batch["attention_mask"].sum()) * jax.process_count()
+
+    def leave_out(self, seconds: float) -> None:
+        """Take a compile's time out of the current window."""
+        self.start += seconds
 
     def take(self) -> float:
         now = time.perf_counter()
@@ -267,7 +271,13 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
                 epoch = raw.epoch
             batch = trainer.device_batch(host_batch)
 
-            # The step; its finiteness is read once the next one is queued.
+            # The step (compiled first for a new batch shape); its finiteness is read once the
+            # next one is queued.
+            if not trainer.is_compiled(batch):
+                shape = tuple(batch["input_ids"].shape)
+                with CompileNotice(bar, f"the {settings.objective} step for input_ids {shape}") as notice:
+                    trainer.compile_step(run.state, batch)
+                throughput.leave_out(notice.seconds)
             profile.before_step(step)
             run.state, metrics = trainer.step(run.state, batch)
             step += 1

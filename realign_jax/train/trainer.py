@@ -172,6 +172,10 @@ class Trainer:
         self._compiled[self._shapes(batch)] = compiled
         return compiled
 
+    def is_compiled(self, batch: Batch) -> bool:
+        """Whether a step for this batch's shapes is compiled already (else the next step compiles)."""
+        return self._shapes(batch) in self._compiled
+
     def executable(self, state: TrainState, batch: Batch) -> Any:
         """The step's executable for this batch's shapes, compiling it on first use."""
         executable = self._compiled.get(self._shapes(batch))
