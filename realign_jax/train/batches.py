@@ -16,11 +16,26 @@ from realign_jax.models.config import LlavaConfig
 from realign_jax.settings.runs import TrainSettings
 
 
+def side_files_folder(settings: TrainSettings) -> str:
+    """The folder whose tokenizer and processor config the run reads ('' when neither is set)."""
+    return settings.data.tokenizer or settings.model.path
+
+
+def image_processing(settings: TrainSettings, model: LlavaConfig) -> image_ops.ImageProcessing:
+    """The preprocessing the run's images go through (the export's processor files describe it):
+    the side-file folder's processor config, or plain CLIP at the tower's size when it has none
+    or there is no folder (random pairs)."""
+    folder, size = side_files_folder(settings), model.vision.image_size
+    if not folder:
+        return image_ops.ImageProcessing(size=size, shortest_edge=size)
+    return image_ops.ImageProcessing.for_checkpoint(folder, size)
+
+
 def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
     """Records -> the rows the objective reads, with the checkpoint's tokenizer and image
     preprocessing (checked against the model: the image token must be the model's)."""
     data, layout = settings.data, settings.layout
-    folder = data.tokenizer or settings.model.path
+    folder = side_files_folder(settings)
     if not folder:
         raise ValueError(f"data.source={data.source!r} needs a tokenizer: set data.tokenizer or model.path")
     tokenizer = prompting.load_tokenizer(folder)
@@ -28,8 +43,7 @@ def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
     if image_id != model.image_token_id:
         raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
                          f"model's image_token_id is {model.image_token_id}")
-    processing = image_ops.ImageProcessing.for_checkpoint(folder, model.vision.image_size)
-    return ExampleEncoder(tokenizer, processing, EncoderConfig(
+    return ExampleEncoder(tokenizer, image_processing(settings, model), EncoderConfig(
         kinds=layout.kinds, num_images=layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
         second_image=layout.second_image or "rejected_image",

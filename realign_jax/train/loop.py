@@ -23,7 +23,7 @@ from realign_jax.data import loader
 from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.compile_notice import CompileNotice
 from realign_jax.data.batching import BatchShape, shape_batch
-from realign_jax.train.batches import batch_shape, make_dataset
+from realign_jax.train.batches import batch_shape, make_dataset, side_files_folder
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.multihost import maybe_initialize_distributed
@@ -231,8 +231,8 @@ def _finish(run: _Run, workdir: str, step: int, outputs: dict[str, Any]) -> None
             "is exported: check the config's numbers (loss.beta, optim.lr) and the data (ref_logps)")
     if step == run.settings.train.steps and run.settings.train.export:
         outputs["export"] = os.path.join(workdir, "export")
-        side_files = run.settings.model.path or run.settings.data.tokenizer or None  # tokenizer etc.
-        run.trainer.export(run.state, outputs["export"], copy_side_files_from=side_files)
+        # The tokenizer and processor files the run read travel with the weights.
+        run.trainer.export(run.state, outputs["export"], copy_side_files_from=side_files_folder(run.settings) or None)
 
 
 def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_after: int | None = None,

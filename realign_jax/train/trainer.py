@@ -16,12 +16,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from realign_jax.data import images as image_ops
 from realign_jax.data.batching import packed_row_multiple
 from realign_jax.models import hf
 from realign_jax.models.config import LlavaConfig, preset
 from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.models.partitioning import DEFAULT_RULES, axis_rules, logical_to_spec, make_mesh, state_shardings
+from realign_jax.train.batches import image_processing
 from realign_jax.train.lora import LoraDropoutKey, LoraParam, add_lora, merged_base_state
 from realign_jax.train.optimizer import dotted, make_optimizer
 from realign_jax.settings.runs import TrainSettings
@@ -34,17 +34,6 @@ def model_config(settings: TrainSettings) -> LlavaConfig:
     if model.path:
         return hf.config_from_hf(model.path, **model.runtime)
     return preset(model.preset, **model.runtime)
-
-
-def image_processing(settings: TrainSettings, config: LlavaConfig) -> image_ops.ImageProcessing:
-    """The preprocessing the run's images go through, which the export's processor files describe:
-    train/batches.py `make_encoder` reads it from the same folder (plain CLIP at the tower's size
-    when that has no processor config, or when there is no folder: random pairs)."""
-    folder = settings.data.tokenizer or settings.model.path
-    size = config.vision.image_size
-    if not folder:
-        return image_ops.ImageProcessing(size=size, shortest_edge=size)
-    return image_ops.ImageProcessing.for_checkpoint(folder, size)
 
 
 def _base_model(settings: TrainSettings, mesh: Mesh, rules: Any, load: bool = True) -> LlavaModel:
