@@ -4,6 +4,7 @@ import json
 import random
 
 import pytest
+from PIL import Image
 
 from realign_jax.eval import amber, chair, pope
 
@@ -183,8 +184,11 @@ def test_read_pope_file(tmp_path):
             {"question_id": 1, "image": "COCO_val2014_000000548882.jpg", "image_id": 548882,
              "text": "Is there a chair in the image?", "label": "no"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
-    records = pope.read_pope_file(str(path), "/data/val2014")
-    assert [r["image"] for r in records] == ["/data/val2014/COCO_val2014_000000548882.jpg"] * 2
+    folder = tmp_path / "val2014"
+    folder.mkdir()
+    Image.new("RGB", (8, 8)).save(folder / "COCO_val2014_000000548882.jpg")
+    records = [record for _, record in pope.read_pope_file(str(path), str(folder))]
+    assert [r["image"] for r in records] == [str(folder / "COCO_val2014_000000548882.jpg")] * 2
     assert [(r["question_id"], r["label"], r["image_id"]) for r in records] == [(0, "yes", 548882), (1, "no", 548882)]
     assert records[1]["text"] == "Is there a chair in the image?"
 
@@ -196,7 +200,7 @@ def test_read_pope_file(tmp_path):
     for line, message in bad.items():
         path.write_text(json.dumps(rows[0]) + "\n" + line + "\n")
         with pytest.raises(ValueError, match=message):
-            pope.read_pope_file(str(path), "/data")
+            pope.read_pope_file(str(path), str(folder))
 
 
 # --- CHAIR ------------------------------------------------------------------------------

@@ -14,7 +14,9 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from realign_jax.data.images import check_regular_file
 from realign_jax.data.jsonl import json_objects
+from realign_jax.data.prompting import IMAGE_PLACEHOLDER
 
 SPLITS = ("random", "popular", "adversarial")
 TEMPLATE = "Is there {article} {obj} in the image?"
@@ -168,24 +170,49 @@ def build_questions(images: Sequence[Mapping[str, Any]], split: str, *, seed: in
     return questions
 
 
-def read_pope_file(path: str, image_folder: str) -> list[dict[str, Any]]:
-    """Read a published POPE file (JSON lines despite the .json name) with its image folder.
+def read_pope_file(path: str, image_folder: str) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) for each question of a published POPE file (JSON lines despite the .json
+    name), where = "<path>, line <n>": an image that fails to decode later, during answering,
+    can still be named by its line (eval/suite.py).
 
-    Each record keeps its fields (e.g. `image_id`) with `image` joined onto `image_folder`.
-    A bad line raises ValueError naming the file, the line and the field.
+    Each record keeps its fields (e.g. `image_id`); a relative `image` is joined onto
+    `image_folder`, or onto the file's own folder when that is empty (as JSONL records resolve),
+    never onto the current directory. A bad line, a missing image file or a `text` holding the
+    image placeholder raises ValueError naming the file, the line and the field, before any
+    model runs.
     """
-    records = []
+    root = image_folder or os.path.dirname(os.path.abspath(path))
+    located = []
     for where, record in json_objects(path):
-        for field in REQUIRED_FIELDS:
-            if field not in record:
-                raise ValueError(f"{where}: missing field {field!r}")
-        if not isinstance(record["question_id"], (int, str)) or isinstance(record["question_id"], bool):
-            raise ValueError(f"{where}: field 'question_id' must be an integer or string")
-        for field in ("image", "text"):
-            if not isinstance(record[field], str) or not record[field]:
-                raise ValueError(f"{where}: field {field!r} must be a non-empty string")
-        if record["label"] not in ("yes", "no"):
-            raise ValueError(f"{where}: field 'label' is {record['label']!r}; expected 'yes' or 'no'")
-        record["image"] = os.path.join(image_folder, record["image"])
-        records.append(record)
-    return records
+        _check_fields(where, record)
+        record["image"] = _image_file(where, root, record["image"])
+        located.append((where, record))
+    return located
+
+
+def _check_fields(where: str, record: dict[str, Any]) -> None:
+    """Refuse a question the prompt or the metrics cannot take, before a model is loaded."""
+    for field in REQUIRED_FIELDS:
+        if field not in record:
+            raise ValueError(f"{where}: missing field {field!r}")
+    if not isinstance(record["question_id"], (int, str)) or isinstance(record["question_id"], bool):
+        raise ValueError(f"{where}: field 'question_id' must be an integer or string")
+    for field in ("image", "text"):
+        if not isinstance(record[field], str) or not record[field]:
+            raise ValueError(f"{where}: field {field!r} must be a non-empty string")
+    if IMAGE_PLACEHOLDER in record["text"]:
+        raise ValueError(f"{where}: field 'text' must not hold the image placeholder {IMAGE_PLACEHOLDER} "
+                         "(the prompt puts the image before the question)")
+    if record["label"] not in ("yes", "no"):
+        raise ValueError(f"{where}: field 'label' is {record['label']!r}; expected 'yes' or 'no'")
+
+
+def _image_file(where: str, root: str, name: str) -> str:
+    """`name` resolved against `root`, checked to be a plain, non-empty file now (decoding waits
+    for answering: a whole file's images would take long to decode twice)."""
+    image = os.path.join(root, name)
+    try:
+        check_regular_file(image)
+    except ValueError as error:
+        raise ValueError(f"{where}: field 'image': {error}") from None
+    return image

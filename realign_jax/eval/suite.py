@@ -50,19 +50,45 @@ def _world_images(section: Any, world: WorldBenchmarks | None) -> list[dict[str,
     return _world(world).object_lists(section.world)[: section.max_images or None]
 
 
+def _image_lines(located: list[tuple[str, dict[str, Any]]]) -> dict[str, str]:
+    """Each image of a POPE file -> the first line asking about it: where answering meets it first."""
+    lines: dict[str, str] = {}
+    for where, record in located:
+        lines.setdefault(record["image"], where)
+    return lines
+
+
+def _answer_pope(answerer: Answerer, questions: list[dict[str, Any]], section: Any, desc: str,
+                 lines: dict[str, str]) -> list[str]:
+    """The answers; an image that fails to decode is named by its POPE file line (`lines`).
+
+    data/images.py's `load_image` begins each error with the image's path, which finds the line
+    (the longest path that matches, should one image's path begin another's).
+    """
+    try:
+        return answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
+                               desc=desc)
+    except ValueError as error:
+        image = max((i for i in lines if str(error).startswith(f"{i}: ")), key=len, default=None)
+        if image is None:
+            raise
+        raise ValueError(f"{lines[image]}: field 'image': {error}") from error
+
+
 def run_pope(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
     """POPE per split: built from the world's object lists, or read from the real files."""
+    lines: dict[str, str] = {}
     if section.pope_file:
         name = os.path.splitext(os.path.basename(section.pope_file))[0]
-        sets = {name: pope.read_pope_file(section.pope_file, section.image_folder)}
+        located = pope.read_pope_file(section.pope_file, section.image_folder)
+        sets, lines = {name: [record for _, record in located]}, _image_lines(located)
     else:
         images = _world_images(section, world)
         sets = {split: pope.build_questions(images, split, seed=section.seed, per_image=section.pope_per_image)
                 for split in pope.SPLITS}
     scores = {}
     for name, questions in sets.items():
-        answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
-                                  desc=f"pope/{name}")
+        answers = _answer_pope(answerer, questions, section, f"pope/{name}", lines)
         _write_jsonl(os.path.join(out, f"pope_{name}.jsonl"),
                      [q | {"answer": a, "prediction": pope.parse_answer(a)} for q, a in zip(questions, answers)])
         scores[name] = pope.pope_metrics(answers, [q["label"] for q in questions])

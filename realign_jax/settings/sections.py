@@ -373,7 +373,7 @@ class EvalSettings:
     pope_file: str = key("", "a published POPE question file instead of the world")
     coco_instances: str = key("", "COCO instances_*.json for CHAIR instead of the world")
     synonyms: str = key("", "CHAIR's synonyms.txt for COCO")
-    image_folder: str = key("", "images of the POPE file / COCO instances")
+    image_folder: str = key("", "images of the POPE file / COCO instances (empty: the POPE file's own folder)")
     max_images: int = key(0, "images of the split evaluated; 0 = all", least=0)
     pope_per_image: int = key(3, "POPE questions per image and split", least=1)
     seed: int = key(0, "question sampling seed", least=0)
