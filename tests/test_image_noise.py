@@ -91,18 +91,21 @@ def test_preprocessed_pixels_are_c_contiguous_with_and_without_noise():
 
 
 def test_argmax_scoring_needs_no_noisy_text(tokenizer, tmp_path):
-    """POVID's argmax scoring replaces the noisy row's tokens inside the step, so a pair with
-    only chosen and rejected (what configs/povid_pairs.py writes) encodes, the noisy row being
-    the chosen row; without the argmax the noisy text is required."""
+    """Under POVID's argmax scoring the noisy answer is scored inside the chosen row, so the batch
+    stacks no noisy row and a pair with only chosen and rejected (what configs/povid_pairs.py
+    writes) encodes; without the argmax the noisy text is required."""
+    from realign_jax.settings.runs import RowLayout
+
     path = write_dataset(tmp_path, [good_record(0)])
     record = JsonlSource(path)[0]
     assert record.rejected_noisy is None
-    kinds = ("chosen", "rejected", "rejected_noisy")
-    argmax = ExampleEncoder(tokenizer, SPEC, EncoderConfig(kinds=kinds, num_images=2, seq_len=64, num_image_tokens=16,
-                                                           second_image="noised"))
+    layout = RowLayout.for_objective("povid", noisy_scoring="argmax")
+    assert layout.stacked_kinds == ("chosen", "rejected") and "rejected_noisy" in layout.kinds
+    argmax = ExampleEncoder(tokenizer, SPEC, EncoderConfig(kinds=layout.stacked_kinds, num_images=2, seq_len=64,
+                                                           num_image_tokens=16, second_image="noised"))
     example = argmax.encode(record, "r", np.random.default_rng(0))
-    np.testing.assert_array_equal(example["input_ids"][2], example["input_ids"][0])
-    np.testing.assert_array_equal(example["loss_mask"][2], example["loss_mask"][0])
+    assert example["input_ids"].shape[0] == 2 and example["pixel_values"].shape[0] == 2
+    kinds = RowLayout.for_objective("povid").stacked_kinds
     batch = ExampleEncoder(tokenizer, SPEC, EncoderConfig(kinds=kinds, num_images=1, seq_len=64, num_image_tokens=16))
     with pytest.raises(BadRecord, match="field 'rejected_noisy': is required"):
         batch.encode(record, "r")

@@ -10,7 +10,7 @@ from flax import nnx
 from realign_jax.models.config import preset
 from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.train.logprobs import shifted, token_scores
-from realign_jax.train.rows import RowLayout, argmax_responses, image_states
+from realign_jax.train.rows import RowLayout, image_states, noised_argmax, row_logps
 
 ROWS, LENGTH, EMBED = 2, 7, 12
 
@@ -144,10 +144,10 @@ def _tiny_model(config, seed: int = 0, std: float = 0.02) -> LlavaModel:
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, state))
 
 
-def _povid_batch(config):
-    """B=2 examples x K=3 rows (chosen, rejected, rejected_noisy), 2 images each; row 1 left-padded."""
+def _povid_batch(config, k: int = 2):
+    """B=2 examples x K rows (chosen, rejected[, rejected_noisy]), 2 images each; row 1 left-padded."""
     rng = np.random.default_rng(0)
-    b, k, pad, prompt, response = 2, 3, 2, 3, 6
+    b, pad, prompt, response = 2, 2, 3, 6
     n_img = config.num_image_tokens
     length = pad + 1 + n_img + prompt + response
     ids = np.zeros((b, k, length), np.int32)
@@ -167,36 +167,39 @@ def _povid_batch(config):
     return {key: jnp.asarray(v) for key, v in batch.items()}
 
 
-def test_argmax_responses_are_teacher_forced_argmax_under_the_alt_image():
+@nnx.jit
+def _full_logits(model, ids, pixel_values, attention_mask):
+    return model(ids, pixel_values=pixel_values, attention_mask=attention_mask)
+
+
+def _chosen_logits(model, batch, slot, ids=None):
+    """float64 full logits of the chosen row (row 0) under image `slot`, optionally with other ids."""
+    ids = batch["input_ids"][:, 0] if ids is None else jnp.asarray(ids)
+    return np.asarray(_full_logits(model, ids, batch["pixel_values"][:, slot], batch["attention_mask"][:, 0]),
+                      np.float64)
+
+
+def _log_softmax(logits):
+    return logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - \
+        logits.max(-1, keepdims=True)
+
+
+def test_noised_argmax_is_the_teacher_forced_argmax_under_the_alt_image():
     config = preset("tiny")
     model = _tiny_model(config, std=0.1)  # weights large enough for image and context to sway the argmax
     batch = _povid_batch(config)
     layout = RowLayout.for_objective("povid", noisy_scoring="argmax", vocab_chunk=96)  # 256 = 96+96+64
-    assert layout.kinds.index("chosen") == 0 and layout.num_images == 2
+    assert layout.stacked_kinds == ("chosen", "rejected") and layout.num_images == 2
 
-    @nnx.jit
-    def noisy_ids(model, batch):
-        return argmax_responses(model, image_states(model, batch["pixel_values"]), batch, layout)
-
-    @nnx.jit
-    def full_logits(model, ids, pixel_values, attention_mask):
-        return model(ids, pixel_values=pixel_values, attention_mask=attention_mask)
-
-    noisy = np.asarray(noisy_ids(model, batch))
-
+    noisy = np.asarray(nnx.jit(lambda m, b: noised_argmax(m, image_states(m, b["pixel_values"]), b, layout))(
+        model, batch))
     ids = np.asarray(batch["input_ids"][:, 0])
     response = np.asarray(batch["loss_mask"][:, 0]).astype(bool)
     assert noisy.shape == ids.shape and response.any()
-    np.testing.assert_array_equal(noisy[~response], ids[~response])
 
-    def logits_under(slot):
-        return np.asarray(full_logits(model, batch["input_ids"][:, 0], batch["pixel_values"][:, slot],
-                                      batch["attention_mask"][:, 0]), np.float64)
-
-    logits = logits_under(1)
     rows, cols = np.nonzero(response)
-    previous = logits[rows, cols - 1]  # [n, vocab]: position t's token is predicted at t-1
-    picked = noisy[rows, cols]
+    previous = _chosen_logits(model, batch, 1)[rows, cols - 1]  # [n, vocab]: token t is predicted at t-1
+    picked = noisy[rows, cols - 1]  # the labels' frame: position t-1 holds the argmax for token t
     best = previous.max(-1)
     # The picked token is a maximiser of the full logits (up to float noise between the two paths)...
     np.testing.assert_allclose(previous[np.arange(len(picked)), picked], best, atol=1e-5)
@@ -205,30 +208,38 @@ def test_argmax_responses_are_teacher_forced_argmax_under_the_alt_image():
     clear = best - runner_up > 1e-4
     assert clear.sum() >= len(picked) - 1
     np.testing.assert_array_equal(picked[clear], previous.argmax(-1)[clear])
-    # Non-vacuous: the argmax replaces the chosen tokens, and it is the alt image's argmax.
+    # Non-vacuous: the argmax differs from y_w's tokens, and it is the noised image's argmax.
     assert (picked != ids[rows, cols]).mean() > 0.5
-    assert (logits_under(0)[rows, cols - 1].argmax(-1) != picked).any()
+    assert (_chosen_logits(model, batch, 0)[rows, cols - 1].argmax(-1) != picked).any()
 
 
-def test_argmax_noisy_row_takes_the_chosen_rows_masks_and_scores_its_argmax_tokens():
-    """Under noisy_scoring='argmax' the batch's own rejected_noisy row (here a different length)
-    is ignored: the row is y_w's, with the argmax answer, scored under the clean image."""
-    from realign_jax.train.rows import row_logps
-
+def test_povid_noisy_term_scores_the_noised_argmax_inside_the_chosen_clean_forward():
+    """lp_n = sum_t log pi(yhat_t | x, v, y_w,<t) with yhat_t = argmax pi(. | x, v_noisy, y_w,<t)
+    (POVID's code and paper), from plain numpy over the two forwards' logits; the context this
+    replaced (yhat written into the row and re-run, log pi(yhat_t | x, v, yhat_<t)) gives
+    another value, so the test tells them apart."""
     config = preset("tiny")
     model = _tiny_model(config, std=0.1)
-    batch = _povid_batch(config)
-    batch["loss_mask"] = batch["loss_mask"].at[:, 2].set(0).at[:, 2, -2:].set(1)  # a 2-token "noisy" answer
-    argmax = RowLayout.for_objective("povid", noisy_scoring="argmax", vocab_chunk=96)
-    from_batch = RowLayout.for_objective("povid", vocab_chunk=96)
+    batch = _povid_batch(config)  # two stacked rows: the noisy term has no row of its own
+    layout = RowLayout.for_objective("povid", noisy_scoring="argmax", vocab_chunk=96)
+    run = nnx.jit(lambda m, b: row_logps(m, image_states(m, b["pixel_values"]), b, layout))
+    scores = {k: np.asarray(v) for k, v in run(model, batch).items()}
 
-    def scores(layout):
-        run = nnx.jit(lambda m, b: row_logps(m, image_states(m, b["pixel_values"]), b, layout))
-        return {k: np.asarray(v) for k, v in run(model, batch).items()}
+    response = np.asarray(batch["loss_mask"][:, 0]).astype(bool)
+    ids = np.asarray(batch["input_ids"][:, 0])
+    noised, clean = _chosen_logits(model, batch, 1), _chosen_logits(model, batch, 0)
+    yhat = np.zeros_like(ids)
+    expected, chosen = np.zeros(len(ids)), np.zeros(len(ids))
+    for i, t in zip(*np.nonzero(response)):
+        yhat[i, t] = noised[i, t - 1].argmax()
+        expected[i] += _log_softmax(clean[i, t - 1])[yhat[i, t]]
+        chosen[i] += _log_softmax(clean[i, t - 1])[ids[i, t]]
+    np.testing.assert_allclose(scores["rejected_noisy"], expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(scores["chosen"], chosen, rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(scores["length_rejected_noisy"], response.sum(-1))
 
-    with_argmax, plain = scores(argmax), scores(from_batch)
-    np.testing.assert_array_equal(with_argmax["length_rejected_noisy"], with_argmax["length_chosen"])
-    assert (plain["length_rejected_noisy"] == 2).all()
-    # The argmax tokens are the likeliest under the noised image, so under the clean image they
-    # score well above y_w's random tokens.
-    assert (with_argmax["rejected_noisy"] > with_argmax["chosen"]).all()
+    rewritten = np.where(response, yhat, ids)  # the old context: yhat's own prefix
+    old = _chosen_logits(model, batch, 0, ids=rewritten)
+    old_value = np.array([sum(_log_softmax(old[i, t - 1])[yhat[i, t]] for t in np.nonzero(response[i])[0])
+                          for i in range(len(ids))])
+    assert np.abs(old_value - expected).max() > 1e-2, (old_value, expected)

@@ -25,7 +25,7 @@ from realign_jax.data import packing
 class BatchShape:
     """How host batches are shaped: `buckets` when padded, the packing keys when packed."""
 
-    layout: Any  # the objective's rows: `.kinds` and `.image_slots` (train/rows.RowLayout)
+    layout: Any  # the objective's rows: `.stacked_kinds` and `.image_slots` (settings/runs.RowLayout)
     num_image_tokens: int
     image_token_id: int
     buckets: tuple[int, ...] = ()  # padded rows are trimmed to the shortest of these that holds them
@@ -105,7 +105,7 @@ def to_packed(batch: dict[str, np.ndarray], layout: Any, model: Any, row_multipl
     micro-batch's examples are packed on their own, into the same number of rows, and row r of
     micro-batch m is placed at r * count + m, where the strided split finds it."""
     pack_len = pack_len or batch["input_ids"].shape[-1]
-    k = len(layout.kinds)
+    k = len(layout.stacked_kinds)
     subs = [{key: value[m::micro_batches] for key, value in batch.items()} for m in range(micro_batches)]
     bins = []
     for sub in subs:

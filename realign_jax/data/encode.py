@@ -146,11 +146,9 @@ class ExampleEncoder:
         input_ids = np.full((k, t), self.pad_id, np.int32)
         attention = np.zeros((k, t), np.int32)
         loss = np.zeros((k, t), np.int32)
-        # Under POVID's argmax scoring the noisy row is y_w's row, its tokens replaced in the step
-        # by the policy's argmax under the noised image: the record needs no rejected_noisy text.
-        argmax = self.config.second_image == "noised"
-        rows = [self.row(record, "chosen" if argmax and kind == "rejected_noisy" else kind, where)
-                for kind in self.config.kinds]
+        # Under POVID's argmax scoring there is no noisy row (settings/runs.RowLayout.stacked_kinds):
+        # the step scores the argmax under the noised image inside y_w's row.
+        rows = [self.row(record, kind, where) for kind in self.config.kinds]
         for i, row in enumerate(rows):
             input_ids[i, : len(row.ids)] = row.ids
             attention[i, : len(row.ids)] = 1

@@ -80,8 +80,18 @@ class RowLayout:
         return ""
 
     @property
+    def stacked_kinds(self) -> tuple[str, ...]:
+        """The rows a batch stacks and the forward runs. Under POVID's argmax scoring the noisy
+        answer is scored inside y_w's own clean row (`log pi(yhat_t | x, v, y_w,<t)`), so it has
+        no row of its own: the loss still reads `rejected_noisy`, from y_w's forward."""
+        if self.noisy_scoring == "argmax":
+            return tuple(k for k in self.kinds if k != "rejected_noisy")
+        return self.kinds
+
+    @property
     def image_slots(self) -> tuple[int, ...]:
-        return tuple(1 if k in ALT_IMAGE_KINDS else 0 for k in self.kinds)
+        """The image slot each stacked row reads."""
+        return tuple(1 if k in ALT_IMAGE_KINDS else 0 for k in self.stacked_kinds)
 
     def scored_by_best_other(self, kind: str) -> bool:
         return self.rejected_scoring == "best_other" and kind in ("rejected", "chosen_alt_image")
@@ -140,8 +150,8 @@ class TrainSettings:
             raise ValueError("reference='precomputed' cannot go with loss.noisy_scoring='argmax': the noisy "
                              "response comes from the current policy, so its reference log-prob changes every step")
         if self.data.packing and loss.noisy_scoring == "argmax":
-            raise ValueError("data.packing=True cannot go with loss.noisy_scoring='argmax': the noisy row is rebuilt "
-                             "from the chosen row inside the step, which needs the rows unpacked")
+            raise ValueError("data.packing=True cannot go with loss.noisy_scoring='argmax': the noised-image forward "
+                             "that picks the argmax tokens runs on the chosen row unpacked")
         if not self.train.trainable and not self.lora.rank:
             raise ValueError("nothing to train: train.trainable is empty and lora.rank is 0")
         if prefix:  # a pipeline stage: the pipeline fills in its model and checks the stage again then

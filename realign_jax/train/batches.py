@@ -44,7 +44,7 @@ def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
         raise ValueError(f"data.tokenizer={folder!r}: '{prompting.IMAGE_PLACEHOLDER}' is token {image_id} but the "
                          f"model's image_token_id is {model.image_token_id}")
     return ExampleEncoder(tokenizer, image_processing(settings, model), EncoderConfig(
-        kinds=layout.kinds, num_images=layout.num_images, seq_len=data.seq_len,
+        kinds=layout.stacked_kinds, num_images=layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
         second_image=layout.second_image or "rejected_image",
         ref_logps="required" if settings.reference == "precomputed" else "ignored"))
@@ -68,7 +68,7 @@ def random_pairs_recipe(settings: TrainSettings, model: LlavaConfig,
     this objective and model."""
     layout = settings.layout
     return random_pairs.RandomPairsRecipe(
-        kinds=layout.kinds, num_images=layout.num_images, seq_len=settings.data.seq_len,
+        kinds=layout.stacked_kinds, num_images=layout.num_images, seq_len=settings.data.seq_len,
         vocab_size=model.text.vocab_size, image_token_id=model.image_token_id,
         num_image_tokens=model.num_image_tokens, image_size=model.vision.image_size,
         num_examples=num_examples, seed=settings.data.seed)

@@ -83,7 +83,7 @@ def inspect(config: TrainSettings | Any, out: TextIO = sys.stdout) -> DataReport
     buckets = batching.parse_buckets(data.length_buckets, data.seq_len)
     shown_limit, limit = settings.inspect.examples, min(len(source), settings.inspect.max_records)
     print(f"{data.source} {data.path}: {len(source)} records; objective {settings.objective} reads rows "
-          f"{', '.join(settings.layout.kinds)} and {settings.layout.num_images} image(s); data.seq_len="
+          f"{', '.join(settings.layout.stacked_kinds)} and {settings.layout.num_images} image(s); data.seq_len="
           f"{data.seq_len}, buckets {buckets}, truncation={data.truncation}", file=out)
     report = DataReport(limit, [], 0, collections.Counter(), [], buckets)
     shown = 0

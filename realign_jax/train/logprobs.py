@@ -5,7 +5,8 @@ tensor of a preference step. Here the vocabulary is walked in chunks with a runn
 logsumexp (the chunk body is rematerialised, so the backward pass holds a few chunk-sized
 buffers rather than the whole logits; measured in tests/test_logprobs.py),
 and only per-position scalars leave the loop: the label's logit, the best logit that is
-not the label (Re-Align's public-code scoring) and the argmax token (POVID's).
+not the label (Re-Align's public-code scoring), the argmax token (POVID's, under the noised
+image) and optionally a second label's logit (POVID's argmax tokens, in y_w's clean forward).
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ class TokenScores:
     label: jax.Array  # log p(label)
     best_other: jax.Array  # log p of the most likely token that is not the label
     argmax: jax.Array  # index of the most likely token (int32, no gradient)
+    also: jax.Array | None = None  # log p(also_labels), when given
 
 
-def token_scores(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, chunk_size: int = 8192) -> TokenScores:
+def token_scores(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, chunk_size: int = 8192,
+                 also_labels: jax.Array | None = None) -> TokenScores:
     """Log-softmax scores of `labels` under logits = hidden @ kernel, never materialising them.
 
     hidden: [rows, length, embed]; kernel: [embed, vocab]; labels: int [rows, length].
+    `also_labels` (same shape) are scored in the same pass: POVID's argmax tokens under the
+    noised image, read from y_w's clean forward.
     """
     vocab = kernel.shape[1]
     chunk_size = min(chunk_size, vocab)
@@ -39,11 +44,13 @@ def token_scores(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, chunk_
         kernel = jnp.pad(kernel, ((0, 0), (0, pad)))
     chunks = kernel.reshape(kernel.shape[0], num_chunks, chunk_size).transpose(1, 0, 2)
     neg_inf = jnp.full(labels.shape, -jnp.inf, jnp.float32)
-    init = (neg_inf, jnp.zeros(labels.shape, jnp.float32), neg_inf, neg_inf, jnp.zeros(labels.shape, jnp.int32))
+    also = labels if also_labels is None else also_labels
+    init = (neg_inf, jnp.zeros(labels.shape, jnp.float32), neg_inf, neg_inf, jnp.zeros(labels.shape, jnp.int32),
+            neg_inf)
 
     @jax.checkpoint
     def body(carry, inputs):
-        running_max, running_sum, label_logit, best_other, argmax = carry
+        running_max, running_sum, label_logit, best_other, argmax, also_logit = carry
         index, chunk = inputs
         logits = jnp.einsum("rle,ev->rlv", hidden, chunk, preferred_element_type=jnp.float32)
         token = index * chunk_size + jnp.arange(chunk_size)
@@ -56,12 +63,15 @@ def token_scores(hidden: jax.Array, kernel: jax.Array, labels: jax.Array, chunk_
         best_other = jnp.maximum(best_other, jnp.max(jnp.where(is_label, -jnp.inf, logits), axis=-1))
         chunk_arg = index * chunk_size + jnp.argmax(logits, axis=-1).astype(jnp.int32)
         argmax = jnp.where(chunk_max > running_max, chunk_arg, argmax)
-        return (new_max, running_sum, label_logit, best_other, argmax), None
+        if also_labels is not None:
+            also_logit = jnp.maximum(also_logit, jnp.max(jnp.where(token == also[..., None], logits, -jnp.inf), -1))
+        return (new_max, running_sum, label_logit, best_other, argmax, also_logit), None
 
-    (max_logit, total, label_logit, best_other, argmax), _ = jax.lax.scan(
+    (max_logit, total, label_logit, best_other, argmax, also_logit), _ = jax.lax.scan(
         body, init, (jnp.arange(num_chunks), chunks))
     log_z = max_logit + jnp.log(total)
-    return TokenScores(label_logit - log_z, best_other - log_z, jax.lax.stop_gradient(argmax))
+    return TokenScores(label_logit - log_z, best_other - log_z, jax.lax.stop_gradient(argmax),
+                       None if also_labels is None else also_logit - log_z)
 
 
 def shifted(input_ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -7,7 +7,8 @@ A batch holds B examples with K rows each (the kinds a loss reads, its `LossSpec
     ref_logps                              f32  [B, K]  (only when the reference was precomputed)
 
 Images: slot 0 is the example's image, slot 1 the alternative one (rDPO's retrieved image,
-mDPO's corruption, or POVID's noised image for the argmax scoring). Each distinct image is
+mDPO's corruption, or POVID's noised image for the argmax scoring: that forward gives the
+argmax tokens, which y_w's clean row then scores). Each distinct image is
 encoded once; with a frozen tower its features are shared by policy and reference.
 """
 
@@ -38,54 +39,63 @@ def row_features(model: LlavaModel, states: jax.Array, slots: tuple[int, ...]) -
     return flat_rows(jnp.stack([projected[:, s] for s in slots], axis=1))
 
 
-def argmax_responses(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array], layout: RowLayout) -> jax.Array:
-    """POVID's noisy response: y_w's tokens replaced by the teacher-forced argmax under image slot 1."""
-    chosen = layout.kinds.index("chosen")
+def noised_argmax(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array], layout: RowLayout) -> jax.Array:
+    """POVID's noisy answer: at each position t of y_w's row, the teacher-forced argmax
+    `yhat_t = argmax pi(. | x, v_noisy, y_w,<t)` under image slot 1 (the noised image), in the
+    labels' frame (position t predicts token t+1). No gradient flows through the indices."""
+    chosen = layout.stacked_kinds.index("chosen")
     ids, mask = batch["input_ids"][:, chosen], batch["loss_mask"][:, chosen]
-    features = model.projector(states[:, 1])
-    hidden = model.hidden_states(ids, attention_mask=batch["attention_mask"][:, chosen], image_features=features)
+    hidden = model.hidden_states(ids, attention_mask=batch["attention_mask"][:, chosen],
+                                 image_features=model.projector(states[:, 1]))
     labels, _ = shifted(ids, mask)
-    best = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk).argmax
-    predicted = jnp.concatenate([ids[:, :1], best[:, :-1]], axis=1)  # position t+1 gets argmax at t
-    return jax.lax.stop_gradient(jnp.where(mask.astype(bool), predicted, ids))
+    return jax.lax.stop_gradient(token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk).argmax)
 
 
 def row_logps(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
               layout: RowLayout) -> dict[str, jax.Array]:
-    """Summed response log-probs per kind ([B] each), response lengths and the chosen NLL."""
-    if layout.noisy_scoring == "argmax":
-        # The noisy row is y_w's row (ids and masks) with the argmax under the noised image in
-        # place of y_w's answer tokens, whatever the batch carried in that row.
-        noisy, chosen = layout.kinds.index("rejected_noisy"), layout.kinds.index("chosen")
-        batch = dict(batch)
-        batch["input_ids"] = batch["input_ids"].at[:, noisy].set(argmax_responses(model, states, batch, layout))
-        for key in ("attention_mask", "loss_mask"):
-            batch[key] = batch[key].at[:, noisy].set(batch[key][:, chosen])
+    """Summed response log-probs per kind ([B] each), response lengths and the chosen NLL.
+
+    Under POVID's argmax scoring, `rejected_noisy` is `sum_t log pi(yhat_t | x, v, y_w,<t)`:
+    the noised image's argmax tokens gathered from y_w's own clean forward, so the noisy term
+    costs one extra forward (the noised one), not two."""
+    kinds = layout.stacked_kinds
+    chosen = kinds.index("chosen")
     if "segment_ids" in batch:
         sums, lengths = _packed_sums(model, states, batch, layout)
+        noisy = None
     else:
-        sums, lengths = _padded_sums(model, states, batch, layout)
-    out = {kind: sums[:, i] for i, kind in enumerate(layout.kinds)}
-    out.update({f"length_{kind}": lengths[:, i] for i, kind in enumerate(layout.kinds)})
-    chosen = layout.kinds.index("chosen")
+        also = noised_argmax(model, states, batch, layout) if layout.noisy_scoring == "argmax" else None
+        sums, lengths, noisy = _padded_sums(model, states, batch, layout, chosen_also=also)
+    out = {kind: sums[:, i] for i, kind in enumerate(kinds)}
+    out.update({f"length_{kind}": lengths[:, i] for i, kind in enumerate(kinds)})
+    if noisy is not None:
+        out["rejected_noisy"], out["length_rejected_noisy"] = noisy, lengths[:, chosen]
     out["nll_chosen"] = -sums[:, chosen] / jnp.maximum(lengths[:, chosen], 1)
     return out
 
 
-def _padded_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
-                 layout: RowLayout) -> tuple[jax.Array, jax.Array]:
-    """Summed response log-probs and response lengths [B, K] of rows padded to one length."""
+def _padded_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array], layout: RowLayout,
+                 chosen_also: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """Summed response log-probs and response lengths [B, K] of rows padded to one length, and
+    with `chosen_also` ([B, T] labels) the chosen row's summed log-probs of those labels [B]."""
     input_ids = batch["input_ids"]
     b, k = input_ids.shape[:2]
     ids = flat_rows(input_ids)
     features = row_features(model, states, layout.image_slots)
     hidden = model.hidden_states(ids, attention_mask=flat_rows(batch["attention_mask"]), image_features=features)
     labels, mask = shifted(ids, flat_rows(batch["loss_mask"]))
-    scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk)
+    chosen = layout.stacked_kinds.index("chosen")
+    also = None
+    if chosen_also is not None:  # the other rows score their own labels twice: cheaper than a second pass
+        also = labels.reshape(b, k, -1).at[:, chosen].set(chosen_also).reshape(labels.shape)
+    scores = token_scores(hidden, model.decoder.output_kernel(), labels, layout.vocab_chunk, also_labels=also)
     per_token = jnp.where(_best_other_kinds(layout)[None, :, None],
                           scores.best_other.reshape(b, k, -1), scores.label.reshape(b, k, -1))
     mask = mask.reshape(b, k, -1)
-    return jnp.sum(per_token * mask, axis=-1), jnp.sum(mask, axis=-1)
+    noisy = None
+    if scores.also is not None:
+        noisy = jnp.sum(scores.also.reshape(b, k, -1)[:, chosen] * mask[:, chosen], axis=-1)
+    return jnp.sum(per_token * mask, axis=-1), jnp.sum(mask, axis=-1), noisy
 
 
 def _packed_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Array],
@@ -93,7 +103,7 @@ def _packed_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Arra
     """The same [B, K] sums from packed rows (data/packing.py): one forward over the packed
     rows, then per-token scores summed into the unpacked row each token came from (a shared
     prefix's tokens predict only prompt tokens, which carry no loss)."""
-    b, k = states.shape[0], len(layout.kinds)
+    b, k = states.shape[0], len(layout.stacked_kinds)
     projected = model.projector(states)
     features = projected.reshape(-1, projected.shape[-1])[batch["image_index"]]  # [R, L, D], in token order
     ids = batch["input_ids"]
@@ -112,4 +122,4 @@ def _packed_sums(model: LlavaModel, states: jax.Array, batch: dict[str, jax.Arra
 
 
 def _best_other_kinds(layout: RowLayout) -> jax.Array:
-    return jnp.array([layout.scored_by_best_other(kind) for kind in layout.kinds])
+    return jnp.array([layout.scored_by_best_other(kind) for kind in layout.stacked_kinds])
