@@ -142,3 +142,66 @@ def test_crop_needs_a_loss_with_a_visual_term():
     assert RowLayout.for_objective("mdpo", alt_image="crop").num_images == 2
     with pytest.raises(ValueError, match="loss.alt_image='crop' needs a loss with a visual term"):
         RowLayout.for_objective("dpo", alt_image="crop")
+
+
+def _torchvision_povid_noise(image, t, noise):
+    """POVID's training code on one image, with torchvision's ToTensor / ToPILImage written out
+    in torch ops (torchvision is not installed): `img.permute(2, 0, 1).float().div(255)`, the
+    q(x_t | x_0) sample in float32, then `pic.mul(255).byte()` back to HWC uint8."""
+    torch = pytest.importorskip("torch")
+    betas = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.5e-2 - 1e-5) + 1e-5
+    abar = torch.cumprod(1 - betas, dim=0)
+    x0 = torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous().float().div(255)
+    xt = torch.sqrt(abar)[t] * x0 + torch.sqrt(1 - abar)[t] * torch.from_numpy(noise)
+    return xt.mul(255).byte().permute(1, 2, 0).numpy(), (float(torch.sqrt(abar)[t]), float(torch.sqrt(1 - abar)[t]))
+
+
+def test_povid_code_form_reproduces_povid_codes_8_bit_wrap():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))  # native size, not square
+    noise = rng.standard_normal((3, 37, 53), dtype=np.float32)
+    ours = np.asarray(image_noise.povid_code_with(image, 500, noise))
+    theirs, (a, b) = _torchvision_povid_noise(image, 500, noise)
+    abar = image_noise.alphas_cumprod()[500]
+    np.testing.assert_allclose([np.sqrt(abar), np.sqrt(1 - abar)], [a, b], rtol=1e-6)  # torch's float32 schedule
+    # Bit for bit given the same coefficients; torch's float32 schedule (its linspace rounds per
+    # CPU vector width) differs by an ulp at some steps, which moves about 5 pixels in 100,000 by
+    # one level (or across the wrap).
+    assert ours.shape == theirs.shape == (37, 53, 3) and ours.dtype == np.uint8
+    assert (ours != theirs).mean() < 1e-3 and np.abs(ours.astype(int) - theirs.astype(int)).max() in (0, 1, 255)
+    # Out-of-range values wrap rather than clamp: black under strongly negative noise turns bright.
+    black = Image.new("RGB", (4, 4))
+    wrapped = np.asarray(image_noise.povid_code_with(black, 500, np.full((3, 4, 4), -1.0, np.float32)))
+    assert (wrapped == int(np.trunc(-np.sqrt(1 - abar) * 255)) % 256).all() and wrapped.min() >= 128
+
+
+def test_povid_code_form_noises_before_padding_and_resizing(tokenizer, tmp_path):
+    """Under `povid_code` the padding added for a wide image is the clean mean colour (POVID
+    pads after noising); under `paper` the noise covers it."""
+    import dataclasses
+
+    from PIL import Image
+
+    from realign_jax.data import images as image_ops
+
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 64, 3), dtype=np.uint8)).save(tmp_path / "w.png")
+    padded = dataclasses.replace(SPEC, pad_to_square=True)
+    rows = {}
+    for form in image_noise.FORMS:
+        record = from_json(good_record(0) | {"image": str(tmp_path / "w.png"),
+                                             "image_noise": {"kind": "diffusion", "t": 500, "form": form}}, "r")
+        config = EncoderConfig(kinds=("chosen", "rejected"), num_images=2, seq_len=64, num_image_tokens=16,
+                               second_image="noised")
+        rows[form] = ExampleEncoder(tokenizer, padded, config).encode(record, "r", np.random.default_rng(7))
+    clean = rows["paper"]["pixel_values"][0]
+    top = slice(0, 8)  # the square's top band is canvas, away from the resized image's edge
+    np.testing.assert_array_equal(rows["povid_code"]["pixel_values"][1][:, top], clean[:, top])
+    assert np.abs(rows["paper"]["pixel_values"][1][:, top] - clean[:, top]).mean() > 0.5
+    # The image itself is noised by the code's pipeline: the same as noising, then preprocessing.
+    expected = image_ops.preprocess(image_noise.povid_code(Image.open(tmp_path / "w.png").convert("RGB"), 500,
+                                                           np.random.default_rng(7)), padded)
+    np.testing.assert_array_equal(rows["povid_code"]["pixel_values"][1], expected)
+    with pytest.raises(BadRecord, match="form must be one of"):
+        from_json(good_record(0) | {"image_noise": {"kind": "diffusion", "t": 5, "form": "jpeg"}}, "r")

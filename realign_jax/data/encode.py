@@ -62,6 +62,8 @@ class EncoderConfig:
     # is bad) | ignored (any other reference: the step never reads them, so a file that has them
     # for some records only still batches) | kept (passed on when present)
     ref_logps: str = "kept"
+    # POVID's noised image where a record's image_noise names no form (data/image_noise.py)
+    noise_form: str = "paper"
 
     def __post_init__(self) -> None:
         if self.truncation not in TRUNCATION:
@@ -70,6 +72,8 @@ class EncoderConfig:
             raise ValueError(f"second_image={self.second_image!r}: choose one of {SECOND_IMAGE}")
         if self.ref_logps not in REF_LOGPS:
             raise ValueError(f"ref_logps={self.ref_logps!r}: choose one of {REF_LOGPS}")
+        if self.noise_form not in image_noise.FORMS:
+            raise ValueError(f"data.image_noise_form={self.noise_form!r}: choose one of {image_noise.FORMS}")
         unknown = [k for k in self.kinds if k not in ROW_ANSWER]
         if unknown:
             raise ValueError(f"unknown row kinds {unknown}")
@@ -100,12 +104,14 @@ class ExampleEncoder:
         if source is None:
             raise BadRecord(where, field, "is required by this objective but missing")
         generator = rng if rng is not None else np.random.default_rng()
-        perturb = None
-        if derived == "noised":
-            noise = record.image_noise or image_noise.DEFAULT_NOISE
+        perturb, noise = None, record.image_noise or image_noise.DEFAULT_NOISE
+        form = noise.get("form", self.config.noise_form)
+        if derived == "noised" and form == "paper":
             perturb = functools.partial(image_noise.diffuse, t=noise["t"], rng=generator)
         try:
             image = image_ops.load_image(source)
+            if derived == "noised" and form == "povid_code":
+                image = image_noise.povid_code(image_ops.to_rgb(image), noise["t"], generator)
             if derived == "cropped":
                 image = image_ops.random_crop(image, generator)
             return image_ops.preprocess(image, self.processing, perturb)

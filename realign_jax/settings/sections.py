@@ -126,6 +126,10 @@ class DataSettings(RecordSource):
     workers: int = key(0, "worker processes decoding and tokenising; 0 = threads in this process", least=0)
     num_examples: int = key(32, "random source only: examples per epoch", least=1)
     seed: int = key(0, "data order and image-noise seed", least=0)
+    image_noise_form: str = key("paper", "POVID's noised image where a record's image_noise names no form: paper "
+                                         "(noise the model's input pixels in [0, 1]) | povid_code (POVID's code: "
+                                         "noise at native resolution, wrap to 8 bits, then pad and resize)",
+                                choices=("paper", "povid_code"))
 
     def check(self, prefix: str) -> None:
         parse_buckets(self.length_buckets, self.seq_len)

@@ -47,7 +47,8 @@ def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
         kinds=layout.stacked_kinds, num_images=layout.num_images, seq_len=data.seq_len,
         num_image_tokens=model.num_image_tokens, truncation=data.truncation,
         second_image=layout.second_image or "rejected_image",
-        ref_logps="required" if settings.reference == "precomputed" else "ignored"))
+        ref_logps="required" if settings.reference == "precomputed" else "ignored",
+        noise_form=data.image_noise_form))
 
 
 def make_dataset(settings: TrainSettings, model: LlavaConfig) -> Any:
