@@ -6,14 +6,20 @@ Every builder takes (settings, records, image_root, output), writes its shards w
 "dropped_<reason>" for the rest. Output records point at their images relative to the output
 folder, so the pairs train as they are:
 `--config.data.path=<pairs.output>` (the folder reads as one source).
+
+Before the builder runs, every input record's image is decoded once (builder_inputs.py
+`check_records`): a bad record stops the run naming its line (`pairs.on_bad_record=error`), or is
+left out, counted as `dropped_bad_<field>` and named under "skipped_records" (`skip`), so the
+builder sees the file as if it had never held it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from typing import Any
 
-from realign_jax.pairs.builder_inputs import read_records
+from realign_jax.pairs.builder_inputs import CheckedRecords, check_records, read_located
 from realign_jax.pairs.registry import builder
 from realign_jax.settings.runs import PairsRun, load
 
@@ -26,6 +32,17 @@ def build_pairs(config: PairsRun | Any, workdir: str) -> dict[str, Any]:
     if not data.path:
         raise ValueError("data.path is empty: give a JSONL of records with `chosen` answers")
     output = settings.pairs.output or os.path.join(workdir, "pairs")
-    records = read_records(data.path)
     image_root = data.image_root or os.path.dirname(os.path.abspath(data.path))
-    return {"output": output, **builder(settings.pairs.builder)(settings, records, image_root, output)}
+    checked = check_records(read_located(data.path), image_root, settings.pairs.on_bad_record)
+    _announce_skipped(checked)
+    result = builder(settings.pairs.builder)(settings, checked.records, image_root, output)
+    counts = Counter(result["counts"])
+    counts.update(checked.dropped)  # update, not +: a builder's zero counts stay listed
+    return {"output": output, **result, "counts": dict(sorted(counts.items())), "skipped_records": checked.named}
+
+
+def _announce_skipped(checked: CheckedRecords) -> None:
+    """Name the first skipped records before the builder's progress bar, so they can be fixed."""
+    if checked.named:
+        total = sum(checked.dropped.values())
+        print(f"skipped {total} bad records (pairs.on_bad_record='skip'), e.g.:\n  " + "\n  ".join(checked.named))

@@ -316,6 +316,8 @@ class PairsSettings:
     shard_size: int = key(1000, "records per output shard: the unit a rerun skips", least=1)
     max_records: int = key(0, "pairs for the first N records only; 0 = all (a builder still learns from all)",
                            least=0)
+    on_bad_record: str = key("error", "an input record whose image is missing or does not decode: error = stop "
+                             "naming its line and field | skip = drop it, count it and name it", choices=ON_BAD_RECORD)
 
 
 @dataclasses.dataclass(frozen=True)
