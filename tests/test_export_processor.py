@@ -128,3 +128,35 @@ def test_trainer_export_describes_the_preprocessing_the_run_used(tokenizer_folde
     assert ImageProcessing.from_hf(tmp_path) == ImageProcessing.for_checkpoint(tokenizer_folder, size)
     processor_config = json.loads((tmp_path / "processor_config.json").read_text())
     assert processor_config["patch_size"] == trainer.model_config.vision.patch_size
+
+
+@pytest.mark.parametrize("pad", ["auto", "true", "false"])
+def test_data_pad_to_square_sets_the_runs_padding_and_its_export(tokenizer_folder: str, tmp_path: Path,
+                                                               pad: str) -> None:
+    """llava-hf's LLaVA-1.5 folders describe CLIP without the pad-to-square LLaVA-1.5 trained with:
+    `data.pad_to_square=true` pads anyway, and the export says so; `auto` follows the folder."""
+    import shutil
+
+    from realign_jax.models.processor_files import PREPROCESSOR_CONFIG, image_processor_config
+    from realign_jax.train.batches import image_processing, make_encoder
+
+    source = tmp_path / "source"
+    shutil.copytree(tokenizer_folder, source)
+    size = preset("tiny").vision.image_size
+    plain = ImageProcessing(size=size, shortest_edge=size)
+    (source / PREPROCESSOR_CONFIG).write_text(json.dumps(image_processor_config(plain)))
+    config = train_llava.get_config()
+    config.data.tokenizer, config.data.pad_to_square = str(source), pad
+    settings = run_settings.load(config)
+    trainer = Trainer(settings)
+    processing = image_processing(settings, trainer.model_config)
+    assert processing.pad_to_square is (pad == "true")
+    assert make_encoder(settings, trainer.model_config).processing == processing  # what training reads
+    wide = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 60, 3), dtype=np.uint8))
+    padded = preprocess(wide, ImageProcessing(size=size, shortest_edge=size, pad_to_square=True))
+    assert np.array_equal(preprocess(wide, processing), padded) is (pad == "true")
+    trainer.export(trainer.init_state(), str(tmp_path / "export"), copy_side_files_from=str(source))
+    exported = ImageProcessing.from_hf(tmp_path / "export")
+    assert exported.pad_to_square is (pad == "true")
+    if pad == "auto":  # the source's own file, byte for byte
+        assert (tmp_path / "export" / PREPROCESSOR_CONFIG).read_bytes() == (source / PREPROCESSOR_CONFIG).read_bytes()

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from realign_jax.models.config import LlavaConfig, TextConfig, VisionConfig
 from realign_jax.models.llava import LlavaModel, abstract_model
 from realign_jax.models.partitioning import DEFAULT_RULES, Rules, state_shardings
-from realign_jax.models.processor_files import ImageProcessingFields, write_processor_files
+from realign_jax.models.processor_files import PREPROCESSOR_CONFIG, ImageProcessingFields, write_processor_files
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ def _save_readable(save_file: Callable[..., None], tensors: dict[str, np.ndarray
 def save_pretrained(
     model: LlavaModel, path: str, *, max_shard_bytes: int = 5 * 2**30, dtype: Any = None,
     copy_side_files_from: str | None = None, image_processing: ImageProcessingFields | None = None,
+    image_processing_is_the_runs: bool = False,
 ) -> None:
     """Write `model` as a transformers-loadable LlavaForConditionalGeneration folder.
 
@@ -329,7 +330,9 @@ def save_pretrained(
     (e.g. 'bfloat16'); by default parameters keep their dtype. `copy_side_files_from` copies
     tokenizer, processor and generation files from the source checkpoint. `image_processing`
     (the data/images.py `ImageProcessing` the model was trained with) writes the processor files
-    the source lacks, so `AutoProcessor` loads the export (models/processor_files.py).
+    the source lacks, so `AutoProcessor` loads the export (models/processor_files.py);
+    `image_processing_is_the_runs` writes its preprocessor_config.json over the source's (the run
+    chose its own padding).
     """
     from safetensors.numpy import save_file
 
@@ -362,7 +365,8 @@ def save_pretrained(
             json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2, sort_keys=True)
     copied = _copy_side_files(copy_side_files_from, path) if copy_side_files_from else []
     if image_processing is not None:
-        write_processor_files(path, config, image_processing, keep=copied)
+        keep = [name for name in copied if not (image_processing_is_the_runs and name == PREPROCESSOR_CONFIG)]
+        write_processor_files(path, config, image_processing, keep=keep)
 
 
 def _copy_side_files(source_folder: str, path: str) -> list[str]:

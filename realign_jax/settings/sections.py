@@ -126,6 +126,9 @@ class DataSettings(RecordSource):
     workers: int = key(0, "worker processes decoding and tokenising; 0 = threads in this process", least=0)
     num_examples: int = key(32, "random source only: examples per epoch", least=1)
     seed: int = key(0, "data order and image-noise seed", least=0)
+    pad_to_square: str = key("auto", "pad each image to a square with its mean colour before resizing, as "
+                                     "LLaVA-1.5's and every seed's code do: auto = as the checkpoint's processor "
+                                     "config says (do_pad) | true | false", choices=("auto", "true", "false"))
     image_noise_form: str = key("paper", "POVID's noised image where a record's image_noise names no form: paper "
                                          "(noise the model's input pixels in [0, 1]) | povid_code (POVID's code: "
                                          "noise at native resolution, wrap to 8 bits, then pad and resize)",
@@ -225,7 +228,9 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainLoopSettings:
-    steps: int = key(40, "optimiser steps", least=1)
+    steps: int = key(40, "optimiser steps (replaced by epochs when that is set)", least=1)
+    epochs: float = key(0.0, "passes over the records, as the papers give it: steps = ceil(epochs x records / "
+                             "batch_size); 0 = train.steps decides", least=0)
     batch_size: int = key(8, "examples per optimiser step, over all devices", least=1)
     grad_accum: int = key(1, "micro-batches per step (the batch is split, gradients summed)", least=1)
     trainable: str = key(r"^projector\.", "regex on base parameter paths trained in full (LoRA adapters always "

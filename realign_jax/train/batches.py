@@ -3,6 +3,8 @@ sources, or the random smoke-test pairs (`data.source='random'`)."""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -13,6 +15,7 @@ from realign_jax.data.batching import BatchShape, parse_buckets
 from realign_jax.data.encode import EncoderConfig, ExampleEncoder
 from realign_jax.data.sources import open_source
 from realign_jax.models.config import LlavaConfig
+from realign_jax.settings.keys import replace
 from realign_jax.settings.runs import TrainSettings
 
 
@@ -24,11 +27,16 @@ def side_files_folder(settings: TrainSettings) -> str:
 def image_processing(settings: TrainSettings, model: LlavaConfig) -> image_ops.ImageProcessing:
     """The preprocessing the run's images go through (the export's processor files describe it):
     the side-file folder's processor config, or plain CLIP at the tower's size when it has none
-    or there is no folder (random pairs)."""
+    or there is no folder (random pairs); `data.pad_to_square` true/false overrides its padding
+    (llava-hf's LLaVA-1.5 folders say CLIP, without the padding LLaVA-1.5 was trained with)."""
     folder, size = side_files_folder(settings), model.vision.image_size
-    if not folder:
-        return image_ops.ImageProcessing(size=size, shortest_edge=size)
-    return image_ops.ImageProcessing.for_checkpoint(folder, size)
+    if folder:
+        processing = image_ops.ImageProcessing.for_checkpoint(folder, size)
+    else:
+        processing = image_ops.ImageProcessing(size=size, shortest_edge=size)
+    if settings.data.pad_to_square == "auto":
+        return processing
+    return dataclasses.replace(processing, pad_to_square=settings.data.pad_to_square == "true")
 
 
 def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
@@ -49,6 +57,22 @@ def make_encoder(settings: TrainSettings, model: LlavaConfig) -> ExampleEncoder:
         second_image=layout.second_image or "rejected_image",
         ref_logps="required" if settings.reference == "precomputed" else "ignored",
         noise_form=data.image_noise_form))
+
+
+def with_epochs_as_steps(settings: TrainSettings) -> TrainSettings:
+    """`train.epochs > 0`: the settings with `train.steps = ceil(epochs x records / batch_size)`,
+    counting every record of the source (a skipped bad record still counts). Resolved before
+    anything reads the steps: the learning-rate schedule ends where the last epoch does."""
+    epochs = settings.train.epochs
+    if not epochs:
+        return settings
+    data = settings.data
+    records = data.num_examples if data.source == "random" else len(open_source(data))
+    steps = max(1, math.ceil(epochs * records / settings.train.batch_size))
+    if jax.process_index() == 0:
+        print(f"train.epochs={epochs:g} over {records} records at train.batch_size={settings.train.batch_size}: "
+              f"{steps} steps", flush=True)
+    return replace(settings, train__steps=steps)
 
 
 def make_dataset(settings: TrainSettings, model: LlavaConfig) -> Any:

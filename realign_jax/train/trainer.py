@@ -210,8 +210,11 @@ class Trainer:
 
     def export(self, state: TrainState, path: str, **kwargs: Any) -> None:
         """The merged policy as a Hugging Face folder, with processor files describing the run's
-        preprocessing wherever the side-file source has none (`AutoProcessor` loads it)."""
-        hf.save_pretrained(self.merged_policy(state), path, image_processing=self.image_processing, **kwargs)
+        preprocessing wherever the side-file source has none, or where the run set its own
+        (`AutoProcessor` loads it)."""
+        # A padding set by data.pad_to_square is the run's, not the source's: its file is written.
+        hf.save_pretrained(self.merged_policy(state), path, image_processing=self.image_processing,
+                           image_processing_is_the_runs=self.settings.data.pad_to_square != "auto", **kwargs)
 
 
 
