@@ -29,6 +29,11 @@ StageRunner = Callable[[Any, str], None]  # runs one stage's settings in a work 
 CURVES = ("loss", "rewards/margins", "visual/rewards/margins", "noisy/rewards/margins")
 
 
+
+def _length(stage: TrainSettings) -> str:
+    """How long a stage trains, as its config says it."""
+    return f"{stage.train.epochs:g} epochs" if stage.train.epochs else f"{stage.train.steps} steps"
+
 def _model(settings: PipelineRun, path: str) -> ModelSettings:
     """The model a stage reads: `path`, in the pipeline's dtypes."""
     return ModelSettings(path=path, preset="", dtype=settings.model.dtype, param_dtype=settings.model.param_dtype)
@@ -43,7 +48,7 @@ def _sft(settings: PipelineRun, workdir: str, world_dir: str, run: StageRunner) 
         if not os.path.exists(os.path.join(export, "config.json")):
             stage: TrainSettings = getattr(settings.sft, name)
             stage = replace(stage, world=replace(settings.world, dir=world_dir, records=name), model__path=model_path)
-            _announce(f"SFT of the world's base model, stage {name} ({stage.train.steps} steps)")
+            _announce(f"SFT of the world's base model, stage {name} ({_length(stage)})")
             run(stage, stage_dir)
         model_path = export
     return model_path
@@ -80,7 +85,7 @@ def _align(settings: PipelineRun, workdir: str, model_path: str, pairs_dir: str,
             stage = replace(stage, model__path=model_path, model__preset="", model__dtype=settings.model.dtype,
                             model__param_dtype=settings.model.param_dtype, data__path=pairs_dir,
                             data__seed=stage.seed)
-            _announce(f"aligning ({name}: loss {stage.loss.name}, {stage.train.steps} steps)")
+            _announce(f"aligning ({name}: loss {stage.loss.name}, {_length(stage)})")
             run(stage, stage_dir)
         model_path = export
     return model_path

@@ -203,3 +203,15 @@ def test_reference_stays_at_the_starting_weights(reference, lora_rank):
     history, _, _ = run_steps(config, 4, mesh=make_mesh(1, 1, 1, devices=jax.devices()[:1]))
     assert abs(history[0]["rewards/chosen"]) < 1e-4 and abs(history[0]["rewards/rejected"]) < 1e-4
     assert abs(history[-1]["rewards/chosen"]) > 1e-3
+
+
+def test_epochs_set_the_steps_and_the_schedule(tmp_path, capsys):
+    """train.epochs=2 over 16 records at batch 8 is 4 steps, whatever train.steps says, and the
+    learning-rate schedule ends with them (cosine to 0 at the last step)."""
+    config = small_config("dpo", train__epochs=2.0, train__batch_size=8, train__export=False,
+                          train__checkpoint_every=0, optim__warmup_ratio=0.0)
+    outputs = train(config, str(tmp_path))
+    assert outputs["step"] == 4 and "train.epochs=2 over 16 records at train.batch_size=8: 4 steps" in \
+        capsys.readouterr().out
+    lrs = [r["lr"] for r in read(str(tmp_path / "metrics.jsonl"))]
+    assert len(lrs) == 4 and lrs[0] > lrs[-1] > 0 and lrs[-1] < 0.2 * lrs[0], lrs

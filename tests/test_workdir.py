@@ -105,15 +105,15 @@ def test_a_disk_that_fills_during_the_run_ends_in_one_line_and_keeps_the_last_ch
     folder = tiny_filesystem("64m")
     workdir = os.path.join(folder, "run")
     command = [sys.executable, "-m", "realign_jax.main", "--config=configs/train_llava.py", f"--workdir={workdir}",
-               "--config.train.steps=60", "--config.train.checkpoint_every=20", "--config.train.export=False"]
+               "--config.train.steps=120", "--config.train.checkpoint_every=40", "--config.train.export=False"]
     log = os.path.join(os.path.dirname(folder), "stderr.txt")  # a file: a pipe nobody reads fills and blocks the run
     with open(log, "w") as err:
         process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err, text=True)
-    first = os.path.join(workdir, "checkpoints", "20")
+    first = os.path.join(workdir, "checkpoints", "40")
     deadline = time.time() + 240
     while not os.path.isdir(first) and process.poll() is None and time.time() < deadline:
         time.sleep(0.002)
-    time.sleep(0.5)  # the save's last metadata written: the disk fills between two saves
+    time.sleep(0.5)  # the save's last metadata written: the disk fills 40 steps before the next save
     filler = _fill(folder)
     process.wait(timeout=240)
     with open(log) as f:
@@ -124,9 +124,9 @@ def test_a_disk_that_fills_during_the_run_ends_in_one_line_and_keeps_the_last_ch
     assert f"--workdir={workdir}: the disk filled during the run" in lines[0]
     assert re.search(r"this run writes about [\d.]+ [KM]iB .*newest complete checkpoint, step \d+, is kept", lines[0])
     kept = int(re.search(r"checkpoint, step (\d+)", lines[0]).group(1))
-    assert kept == 20 and os.listdir(os.path.join(workdir, "checkpoints")) == ["20"]
+    assert kept == 40 and os.listdir(os.path.join(workdir, "checkpoints")) == ["40"]
 
     os.remove(filler)
     resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from checkpoint step {kept}" in resumed.stdout and "step 60:" in resumed.stdout
+    assert f"resumed from checkpoint step {kept}" in resumed.stdout and "step 120:" in resumed.stdout

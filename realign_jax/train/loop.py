@@ -23,7 +23,7 @@ from realign_jax.data import loader
 from realign_jax.train.checkpoint import Checkpointer
 from realign_jax.train.compile_notice import CompileNotice
 from realign_jax.data.batching import BatchShape, shape_batch
-from realign_jax.train.batches import batch_shape, make_dataset, side_files_folder
+from realign_jax.train.batches import batch_shape, make_dataset, side_files_folder, with_epochs_as_steps
 from realign_jax.train.interrupts import StopRequests
 from realign_jax.train.metrics_log import MetricsLog
 from realign_jax.train.multihost import maybe_initialize_distributed
@@ -245,7 +245,7 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
     `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
     passes pairs/bdhs.py's).
     """
-    run = _prepare(load(config), workdir, overwrite, online_sampler)
+    run = _prepare(with_epochs_as_steps(load(config)), workdir, overwrite, online_sampler)
     settings, trainer = run.settings, run.trainer
     step = int(run.state.step)
     log = MetricsLog(workdir, resume_step=step)
@@ -259,6 +259,7 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
                disable=jax.process_index() != 0)
     quiet = QuietFullDisk(workdir)
     quiet.install()
+    full = False
     try:
         while step < settings.train.steps:
             # The next batch, its skipped records counted (and reported when an epoch ends).
@@ -304,8 +305,6 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
         if not is_disk_full(error):
             raise
         full = True  # a save, the metrics or the export hit a full disk: one line, below
-    else:
-        full = False
     finally:
         profile.stop()
         bar.close()
@@ -318,7 +317,8 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
                 if not is_disk_full(error):
                     raise
                 full = True
-        quiet.remove()
+        if not full:  # after a full disk, the failed save's threads keep reporting until the process ends
+            quiet.remove()
     if full:
         raise disk_full(workdir, run.bytes_written, run.checkpoints.latest_step()) from None
     if run.bad_records.total:

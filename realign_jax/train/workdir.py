@@ -24,7 +24,7 @@ from realign_jax.files import changed_keys, write_atomically
 RUN_CONFIG = "run_config.json"
 # Keys a resumed run may change: logging, checkpoint cadence, length of the run, profiling,
 # the mesh (Orbax restores into any sharding) and how the step is computed, not what it computes.
-MAY_CHANGE = ("train.steps", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.export",
+MAY_CHANGE = ("train.steps", "train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.export",
               "train.profile_start", "train.profile_steps", "train.on_nonfinite", "train.max_consecutive_skips",
               "data.workers", "inspect", "mesh", "model.remat", "model.attention_impl")
 OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "online_bdhs", RUN_CONFIG)
