@@ -113,7 +113,8 @@ CONFIGS = [("train_llava", None), ("train_llava", "loss=rdpo"), ("sft_llava", No
            ("realign_train", None), ("povid_train", "noise"), ("bdhs_train", "online"), ("realign_pairs", None),
            ("bdhs_pairs", None), ("povid_pairs", None), ("eval_world", None), ("generate_llava", None),
            ("convert_data", None), ("rdpo_llava", None), ("povid_llava", None), ("mdpo_llava", None),
-           ("dpo_llava", None), ("bdhs_llava", None), ("rdpo_llava_step", "7b")]
+           ("dpo_llava", None), ("bdhs_llava", None), ("rdpo_llava_step", "7b"),
+           *[("paper_recipes", f"method={m}") for m in ("realign", "povid_stage1", "povid_stage2", "mdpo", "bdhs")]]
 
 
 @pytest.mark.parametrize("name,arg", CONFIGS)
@@ -170,3 +171,29 @@ def test_the_listing_command_prints_every_key_of_a_mode():
     listed = [line.split(" = ")[0] for line in result.stdout.splitlines() if " = " in line]
     assert listed == [info.name for info in settings_keys.keys(ROOTS["train"])]
     assert "loss.beta = 0.1  # strength of the KL tie to the reference" in result.stdout
+
+
+def test_paper_recipes_set_what_their_sources_say():
+    """configs/paper_recipes.py: the numbers its docstring attributes to each paper or script."""
+    import paper_recipes
+
+    def settings(arg):
+        config = paper_recipes.get_config(arg)
+        config.model.path = "/somewhere"
+        return load(config)
+
+    realign, script = settings("method=realign"), settings("method=realign,lr=script")
+    assert (realign.loss.name, realign.optim.lr, script.optim.lr) == ("rdpo", 1e-5, 1e-6)
+    assert (realign.lora.rank, realign.lora.alpha, realign.lora.dropout) == (128, 256.0, 0.05)
+    assert realign.optim.groups == ((r"^projector\.", 2e-5),) and realign.data.seq_len == 1048
+    assert (realign.train.epochs, realign.train.batch_size, realign.data.pad_to_square) == (1.0, 32, "true")
+    stage1, stage2 = settings("method=povid_stage1"), settings("method=povid_stage2")
+    assert (stage1.loss.name, stage1.train.epochs, stage1.optim.lr) == ("dpo", 3.0, 1e-7)
+    assert (stage2.loss.name, stage2.loss.noisy_scoring, stage2.train.epochs) == ("povid", "argmax", 1.0)
+    assert "gate_proj" in stage1.lora.targets and settings("method=povid_stage2,stage2_epochs=3").train.epochs == 3
+    mdpo = settings("method=mdpo")
+    assert (mdpo.lora.rank, mdpo.lora.alpha, mdpo.optim.lr, mdpo.optim.warmup_ratio) == (64, 128.0, 1e-5, 0.1)
+    assert (mdpo.optim.weight_decay, mdpo.optim.b2, mdpo.train.epochs, mdpo.loss.alt_image) == (0.05, 0.98, 3.0, "crop")
+    assert settings("method=bdhs,beta=0.5").loss.beta == 0.5
+    with pytest.raises(ValueError, match="beta= belongs to method=bdhs"):
+        paper_recipes.get_config("method=realign,beta=0.5")
