@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # bf16 adapters and projector would round away lr-1e-5 updates.
         model__dtype="bfloat16", model__remat="dots",
         lora__rank=128, lora__alpha=256.0, optim__lr=1e-5, optim__lr_groups=r"^projector\.=2e-5",
-        data__seq_len=1024,
+        data__seq_len=1024, data__pad_to_square="true",  # LLaVA-1.5 trained on padded squares
         data__num_examples=256,  # the random source's pairs, for a run without data
         train__batch_size=32,
         train__grad_accum={"7b": 2, "13b": 4}[size],  # the fewest micro-batches that fit a v5p chip with dots
