@@ -16,31 +16,31 @@ Follows the official code, LisaAnne/Hallucination `utils/chair.py` (`CHAIR.capti
   leading space in 'scooter,  motor bike' and 'cake,  cheesecake', so those never match);
 - CHAIR_i counts every mention, as `compute_chair` does (its `caption_to_words` keeps
   repeats); `distinct=True` counts each object once per caption (the 2018 top-level script).
+Those differences are the `corrected` protocol; `protocol="official"` reads captions as the
+official code does, quirks included (eval/chair_official.py), which published numbers need.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 # CHAIR's word rules and synonyms.txt reader live in data/text.py, where the builders read them too.
-from realign_jax.data.text import load_synonyms, singular_phrase, singularize, synonym_lookup, tokenize  # noqa: F401
+from realign_jax.data.text import load_synonyms, singular_phrase, singularize, synonym_lookup, tokenize
+from realign_jax.eval import chair_official
 
-# The official hard-coded rules (utils/chair.py, CHAIR.__init__): phrases read as one object,
-# qualifiers that must not fire 'person' ('baby bird' -> bird), and phrases that are not the
-# object they contain ('train track' is not a train, 'toilet seat' is not a chair).
-_ANIMALS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal", "cub")
-COCO_PHRASES: dict[str, str] = {
-    **{w: w for w in ("motor bike", "motor cycle", "air plane", "traffic light", "street light", "traffic signal",
-                      "stop light", "fire hydrant", "stop sign", "parking meter", "suit case", "sports ball",
-                      "baseball bat", "baseball glove", "tennis racket", "wine glass", "hot dog", "cell phone",
-                      "mobile phone", "teddy bear", "hair drier", "potted plant", "laptop computer",
-                      "stove top oven", "home plate", "train track")},
-    **{f"{q} {a}": a for q in ("baby", "adult") for a in _ANIMALS},
-    "passenger jet": "jet", "passenger train": "train", "bow tie": "tie", "toilet seat": "toilet",
-}
+PROTOCOLS = ("official", "corrected")
+
+# The official hard-coded rules (utils/chair.py, CHAIR.__init__; chair_official.DOUBLE_WORDS):
+# phrases read as one object, qualifiers that must not fire 'person' ('baby bird' -> bird), and
+# phrases that are not the object they contain ('train track' is not a train, 'toilet seat' is
+# not a chair). Read here on whole words, so 'stove top oven' is one phrase and no 'wine glas'.
+COCO_PHRASES: dict[str, str] = {**{k: v for k, v in chair_official.DOUBLE_WORDS.items() if k != "wine glas"},
+                                "stove top oven": "stove top oven"}
+
 
 def _mentions(caption: str, inverse: Mapping[str, str], coco_rules: bool) -> list[str]:
     words = [singularize(w) for w in tokenize(caption)]
@@ -64,12 +64,46 @@ def _mentions(caption: str, inverse: Mapping[str, str], coco_rules: bool) -> lis
     return [inverse[w] for w in merged if w in inverse]
 
 
-def mentioned_objects(caption: str, synonyms: Mapping[str, Sequence[str]], *, coco_rules: bool = True) -> list[str]:
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"CHAIR protocol {protocol!r}: choose from {PROTOCOLS}")
+
+
+def read_synonyms(path: str, protocol: str = "corrected") -> dict[str, list[str]]:
+    """synonyms.txt as `protocol` reads it: the official split keeps the entries that never match."""
+    _check_protocol(protocol)
+    return chair_official.read_synonyms(path) if protocol == "official" else load_synonyms(path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+    """One protocol's reading: the objects a caption mentions, and a ground-truth name's canonical name."""
+
+    mentions: Callable[[str], list[str]]
+    canonical: Callable[[str], str]
+
+
+def reading(synonyms: Mapping[str, Sequence[str]], protocol: str = "corrected", *, coco_rules: bool = True) -> Reading:
+    """How `protocol` reads captions against `synonyms` (`read_synonyms(path, protocol)` reads them).
+
+    `official` always applies the official COCO rules (it is that code); `coco_rules` chooses
+    them for `corrected` only.
+    """
+    _check_protocol(protocol)
+    if protocol == "official":
+        literal = chair_official.inverse_synonyms(synonyms)
+        return Reading(lambda text: chair_official.caption_objects(text, literal), lambda o: literal.get(o, o))
+    inverse = synonym_lookup(synonyms)
+    return Reading(lambda text: _mentions(text, inverse, coco_rules), lambda o: inverse.get(singular_phrase(o), o))
+
+
+def mentioned_objects(caption: str, synonyms: Mapping[str, Sequence[str]], *, coco_rules: bool = True,
+                      protocol: str = "corrected") -> list[str]:
     """Canonical objects a caption mentions, in order, repeats kept (see module docstring).
 
     `coco_rules` applies the official COCO special cases (COCO_PHRASES and toilet/seat).
     """
-    return _mentions(caption, synonym_lookup(synonyms), coco_rules)
+    return reading(synonyms, protocol, coco_rules=coco_rules).mentions(caption)
 
 
 def _ground_truth_for(ground_truth: Mapping[Any, Sequence[str]], image: Any) -> Sequence[str]:
@@ -83,7 +117,7 @@ def _ground_truth_for(ground_truth: Mapping[Any, Sequence[str]], image: Any) -> 
 
 def chair(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[Any, Sequence[str]],
           synonyms: Mapping[str, Sequence[str]], *, coco_rules: bool = True,
-          distinct: bool = False) -> dict[str, Any]:
+          distinct: bool = False, protocol: str = "corrected") -> dict[str, Any]:
     """CHAIR_s, CHAIR_i, recall and mean length over caption records {"image", "text"}.
 
     ("caption" is read where a record has no "text", as in the official caption files.)
@@ -94,17 +128,17 @@ def chair(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[Any, Sequ
     `synonyms` where listed). Returns the overall numbers plus "captions": per caption the
     mentioned and hallucinated canonical objects. Recall is pooled over captions (distinct
     ground-truth objects mentioned / ground-truth objects), as in the Python 3 port. With no
-    object mention at all CHAIR_i is 0.0 (the official code divides by zero).
+    object mention at all CHAIR_i is 0.0 (the official code divides by zero). `protocol`
+    chooses the caption reading (module docstring); give it synonyms read the same way.
     """
     if not captions:
         raise ValueError("no captions to score")
-    inverse = synonym_lookup(synonyms)
+    read = reading(synonyms, protocol, coco_rules=coco_rules)
     details, n_mentions, n_hallucinated, n_bad_captions, n_gt, n_recalled, n_words = [], 0, 0, 0, 0, 0, 0
     for record in captions:
-        gt = {inverse.get(singular_phrase(o), o)
-              for o in _ground_truth_for(ground_truth, record["image"])}
+        gt = {read.canonical(o) for o in _ground_truth_for(ground_truth, record["image"])}
         text = record["text"] if "text" in record else record["caption"]
-        mentioned = _mentions(text, inverse, coco_rules)
+        mentioned = read.mentions(text)
         if distinct:
             mentioned = list(dict.fromkeys(mentioned))
         hallucinated = [o for o in mentioned if o not in gt]
@@ -123,7 +157,7 @@ def chair(captions: Sequence[Mapping[str, Any]], ground_truth: Mapping[Any, Sequ
 
 def coco_ground_truth(instances_json_path: str, image_ids: Sequence[int] | None = None, *,
                       captions_json_path: str | None = None, synonyms: Mapping[str, Sequence[str]] | None = None,
-                      key: str = "file_name") -> dict[Any, list[str]]:
+                      key: str = "file_name", protocol: str = "corrected") -> dict[Any, list[str]]:
     """Objects per image from a COCO `instances_*.json` (category names, first-seen order).
 
     The official CHAIR ground truth is the union of the instance categories and the objects
@@ -131,10 +165,11 @@ def coco_ground_truth(instances_json_path: str, image_ids: Sequence[int] | None 
     and `synonyms` to add those. Keys are image file names (`key="id"` for COCO ids); images
     without annotations get an empty list. Category names are mapped to canonical names
     through `synonyms` when given (COCO's names are the canonical ones in synonyms.txt).
+    `protocol` reads the names and reference captions as `chair` does.
     """
     with open(instances_json_path) as f:
         coco = json.load(f)
-    inverse = synonym_lookup(synonyms) if synonyms is not None else {}
+    read = reading(synonyms or {}, protocol)
     wanted = None if image_ids is None else set(image_ids)
     names = {c["id"]: c["name"] for c in coco["categories"]}
     keys = {im["id"]: im[key] for im in coco["images"] if wanted is None or im["id"] in wanted}
@@ -146,12 +181,12 @@ def coco_ground_truth(instances_json_path: str, image_ids: Sequence[int] | None 
 
     for ann in coco["annotations"]:
         name = names[ann["category_id"]]
-        add(ann["image_id"], inverse.get(singular_phrase(name), name))
+        add(ann["image_id"], read.canonical(name))
     if captions_json_path is not None:
         if synonyms is None:
             raise ValueError("objects in reference captions need a synonym table")
         with open(captions_json_path) as f:
             for ann in json.load(f)["annotations"]:
-                for name in _mentions(ann["caption"], inverse, coco_rules=True):
+                for name in read.mentions(ann["caption"]):
                     add(ann["image_id"], name)
     return objects

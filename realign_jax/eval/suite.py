@@ -95,23 +95,33 @@ def run_pope(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks 
     return scores
 
 
+def _resolve(value: str, on_files: bool, official: str, corrected: str) -> str:
+    """An `auto` setting: the official reading on the benchmark's own files, the corrected one on the world."""
+    if value != "auto":
+        return value
+    return official if on_files else corrected
+
+
 def run_chair(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
-    """CHAIR on captions of the world's eval images, or of COCO images with their instances."""
+    """CHAIR on captions of the world's eval images, or of COCO images with their instances
+    (and, given `eval.coco_captions`, the objects of their reference captions)."""
+    protocol = _resolve(section.chair_protocol, bool(section.coco_instances), "official", "corrected")
     if section.coco_instances:
-        synonyms = chair.load_synonyms(section.synonyms) if section.synonyms else {}
-        truth = chair.coco_ground_truth(section.coco_instances, synonyms=synonyms or None)
+        synonyms = chair.read_synonyms(section.synonyms, protocol) if section.synonyms else {}
+        truth = chair.coco_ground_truth(section.coco_instances, captions_json_path=section.coco_captions or None,
+                                        synonyms=synonyms or None, protocol=protocol)
         images = [{"image": os.path.join(section.image_folder, name), "objects": objects}
                   for name, objects in truth.items()][: section.max_images or None]
     else:
-        synonyms = chair.load_synonyms(os.path.join(section.world, "synonyms.txt"))
+        synonyms = chair.read_synonyms(os.path.join(section.world, "synonyms.txt"), protocol)
         images = _world_images(section, world)
     captions = answerer.answer([(i["image"], section.caption_prompt) for i in images],
                                max_new_tokens=section.caption_tokens, desc="chair")
     scores = chair.chair([{"image": i["image"], "text": c} for i, c in zip(images, captions)],
-                         {i["image"]: i["objects"] for i in images}, synonyms)
+                         {i["image"]: i["objects"] for i in images}, synonyms, protocol=protocol)
     _write_jsonl(os.path.join(out, "chair.jsonl"), [{"image": i["image"], "text": c} | details for i, c, details
                                                     in zip(images, captions, scores.pop("captions"))])
-    return scores
+    return scores | {"protocol": protocol}
 
 
 def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:

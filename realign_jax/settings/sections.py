@@ -375,6 +375,8 @@ class OnlineBdhsSettings(BdhsSampling):
 
 
 EVAL_BENCHMARKS = ("amber", "chair", "pope")  # eval/suite.py BENCHMARKS runs each
+# auto: the official reading on the benchmark's own files, the corrected one on the synthetic world
+CHAIR_PROTOCOLS = ("auto", "official", "corrected")  # eval/chair.py PROTOCOLS, plus auto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -383,7 +385,13 @@ class EvalSettings:
     world: str = key("", "a synthetic world folder (its eval split is the ground truth)")
     pope_file: str = key("", "a published POPE question file instead of the world")
     coco_instances: str = key("", "COCO instances_*.json for CHAIR instead of the world")
+    coco_captions: str = key("", "COCO captions_*.json: its reference captions' objects join the instances "
+                                 "as CHAIR's ground truth, as in the official CHAIR (needs coco_instances)")
     synonyms: str = key("", "CHAIR's synonyms.txt for COCO")
+    chair_protocol: str = key("auto", "how CHAIR reads captions: official (the official code's tokeniser, "
+                                      "singulariser and synonym split, quirks included: published numbers) | "
+                                      "corrected | auto = official on COCO, corrected on the world",
+                              choices=CHAIR_PROTOCOLS)
     image_folder: str = key("", "images of the POPE file / COCO instances (empty: the POPE file's own folder)")
     max_images: int = key(0, "images of the split evaluated; 0 = all", least=0)
     pope_per_image: int = key(3, "POPE questions per image and split", least=1)
@@ -400,6 +408,9 @@ class EvalSettings:
     def check(self, prefix: str) -> None:
         if not self.names or any(name not in EVAL_BENCHMARKS for name in self.names):
             raise ValueError(f"{prefix}benchmarks={self.benchmarks!r}: choose from {sorted(EVAL_BENCHMARKS)}")
+        if self.coco_captions and not (self.coco_instances and self.synonyms):
+            raise ValueError(f"{prefix}coco_captions needs {prefix}coco_instances and {prefix}synonyms (the "
+                             "reference captions' objects join the instance categories through the synonyms)")
 
 
 @dataclasses.dataclass(frozen=True)
