@@ -347,8 +347,9 @@ def official_amber(rows):
 
 
 def test_amber_per_type_no_positive():
+    """POPE's parsing and exact ratios (the world's defaults; AMBER's own are in test_amber_official.py)."""
     answers, labels, types = zip(*AMBER_ROWS)
-    out = amber.amber_metrics(answers, labels, types)
+    out = amber.amber_metrics(answers, labels, types, parsing="pope", scores="exact")
     ex, attr, count, rel = (out["by_type"][k] for k in ("existence", "attribute", "count", "relation"))
     assert list(out["by_type"]) == ["existence", "attribute", "count", "relation"]
     assert (ex["tp"], ex["fp"], ex["tn"], ex["fn"]) == (1, 1, 1, 1)
@@ -371,13 +372,13 @@ def test_amber_strict_matches_official_and_type_names():
     rows = AMBER_ROWS + [("No.", "no", "existence"), ("yes", "yes", "relation")]
     answers, labels, _ = zip(*rows)
     types = ["discriminative-hallucination"] * len(rows)
-    out = amber.amber_metrics(answers, labels, types, strict=True)
+    out = amber.amber_metrics(answers, labels, types, parsing="strict", scores="exact")
     assert list(out["by_type"]) == ["existence"]
     reference = official_amber(rows)
     for key, value in reference.items():
         assert out["overall"][key] == pytest.approx(value), key
         assert out["by_type"]["existence"][key] == pytest.approx(value), key
-    lenient = amber.amber_metrics(answers, labels, types)
+    lenient = amber.amber_metrics(answers, labels, types, parsing="pope", scores="exact")
     assert lenient["overall"]["accuracy"] > out["overall"]["accuracy"]  # "No." and "yes" count when parsed
     with pytest.raises(ValueError):
         amber.amber_metrics(answers, labels, types[:-1])

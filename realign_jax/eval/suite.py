@@ -124,10 +124,8 @@ def run_chair(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks
     return scores | {"protocol": protocol}
 
 
-def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
-    """AMBER-style yes/no probes by type with "No" as the positive class (world only)."""
-    if not section.world:
-        raise ValueError("eval.benchmarks=amber needs eval.world (the AMBER files are not read yet)")
+def _world_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None) -> dict[str, Any]:
+    """The world's AMBER-style probes by type."""
     questions = _world(world).amber_questions(section.world, seed=section.seed)
     if section.max_images:
         kept = set(sorted({q["image"] for q in questions})[: section.max_images])
@@ -135,7 +133,67 @@ def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks
     answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
                               desc="amber")
     _write_jsonl(os.path.join(out, "amber.jsonl"), [q | {"answer": a} for q, a in zip(questions, answers)])
-    return amber.amber_metrics(answers, [q["label"] for q in questions], [q["type"] for q in questions])
+    reading = _amber_reading(section, on_files=False)
+    return amber.amber_metrics(answers, [q["label"] for q in questions], [q["type"] for q in questions],
+                               **reading) | reading
+
+
+def _amber_reading(section: Any, on_files: bool) -> dict[str, str]:
+    return {"parsing": _resolve(section.amber_parsing, on_files, "strict", "pope"),
+            "pooling": section.amber_attribute_pooling,
+            "scores": _resolve(section.amber_scores, on_files, "official", "exact")}
+
+
+def _amber_queries(section: Any, files: amber.AmberFiles) -> list[dict[str, Any]]:
+    """The queries with their images resolved (against eval.image_folder, else the AMBER folder)
+    and their annotations, the first `eval.max_images` images (0 = all)."""
+    folder = section.image_folder or section.amber_dir
+    queries = [q | {"image": os.path.join(folder, q["image"]), "annotation": files.annotation(q["id"])}
+               for q in files.queries]
+    if section.max_images:
+        kept = set(sorted({q["image"] for q in queries})[: section.max_images])
+        queries = [q for q in queries if q["image"] in kept]
+    return queries
+
+
+def _amber_files(answerer: Answerer, section: Any, out: str) -> dict[str, Any]:
+    """AMBER's own queries: descriptions scored by its generative part, yes/no by its discriminative
+    part. Also writes the responses as the official inference.py reads them (amber_responses.json)."""
+    files = amber.read_amber_dir(section.amber_dir)
+    queries = _amber_queries(section, files)
+    reading = _amber_reading(section, on_files=True)
+    generative = [q for q in queries if q["annotation"]["type"] == "generative"]
+    asked = [q for q in queries if q["annotation"]["type"] != "generative"]
+    for kind, part, tokens in (("generative", generative, section.caption_tokens),
+                               ("discriminative", asked, section.answer_tokens)):
+        responses = answerer.answer([(q["image"], q["query"]) for q in part], max_new_tokens=tokens,
+                                    desc=f"amber/{kind}") if part else []
+        for q, response in zip(part, responses):
+            q["response"] = response
+    _write_jsonl(os.path.join(out, "amber.jsonl"), [{k: v for k, v in q.items() if k != "annotation"} | {
+        "type": q["annotation"]["type"]} for q in queries])
+    with open(os.path.join(out, "amber_responses.json"), "w") as f:
+        json.dump([{"id": q["id"], "response": q["response"]} for q in queries], f)
+    results: dict[str, Any] = dict(reading)
+    if generative:
+        results["generative"] = amber.amber_generative(
+            [q["response"] for q in generative], [q["annotation"] for q in generative], files.association,
+            files.safe_words, scores=reading["scores"], starts=files.starts)
+        _write_jsonl(os.path.join(out, "amber_generative.jsonl"), results["generative"].pop("responses"))
+    if asked:
+        results |= amber.amber_metrics([q["response"] for q in asked], [q["annotation"]["truth"] for q in asked],
+                                       [q["annotation"]["type"] for q in asked], starts=files.starts, **reading)
+    return results
+
+
+def run_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None = None) -> dict[str, Any]:
+    """AMBER on its own files (eval.amber_dir), or AMBER-style yes/no probes by type on the world,
+    with "No" as the positive class."""
+    if section.amber_dir:
+        return _amber_files(answerer, section, out)
+    if not section.world:
+        raise ValueError("eval.benchmarks=amber needs eval.amber_dir (AMBER's data folder) or eval.world")
+    return _world_amber(answerer, section, out, world)
 
 
 BENCHMARKS: dict[str, Callable[[Answerer, Any, str, WorldBenchmarks | None], dict[str, Any]]] = {
@@ -154,8 +212,13 @@ def table(results: dict[str, Any]) -> list[str]:
         s = results["chair"]
         lines.append(f"CHAIR              CHAIR_s {s['chair_s']:.3f}  CHAIR_i {s['chair_i']:.3f}  "
                      f"recall {s['recall']:.3f}  mean length {s['mean_length']:.1f}")
-    if "amber" in results:
-        for name, s in [("overall", results["amber"]["overall"]), *results["amber"]["by_type"].items()]:
+    amber_scores = results.get("amber", {})
+    if "generative" in amber_scores:
+        s = amber_scores["generative"]
+        lines.append(f"AMBER generative   CHAIR {s['chair']:.3f}  Cover {s['cover']:.3f}  Hal {s['hal']:.3f}  "
+                     f"Cog {s['cog']:.3f}")
+    if "overall" in amber_scores:
+        for name, s in [("overall", amber_scores["overall"]), *amber_scores["by_type"].items()]:
             lines.append(f"AMBER {name:<12} acc {s['accuracy']:.3f}  prec {s['precision']:.3f}  rec {s['recall']:.3f}"
                          f"  F1 {s['f1']:.3f}  (No positive)")
     return lines

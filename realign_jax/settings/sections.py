@@ -377,6 +377,9 @@ class OnlineBdhsSettings(BdhsSampling):
 EVAL_BENCHMARKS = ("amber", "chair", "pope")  # eval/suite.py BENCHMARKS runs each
 # auto: the official reading on the benchmark's own files, the corrected one on the synthetic world
 CHAIR_PROTOCOLS = ("auto", "official", "corrected")  # eval/chair.py PROTOCOLS, plus auto
+AMBER_PARSINGS = ("auto", "strict", "pope")  # eval/amber.py PARSINGS, plus auto
+AMBER_POOLINGS = ("official", "split")  # eval/amber.py POOLINGS
+AMBER_SCORES = ("auto", "official", "exact")  # eval/amber.py SCORES, plus auto
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,7 +395,20 @@ class EvalSettings:
                                       "singulariser and synonym split, quirks included: published numbers) | "
                                       "corrected | auto = official on COCO, corrected on the world",
                               choices=CHAIR_PROTOCOLS)
-    image_folder: str = key("", "images of the POPE file / COCO instances (empty: the POPE file's own folder)")
+    amber_dir: str = key("", "AMBER's data folder (annotations.json, relation.json, safe_words.txt, "
+                             "metrics.txt, query/query_all.json) instead of the world's probes")
+    amber_parsing: str = key("auto", "AMBER's yes/no reading: strict (the official: exactly 'Yes' / 'No') | pope "
+                                     "(POPE's rule) | auto = strict on amber_dir, pope on the world",
+                             choices=AMBER_PARSINGS)
+    amber_attribute_pooling: str = key("official", "AMBER's attribute row: official (state + number + action, "
+                                                   "each also reported) | split (state + action as attribute, "
+                                                   "number as count)", choices=AMBER_POOLINGS)
+    amber_scores: str = key("auto", "AMBER's arithmetic: official (metrics.txt's 0.001 starting denominators, "
+                                    "0.1-point rounding, F1 from rounded P and R plus the official epsilon) | "
+                                    "exact | auto = official on amber_dir, exact on the world",
+                            choices=AMBER_SCORES)
+    image_folder: str = key("", "images of the POPE file / COCO instances / AMBER queries (empty: the POPE "
+                                "file's or the AMBER folder's own folder)")
     max_images: int = key(0, "images of the split evaluated; 0 = all", least=0)
     pope_per_image: int = key(3, "POPE questions per image and split", least=1)
     seed: int = key(0, "question sampling seed", least=0)
