@@ -257,7 +257,8 @@ def test_singularize_regular_and_irregular_plurals():
     cases = {"dogs": "dog", "puppies": "puppy", "ties": "tie", "benches": "bench", "glasses": "glass",
              "boxes": "box", "buses": "bus", "knives": "knife", "shelves": "shelf", "women": "woman",
              "people": "person", "children": "child", "mice": "mouse", "sheep": "sheep", "scissors": "scissors",
-             "skis": "skis", "bus": "bus", "glass": "glass", "horses": "horse", "policemen": "policeman"}
+             "skis": "skis", "bus": "bus", "glass": "glass", "horses": "horse", "policemen": "policeman",
+             "tvs": "tv"}
     assert {w: chair.singularize(w) for w in cases} == cases
 
 

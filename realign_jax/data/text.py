@@ -59,7 +59,8 @@ _IRREGULAR_PLURALS = {"knife": "knives", "gateau": "gateaux"}
 _IRREGULAR_SINGULARS = {"people": "person", "men": "man", "women": "woman", "children": "child", "feet": "foot",
                         "teeth": "tooth", "mice": "mouse", "geese": "goose", "oxen": "ox", "knives": "knife",
                         "wives": "wife", "lives": "life", "leaves": "leaf", "loaves": "loaf", "scarves": "scarf",
-                        "hooves": "hoof", "buses": "bus", "busses": "bus", "dice": "die", "cacti": "cactus"}
+                        "hooves": "hoof", "buses": "bus", "busses": "bus", "dice": "die", "cacti": "cactus",
+                        "tvs": "tv"}  # three letters, below the suffix rules' reach
 _UNINFLECTED = {"sheep", "deer", "fish", "scissors", "series", "species", "bison", "pants", "jeans"}
 
 
