@@ -34,8 +34,8 @@ QUIRKS = {
     "Two buses wait behind a bus.": (["bus"], ["bus", "bus"]),
     # pattern: 'ties' -> 'ty' (its 'tie' exception never fires); 'bow tie' merges to tie
     "A man wearing ties and a bow tie.": (["person", "tie"], ["person", "tie", "tie"]),
-    # pattern: 'tvs' -> 'tv'; the corrected singulariser keeps three-letter words
-    "Two tvs on a desk.": (["tv", "dining table"], ["dining table"]),
+    # pattern: 'tvs' -> 'tv', and so does the corrected reading
+    "Two tvs on a desk.": (["tv", "dining table"], ["tv", "dining table"]),
     # the official split keeps ' motor bike', so the merged 'motor bike' is no object
     "A man rides a motor bike next to a scooter.": (["person", "motorcycle"], ["person", "motorcycle", "motorcycle"]),
     # ... and ' cheesecake'
@@ -78,7 +78,7 @@ def test_object_lists_per_protocol(synonyms_path, caption):
 
 def test_quirk_captions_tell_the_protocols_apart():
     differ = [c for c, (official, corrected) in QUIRKS.items() if official != corrected]
-    assert len(differ) == 7
+    assert len(differ) == 6  # "tvs" now reads "tv" under both
 
 
 def test_pattern_singularize():
@@ -100,19 +100,19 @@ def test_nltk_word_tokenize():
 
 CAPTIONS = [{"image": "a.jpg", "text": "A man wearing ties and a bow tie."},
             {"image": "b.jpg", "text": "A stove top oven."},
-            {"image": "c.jpg", "text": "Two tvs on a desk."}]
+            {"image": "c.jpg", "text": "A bus by a desk."}]
 TRUTH = {"a.jpg": ["tie"], "b.jpg": ["oven"], "c.jpg": ["dining table"]}
 
 
 def test_chair_numbers_per_protocol(synonyms_path):
     official = chair.chair(CAPTIONS, TRUTH, chair.read_synonyms(synonyms_path, "official"), protocol="official")
-    # mentions: [person, tie], [oven, oven], [tv, dining table]; person and tv hallucinated
-    assert (official["mentions"], official["hallucinated"]) == (6, 2)
-    assert (official["chair_i"], official["chair_s"], official["recall"]) == (pytest.approx(2 / 6), 2 / 3, 1.0)
+    # mentions: [person, tie], [oven, oven], [dining table] ('bus' reads 'bu'); person hallucinated
+    assert (official["mentions"], official["hallucinated"]) == (5, 1)
+    assert (official["chair_i"], official["chair_s"], official["recall"]) == (pytest.approx(1 / 5), 1 / 3, 1.0)
     corrected = chair.chair(CAPTIONS, TRUTH, chair.read_synonyms(synonyms_path, "corrected"))
-    # mentions: [person, tie, tie], [oven], [dining table]; person hallucinated
-    assert (corrected["mentions"], corrected["hallucinated"]) == (5, 1)
-    assert (corrected["chair_i"], corrected["chair_s"], corrected["recall"]) == (pytest.approx(1 / 5), 1 / 3, 1.0)
+    # mentions: [person, tie, tie], [oven], [bus, dining table]; person and bus hallucinated
+    assert (corrected["mentions"], corrected["hallucinated"]) == (6, 2)
+    assert (corrected["chair_i"], corrected["chair_s"], corrected["recall"]) == (pytest.approx(2 / 6), 2 / 3, 1.0)
 
 
 def write_coco(tmp_path):
