@@ -1,6 +1,6 @@
 """A tiny random LLaVA with a real tokenizer, in Hugging Face format, written by one command:
 
-    python -m realign_jax.tiny_checkpoint /tmp/tiny_llava --text examples/own_data/pairs.jsonl
+    python -m realign_jax.tiny_checkpoint /tmp/tiny_llava --text examples/own_data/pairs.jsonl examples/own_data/sft.jsonl
 
 A random model of the `tiny` preset alone has no tokenizer, yet the record sources, the pair
 builders, generation and evaluation all need one. This folder has everything a real LLaVA
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import string
 from collections.abc import Iterator, Sequence
 
@@ -48,13 +47,17 @@ What is the person holding? The person is holding an umbrella. The room has a be
 
 
 def record_texts(paths: Sequence[str]) -> Iterator[str]:
-    """Each record's question with each of its answers, as the chat template renders them."""
+    """Each record's question with each of its answers, as the chat template renders them. A line
+    that is no JSON object only teaches the tokenizer nothing (`mode=inspect` names bad records)."""
     for path in paths:
         with open(path, encoding="utf-8") as f:
             for line in f:
-                if not line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
                     continue
-                record = json.loads(line)
+                if not isinstance(record, dict):
+                    continue
                 turns = record.get("messages") if isinstance(record.get("messages"), list) else []
                 question = " ".join([str(t.get("content", "")) for t in turns if isinstance(t, dict)]
                                     + [record[k] for k in QUESTION_FIELDS if isinstance(record.get(k), str)])
@@ -70,13 +73,15 @@ def write_tiny_checkpoint(out: str, texts: Sequence[str] = (), seed: int = 0) ->
     tokenizer = train_tokenizer(corpus, config.text.vocab_size)
     save_tokenizer(tokenizer, out)  # first: the processor files take its chat template
     size = config.vision.image_size
-    hf.save_pretrained(LlavaModel(config, rngs=nnx.Rngs(seed)), out,
-                       image_processing=ImageProcessing(size=size, shortest_edge=size))
+    # Padded to a square as LLaVA-1.5 was trained, so a wide picture is seen whole, not centre-cropped.
+    processing = ImageProcessing(size=size, shortest_edge=size, pad_to_square=True)
+    hf.save_pretrained(LlavaModel(config, rngs=nnx.Rngs(seed)), out, image_processing=processing)
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Write a random tiny LLaVA with a tokenizer and processor files "
+                                     "(Hugging Face format) for dry runs of every mode.")
     parser.add_argument("out", help="the folder to write (created; files there are replaced)")
     parser.add_argument("--text", nargs="*", default=[], help="JSONL records whose questions and answers the "
                         "tokenizer also learns from (shorter rows for your own data)")

@@ -32,6 +32,7 @@ def test_a_complete_llava_folder(folder: pathlib.Path) -> None:
     config = preset("tiny")
     assert tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id == len(tokenizer) - 1
     assert hf.load_pretrained(str(folder)).config.text.vocab_size == config.text.vocab_size
+    assert processor.image_processor.do_pad  # LLaVA-1.5's pad-to-square: the wide examples are seen whole
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": "<image>\nDescribe the image."}],
                                              tokenize=False, add_generation_prompt=True)
     assert rendered == "USER: <image>\nDescribe the image. ASSISTANT:"
@@ -47,7 +48,9 @@ def test_a_complete_llava_folder(folder: pathlib.Path) -> None:
 
 def test_the_same_arguments_write_the_same_files(folder: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
     again = tmp_path / "again"
-    main([str(again), "--text", *RECORDS])
+    main([str(again), "--text", *RECORDS, str(EXAMPLES / "bad_pairs.jsonl")])  # its broken line teaches nothing
+    assert json.loads((again / "tokenizer.json").read_text()) != json.loads((folder / "tokenizer.json").read_text())
+    main([str(again), "--text", *RECORDS])  # over the folder: files replaced
     assert f"--config.model.path={again}" in capsys.readouterr().out
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(p.name for p in again.iterdir())
