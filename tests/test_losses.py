@@ -28,6 +28,9 @@ def reference_numpy(name, p, r, lengths, nll, cfg):
     b = cfg.beta
     if name == "dpo":
         rows = sig(b * (d("chosen") - d("rejected")))
+    elif name == "robust":
+        h, e = b * (d("chosen") - d("rejected")), cfg.label_smoothing
+        rows = (-(1 - e) * logsig(h) + e * logsig(-h)) / (1 - 2 * e)
     elif name == "ipo":
         rows = (d("chosen", True) - d("rejected", True) - 1 / (2 * b)) ** 2
     elif name == "hinge":
@@ -42,7 +45,12 @@ def reference_numpy(name, p, r, lengths, nll, cfg):
     elif name == "povid_weighted":
         a, b1, b2 = cfg.povid_weights
         rows = sig(b * (a * d("chosen") - (b1 * d("rejected") + b2 * d("rejected_noisy"))))
-    return rows.mean() + cfg.sft_weight * nll.mean()
+    return rows.mean() + cfg.sft_weight * sft_numpy(p, lengths, nll, cfg.sft_normalize)
+
+
+def sft_numpy(p, lengths, nll, normalize):
+    """example: the mean of each answer's token-mean NLL; token: all chosen tokens' mean (TRL)."""
+    return -p["chosen"].sum() / lengths["chosen"].sum() if normalize == "token" else nll.mean()
 
 
 def _batch():
@@ -63,10 +71,11 @@ CONFIGS = [
     LossConfig(),
     LossConfig(beta=0.5, label_smoothing=0.1, length_normalize=True, sft_weight=0.3, visual_weight=0.5,
                mdpo_anchor_delta=0.2, povid_weights=(1.0, 0.7, 0.3)),
+    LossConfig(label_smoothing=0.2, sft_weight=0.3, sft_normalize="token"),
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=["defaults", "options"])
+@pytest.mark.parametrize("cfg", CONFIGS, ids=["defaults", "options", "sft_token"])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_value_and_gradient_match_numpy(name, cfg):
     p, r, lengths, nll = _batch()
@@ -127,3 +136,42 @@ def test_bad_loss_config_names_the_key(kwargs, key):
 def test_unknown_loss_name_lists_the_choices():
     with pytest.raises(ValueError, match="rdpo"):
         get_loss("dpo2")
+
+
+def test_robust_is_trls_unbiased_loss_not_conservative_dpo():
+    """robust: (-(1-e) logsig(h) + e logsig(-h)) / (1-2e); cDPO (dpo + label_smoothing):
+    -(1-e) logsig(h) - e logsig(-h). Equal at e = 0, apart for e > 0."""
+    p, r, lengths, nll = _batch()
+    rows, ref = _as_rows(p, lengths, nll), {k: np.float32(v) for k, v in r.items()}
+    h = 0.1 * ((p["chosen"] - r["chosen"]) - (p["rejected"] - r["rejected"]))
+    for e in (0.0, 0.1, 0.3):
+        cfg = LossConfig(label_smoothing=e)
+        robust, cdpo = float(get_loss("robust")(rows, ref, cfg)[0]), float(get_loss("dpo")(rows, ref, cfg)[0])
+        np.testing.assert_allclose(robust, np.mean((-(1 - e) * logsig(h) + e * logsig(-h)) / (1 - 2 * e)), rtol=1e-5)
+        np.testing.assert_allclose(cdpo, np.mean(-(1 - e) * logsig(h) - e * logsig(-h)), rtol=1e-5)
+        if e:
+            assert abs(robust - cdpo) > 1e-2, e
+        else:
+            np.testing.assert_allclose(robust, cdpo, rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", ["example", "token"])
+def test_sft_term_normalises_per_example_or_per_token(normalize):
+    """Answers of 2 and 30 tokens: the example mean weighs both answers alike, the token mean
+    weighs each token alike, so the long answer dominates."""
+    p, r, _, _ = _batch()
+    lengths = {k: np.array([2, 30, 2, 30, 5, 9], np.float64) for k in KINDS}
+    p["chosen"] = -lengths["chosen"] * np.array([4.0, 0.5, 4.0, 0.5, 1.0, 2.0])  # per-token NLLs 4, 0.5, ...
+    nll = -p["chosen"] / lengths["chosen"]
+    cfg = LossConfig(sft_weight=1.0, sft_normalize=normalize)
+    ref = {k: np.float32(v) for k, v in r.items()}
+    loss, metrics = get_loss("dpo")(_as_rows(p, lengths, nll), ref, cfg)
+    expected = {"example": nll.mean(), "token": -p["chosen"].sum() / lengths["chosen"].sum()}
+    np.testing.assert_allclose(float(metrics["nll/chosen"]), expected[normalize], rtol=1e-5)
+    np.testing.assert_allclose(float(loss), reference_numpy("dpo", p, r, lengths, nll, cfg), rtol=1e-5)
+    assert abs(expected["example"] - expected["token"]) > 0.5
+
+
+def test_bad_sft_normalize_names_the_key():
+    with pytest.raises(ValueError, match="loss.sft_normalize='sum'"):
+        LossConfig(sft_normalize="sum")

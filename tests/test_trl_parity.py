@@ -56,8 +56,9 @@ class _StubPolicy(torch.nn.Module):
                                      is_top1=torch.zeros(per_token.shape, dtype=torch.bool))
 
 
-def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0):
-    """TRL's DPOTrainer._compute_loss on these log-probs: (loss, logged eval metrics)."""
+def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.0):
+    """TRL's DPOTrainer._compute_loss on these log-probs: (loss, logged eval metrics); with
+    `sft_weight`, `loss_type=[loss_type, "sft"]` weighted [1, sft_weight] (TRL's RPO term)."""
     length = np.concatenate([lengths["chosen"], lengths["rejected"]]).astype(int)
     seq_len = PROMPT_LEN + int(length.max()) + 1
     positions = np.arange(seq_len)
@@ -73,8 +74,8 @@ def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0):
         device=torch.device("cpu"), gather=lambda t: t, gather_for_metrics=lambda t: t)
     trainer.beta = beta
     trainer.label_smoothing = label_smoothing
-    trainer.loss_types = [loss_type]
-    trainer.loss_weights = [1.0]
+    trainer.loss_types = [loss_type, "sft"] if sft_weight else [loss_type]
+    trainer.loss_weights = [1.0, sft_weight] if sft_weight else [1.0]
     trainer.f_divergence_type = "reverse_kl"  # standard DPO
     trainer.ld_alpha = None  # no LD-DPO length desensitisation
     trainer.use_weighting = False  # no WPO weighting
@@ -96,12 +97,12 @@ def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0):
     return float(loss), metrics
 
 
-def our_loss(name, logps, lengths, beta, label_smoothing=0.0):
+def our_loss(name, logps, lengths, beta, label_smoothing=0.0, **options):
     policy = {"chosen": logps["policy_chosen"], "rejected": logps["policy_rejected"],
               "length_chosen": lengths["chosen"], "length_rejected": lengths["rejected"],
-              "nll_chosen": np.zeros(N, np.float32)}
+              "nll_chosen": -logps["policy_chosen"] / lengths["chosen"]}
     reference = {"chosen": logps["ref_chosen"], "rejected": logps["ref_rejected"]}
-    loss, metrics = get_loss(name)(policy, reference, LossConfig(beta=beta, label_smoothing=label_smoothing))
+    loss, metrics = get_loss(name)(policy, reference, LossConfig(beta=beta, label_smoothing=label_smoothing, **options))
     return float(loss), {k: float(v) for k, v in metrics.items()}
 
 
@@ -153,3 +154,28 @@ def test_ipo_loss_matches_trl(beta, seed):
     theirs, their_metrics = trl_loss(logps, lengths, beta, "ipo")
     np.testing.assert_allclose(ours, theirs, **TOL)
     _assert_metrics_match(our_metrics, their_metrics)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_robust_matches_trl(eps, seed):
+    """loss.name=robust is TRL's "robust" (Chowdhury et al. 2024) at label_smoothing = eps."""
+    logps, lengths = _batch(seed)
+    ours, our_metrics = our_loss("robust", logps, lengths, 0.1, label_smoothing=eps)
+    theirs, their_metrics = trl_loss(logps, lengths, 0.1, "robust", label_smoothing=eps)
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    _assert_metrics_match(our_metrics, their_metrics)
+    if eps:  # and it is not conservative DPO
+        assert abs(ours - our_loss("dpo", logps, lengths, 0.1, label_smoothing=eps)[0]) > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_token_mean_sft_term_matches_trl(seed):
+    """loss.sft_normalize=token is TRL's "sft" term (all chosen tokens of the batch averaged);
+    the default per-example mean is not, when the answers' lengths differ."""
+    logps, lengths = _batch(seed)
+    theirs, _ = trl_loss(logps, lengths, 0.1, "sigmoid", sft_weight=0.5)
+    ours, _ = our_loss("dpo", logps, lengths, 0.1, sft_weight=0.5, sft_normalize="token")
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    example, _ = our_loss("dpo", logps, lengths, 0.1, sft_weight=0.5)
+    assert abs(example - theirs) > 1e-3

@@ -6,8 +6,9 @@ reference, keyed by row kind:
   rejected          lp(y_l | x, v)
   chosen_alt_image  lp(y_w | x, v_l)  (rDPO's retrieved image, mDPO's corrupted image)
   rejected_noisy    lp(y_noisy | x, v) (POVID's noise-triggered response)
-and, per kind, the response token count `length_<kind>` (for length normalisation) and the
-policy's token-mean NLL of the chosen answer `nll_chosen` (for the SFT term).
+and, per kind, the response token count `length_<kind>` (for length normalisation and the
+token-mean SFT term) and the policy's token-mean NLL of each chosen answer `nll_chosen` (for the
+example-mean SFT term).
 Losses never see a model; beta is applied exactly once, inside `_margin`.
 """
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 Rows = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
+SFT_NORMALIZE = ("example", "token")
 
 
 def _key(default: Any, meaning: str) -> Any:
@@ -34,9 +36,13 @@ class LossConfig:
     """Hyperparameters shared by the registry (docs/methods.md defaults)."""
 
     beta: float = _key(0.1, "strength of the KL tie to the reference")
-    label_smoothing: float = _key(0.0, "conservative DPO epsilon (cDPO; not TRL's robust loss), in [0, 0.5)")
+    label_smoothing: float = _key(0.0, "epsilon in [0, 0.5): conservative DPO (cDPO) on every sigmoid term, or "
+                                       "the label-noise rate of loss.name=robust (TRL's robust loss)")
     length_normalize: bool = _key(False, "divide each log-ratio by its response length")
     sft_weight: float = _key(0.0, "alpha of the added NLL(y_w) term")
+    sft_normalize: str = _key("example", "the SFT term's NLL(y_w): example (each answer's token mean, then the "
+                                         "mean over examples: RPO's paper) | token (the mean over all chosen "
+                                         "tokens of the micro-batch: TRL)")
     visual_weight: float = _key(1.0, "rDPO's w_v: weight of the visual preference term")
     mdpo_anchor_delta: float = _key(0.0, "mDPO's anchor: the chosen reward is pushed above this")
     povid_weights: tuple[float, float, float] = _key((1.0, 1.0, 1.0), "povid_weighted's a, b1, b2")
@@ -46,6 +52,8 @@ class LossConfig:
             raise ValueError(f"loss.beta={self.beta} must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.sft_normalize not in SFT_NORMALIZE:
+            raise ValueError(f"loss.sft_normalize={self.sft_normalize!r}: choose one of {SFT_NORMALIZE}")
 
 
 def _ratio(policy: Rows, reference: Rows, kind: str, config: LossConfig) -> jax.Array:
@@ -89,11 +97,24 @@ def _two_terms(policy: Rows, reference: Rows, config: LossConfig, second: str,
     return h_first, _margin(policy, reference, "chosen", second, config), metrics
 
 
+def sft_nll(policy: Rows, config: LossConfig) -> jax.Array:
+    """NLL(y_w) of the SFT / RPO term. `example` (the default) is RPO's paper (arXiv 2404.19733):
+    each answer's NLL divided by its own length, then the mean over pairs, so a long answer
+    weighs as much as a short one. `token` is TRL's (`loss_type=["sigmoid", "sft"]`, formerly
+    `rpo_alpha`): the chosen tokens' log-probs summed over the batch, divided by their count.
+    Under train.grad_accum each micro-batch is a batch of its own, as in TRL: `token` is the
+    token mean of each micro-batch (over all devices), and the step averages the micro-batches'
+    means, which equals the whole batch's token mean only when they hold equal token counts."""
+    if config.sft_normalize == "token":
+        return -jnp.sum(policy["chosen"]) / jnp.maximum(jnp.sum(policy["length_chosen"]), 1)
+    return jnp.mean(policy["nll_chosen"])
+
+
 def _finish(per_row: jax.Array, policy: Rows, config: LossConfig, metrics: Metrics) -> tuple[jax.Array, Metrics]:
     """Mean over rows, plus the optional SFT term alpha * NLL(y_w)."""
     loss = jnp.mean(per_row)
     if config.sft_weight:
-        nll = jnp.mean(policy["nll_chosen"])
+        nll = sft_nll(policy, config)
         loss = loss + config.sft_weight * nll
         metrics["nll/chosen"] = nll
     metrics["loss"] = loss
@@ -104,6 +125,17 @@ def dpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, M
     """Sigmoid DPO with optional label smoothing (conservative DPO)."""
     h = _margin(policy, reference, "chosen", "rejected", config)
     return _finish(_sigmoid(h, config), policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+
+
+def robust(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """Robust DPO (Chowdhury et al. 2024, TRL's `loss_type="robust"`), eps = label_smoothing:
+    (-(1-eps) logsig(h) + eps logsig(-h)) / (1 - 2 eps). Unlike cDPO's -(1-eps) logsig(h)
+    - eps logsig(-h), its flipped term enters with a plus sign: an unbiased estimate of the
+    clean-label loss when labels flip with probability eps, not a smoothed target."""
+    h = _margin(policy, reference, "chosen", "rejected", config)
+    eps = config.label_smoothing
+    per_row = (-(1 - eps) * jax.nn.log_sigmoid(h) + eps * jax.nn.log_sigmoid(-h)) / (1 - 2 * eps)
+    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
 
 
 def ipo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
@@ -166,7 +198,8 @@ class LossSpec:
 
 _PAIR = ("chosen", "rejected")
 LOSSES: dict[str, LossSpec] = {
-    "dpo": LossSpec(dpo, _PAIR), "ipo": LossSpec(ipo, _PAIR), "hinge": LossSpec(hinge, _PAIR),
+    "dpo": LossSpec(dpo, _PAIR), "robust": LossSpec(robust, _PAIR), "ipo": LossSpec(ipo, _PAIR),
+    "hinge": LossSpec(hinge, _PAIR),
     "rdpo": LossSpec(rdpo, (*_PAIR, "chosen_alt_image")), "mdpo": LossSpec(mdpo, (*_PAIR, "chosen_alt_image")),
     "povid": LossSpec(povid, (*_PAIR, "rejected_noisy")),
     "povid_weighted": LossSpec(povid_weighted, (*_PAIR, "rejected_noisy")),
