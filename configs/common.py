@@ -70,7 +70,8 @@ def povid_noise(settings: runs.TrainSettings) -> runs.TrainSettings:
 
 
 def mdpo(settings: runs.TrainSettings) -> runs.TrainSettings:
-    """mDPO's conditional term reads a random crop of the image (its image corruption)."""
+    """mDPO's conditional term reads a random crop of the image (its image corruption). mdpo
+    implies it (loss.alt_image=auto); it is named here so the recipe's config says it."""
     return replace(settings, loss__name="mdpo", loss__alt_image="crop")
 
 

@@ -8,7 +8,8 @@ in about a minute on 2 CPU cores; it proves the machinery, not a result:
 Expected: the loss falls from ~0.693 and `rewards/accuracies` rises towards 1 within the 40
 steps; `<workdir>/metrics.jsonl`, TensorBoard events under `<workdir>/tensorboard`, Orbax
 checkpoints under `<workdir>/checkpoints` and the merged model in Hugging Face format under
-`<workdir>/export`. Variants: `configs/train_llava.py:loss=rdpo` (or mdpo, povid, ipo, hinge, ...).
+`<workdir>/export`. Variants: `configs/train_llava.py:loss=rdpo` (or mdpo, which reads its random
+crop by itself, povid, robust, ipo, hinge, ...).
 Real runs: `--config.model.path=/ckpt/llava-1.5-7b-hf --config.model.dtype=bfloat16` and a data
 source from the data issue; the papers' settings are LoRA r=128/alpha=256, lr 1e-5 (projector
 2e-5), beta 0.1, batch 32, warm-up 3%, cosine, 1 epoch.
@@ -18,7 +19,7 @@ import ml_collections
 
 import common  # configs/common.py: realign_jax.cli puts this folder on the import path
 
-LOSSES = ("dpo", "ipo", "hinge", "rdpo", "mdpo", "povid", "povid_weighted")
+LOSSES = ("dpo", "robust", "ipo", "hinge", "rdpo", "mdpo", "povid", "povid_weighted")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

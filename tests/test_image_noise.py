@@ -111,39 +111,6 @@ def test_argmax_scoring_needs_no_noisy_text(tokenizer, tmp_path):
         batch.encode(record, "r")
 
 
-def test_mdpo_crop_is_a_small_random_crop_of_the_image(tokenizer, tmp_path):
-    """loss.alt_image='crop': image slot 1 is mDPO's corruption, a random crop keeping 1-20% of
-    the record's own image (its rejected_image is not read), drawn from the example's stream."""
-    from PIL import Image
-
-    from realign_jax.data import images as image_ops
-
-    path = write_dataset(tmp_path, [good_record(0) | {"image": "ramp.png", "rejected_image": None}])
-    ramp = np.add.outer(np.arange(48), np.arange(80)).astype(np.uint8) * 2  # every crop looks different
-    Image.fromarray(np.stack([ramp, 255 - ramp, ramp // 2], -1)).save(tmp_path / "ramp.png")
-    record = JsonlSource(path)[0]
-    config = EncoderConfig(kinds=("chosen", "rejected", "chosen_alt_image"), num_images=2, seq_len=64,
-                           num_image_tokens=16, second_image="cropped")
-    pixels = ExampleEncoder(tokenizer, SPEC, config).encode(record, "r", np.random.default_rng(4))["pixel_values"]
-    expected = image_ops.preprocess(image_ops.random_crop(image_ops.load_image(record.image), np.random.default_rng(4)),
-                                    SPEC)
-    np.testing.assert_array_equal(pixels[1], expected)
-    assert not np.array_equal(pixels[1], pixels[0])
-    shares = []
-    for seed in range(200):
-        crop = image_ops.random_crop(Image.new("RGB", (100, 60)), np.random.default_rng(seed))
-        shares.append(crop.width * crop.height / 6000)
-    assert 0.009 <= min(shares) and max(shares) <= 0.21 and np.std(shares) > 0.03
-
-
-def test_crop_needs_a_loss_with_a_visual_term():
-    from realign_jax.train.rows import RowLayout
-
-    assert RowLayout.for_objective("mdpo", alt_image="crop").num_images == 2
-    with pytest.raises(ValueError, match="loss.alt_image='crop' needs a loss with a visual term"):
-        RowLayout.for_objective("dpo", alt_image="crop")
-
-
 def _torchvision_povid_noise(image, t, noise):
     """POVID's training code on one image, with torchvision's ToTensor / ToPILImage written out
     in torch ops (torchvision is not installed): `img.permute(2, 0, 1).float().div(255)`, the

@@ -3,9 +3,11 @@
 Each row kind is the record's conversation plus one answer, tokenised with the checkpoint's
 chat template (image placeholder expanded to the model's image tokens) and right-padded to
 `seq_len`; `loss_mask` marks exactly the answer tokens. Image slot 0 is the record's image,
-slot 1 the rejected image (rDPO, mDPO) or, for POVID's argmax scoring, the record's image
-with diffusion noise (data/image_noise.py). Over-long rows are cut from the end of the answer,
-never inside the prompt and so never through the image tokens, or dropped, by config.
+slot 1 the rejected image (rDPO), mDPO's random crop of the record's image (data/images.py
+`random_resized_crop`; slot 2 a second one under loss.crop_per_forward) or, for POVID's argmax
+scoring, the record's image with diffusion noise (data/image_noise.py). Over-long rows are
+cut from the end of the answer, never inside the prompt and so never through the image
+tokens, or dropped, by config.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ class EncodedRow:
 @dataclasses.dataclass(frozen=True)
 class EncoderConfig:
     kinds: tuple[str, ...]
-    num_images: int  # 1, or 2 when a row or the noisy scoring needs slot 1
+    num_images: int  # 1, 2 when a row or the noisy scoring needs slot 1, 3 for mDPO's per-forward crops
     seq_len: int
     num_image_tokens: int
     truncation: str = "response"  # response | drop
-    # slot 1: rejected_image (rDPO) | noised (POVID's argmax) | cropped (mDPO's corrupted image)
+    # slot 1: rejected_image (rDPO) | noised (POVID's argmax) | cropped (mDPO's corrupted image;
+    # slot 2, when there is one, an independent crop: the reference's under loss.crop_per_forward)
     second_image: str = "rejected_image"
     # a record's ref_logps: required (reference='precomputed': one per row, a record without them
     # is bad) | ignored (any other reference: the step never reads them, so a file that has them
@@ -98,7 +101,7 @@ class ExampleEncoder:
         return self.config.num_images < 2 or self.config.second_image == "rejected_image"
 
     def _image(self, record: Record, slot: int, where: str, rng: np.random.Generator | None) -> np.ndarray:
-        derived = self.config.second_image if slot == 1 and self.config.second_image != "rejected_image" else None
+        derived = self.config.second_image if slot >= 1 and self.config.second_image != "rejected_image" else None
         field = "rejected_image" if slot == 1 and derived is None else "image"
         source = getattr(record, field)
         if source is None:
@@ -112,9 +115,8 @@ class ExampleEncoder:
             image = image_ops.load_image(source)
             if derived == "noised" and form == "povid_code":
                 image = image_noise.povid_code(image_ops.to_rgb(image), noise["t"], generator)
-            if derived == "cropped":
-                image = image_ops.random_crop(image, generator)
-            return image_ops.preprocess(image, self.processing, perturb)
+            pixels = image_ops.preprocess(image, self.processing, perturb)
+            return image_ops.random_resized_crop(pixels, generator) if derived == "cropped" else pixels
         except ValueError as error:
             raise BadRecord(where, field, str(error)) from None
 

@@ -270,16 +270,57 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def random_crop(image: Image.Image, rng: np.random.Generator, min_area: float = 0.01,
-                max_area: float = 0.2) -> Image.Image:
-    """mDPO's corrupted image: a random crop keeping a U(min_area, max_area) share of the area
-    (same aspect ratio), which the usual preprocessing then resizes."""
-    share = rng.uniform(min_area, max_area)
-    width = max(1, round(image.width * share**0.5))
-    height = max(1, round(image.height * share**0.5))
-    left = int(rng.integers(0, image.width - width + 1))
-    top = int(rng.integers(0, image.height - height + 1))
-    return image.crop((left, top, left + width, top + height))
+MDPO_CROP_SCALE = (0.01, 0.2)  # mDPO's code: v2.RandomResizedCrop(scale=(0.01, 0.2)), the default ratio
+MDPO_CROP_RATIO = (3 / 4, 4 / 3)
+
+
+def crop_box(height: int, width: int, rng: np.random.Generator, scale: tuple[float, float] = MDPO_CROP_SCALE,
+             ratio: tuple[float, float] = MDPO_CROP_RATIO) -> tuple[int, int, int, int]:
+    """(top, left, height, width) as torchvision's ``RandomResizedCrop.get_params`` draws it: up
+    to 10 tries of an area share U(scale) and a log aspect ratio (width / height) U(log ratio),
+    the first box that fits kept at a uniform position; else a centre crop, the whole image
+    when its ratio lies inside ``ratio``, else its largest centred box at the nearest bound."""
+    area, log_ratio = height * width, (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    if width / height < min(ratio):
+        w, h = width, round(width / min(ratio))
+    elif width / height > max(ratio):
+        w, h = round(height * max(ratio)), height
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _bilinear_taps(source: int, target: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output index the two source indices and the second's weight: torch's bilinear
+    interpolation with ``align_corners=False`` (half-pixel centres, clamped at the edges)."""
+    x = np.maximum((np.arange(target) + 0.5) * (source / target) - 0.5, 0.0)
+    low = np.minimum(x.astype(np.int64), source - 1)
+    return low, np.minimum(low + 1, source - 1), (x - low).astype(np.float32)
+
+
+def resize_bilinear(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float [C, h, w] -> float32 [C, height, width] by bilinear interpolation. No antialiasing:
+    it is only ever an enlargement here, where torchvision's antialias changes nothing."""
+    top, bottom, down = _bilinear_taps(pixels.shape[1], height)
+    left, right, across = _bilinear_taps(pixels.shape[2], width)
+    rows = pixels[:, top] * (1 - down)[:, None] + pixels[:, bottom] * down[:, None]
+    return np.ascontiguousarray(rows[:, :, left] * (1 - across) + rows[:, :, right] * across, dtype=np.float32)
+
+
+def random_resized_crop(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """mDPO's corrupted image, as its code makes it (``crop_images`` in modeling_bunny_phi.py):
+    ``v2.RandomResizedCrop(size=(H, W), scale=(0.01, 0.2))`` on the model's input tensor
+    [C, H, W], after preprocessing, resized back to (H, W) with bilinear interpolation. Crop and
+    resize commute with the per-channel standardisation, so the standardised tensor serves."""
+    height, width = pixels.shape[1:]
+    top, left, h, w = crop_box(height, width, rng)
+    return resize_bilinear(pixels[:, top:top + h, left:left + w], height, width)
 
 
 def resized_shape(width: int, height: int, shortest_edge: int) -> tuple[int, int]:

@@ -50,23 +50,50 @@ class RowLayout:
     kinds: tuple[str, ...]
     rejected_scoring: str = "label"
     noisy_scoring: str = "batch"
-    alt_image: str = "rejected_image"
+    alt_image: str = "rejected_image"  # resolved: never 'auto'
     vocab_chunk: int = 8192
+    crop_per_forward: bool = False
+    alt_slot: int = 1  # the image slot chosen_alt_image reads: 2 in the reference's layout under crop_per_forward
 
     @classmethod
-    def for_objective(cls, objective: str, **options: Any) -> RowLayout:
+    def for_objective(cls, objective: str, alt_image: str = "auto", **options: Any) -> RowLayout:
         """The rows of 'sft' or a loss, refusing scoring options the loss has no row for."""
         kinds = ("chosen",) if objective == "sft" else loss_spec(objective).rows
-        layout = cls(kinds, **options)
+        layout = cls(kinds, alt_image=cls.visual_image(objective, alt_image), **options)
         if layout.noisy_scoring == "argmax" and "rejected_noisy" not in kinds:
             raise ValueError(f"loss.noisy_scoring='argmax' needs a POVID loss, not {objective!r}")
         if layout.alt_image == "crop" and not any(k in ALT_IMAGE_KINDS for k in kinds):
             raise ValueError(f"loss.alt_image='crop' needs a loss with a visual term (rdpo, mdpo), not {objective!r}")
+        if layout.crop_per_forward and layout.second_image != "cropped":
+            raise ValueError(f"loss.crop_per_forward=True needs the crop (mdpo, or rdpo with loss.alt_image=crop), "
+                             f"not {objective!r} with loss.alt_image={alt_image!r}")
         return layout
+
+    @staticmethod
+    def visual_image(objective: str, alt_image: str) -> str:
+        """`loss.alt_image` resolved for a loss. mDPO always corrupts the image: `auto` (the
+        default) is the crop for mdpo and the record's rejected_image otherwise, so
+        `loss.name=mdpo` alone trains mDPO wherever it runs, and an explicit rejected_image with
+        mdpo (rDPO's retrieved image plus mDPO's anchor, no published method) is refused rather
+        than trained silently."""
+        if objective == "mdpo" and alt_image == "rejected_image":
+            raise ValueError("loss.alt_image='rejected_image' cannot go with loss.name='mdpo': mDPO's conditional term "
+                             "contrasts the image with its random crop (use loss.alt_image=auto or crop; rdpo reads "
+                             "a retrieved image)")
+        if alt_image == "auto":
+            return "crop" if objective == "mdpo" else "rejected_image"
+        return alt_image
 
     @property
     def num_images(self) -> int:
-        return 2 if self.second_image else 1
+        """Slot 0 the image, slot 1 the second image, slot 2 the reference's own crop."""
+        return 3 if self.crop_per_forward else 2 if self.second_image else 1
+
+    def for_reference(self) -> RowLayout:
+        """The layout the reference's rows are scored in: under crop_per_forward its
+        chosen_alt_image row reads slot 2, a crop drawn apart from the policy's (mDPO's code
+        crops inside each forward, so policy and reference never see the same crop)."""
+        return dataclasses.replace(self, alt_slot=2) if self.crop_per_forward else self
 
     @property
     def second_image(self) -> str:
@@ -91,7 +118,7 @@ class RowLayout:
     @property
     def image_slots(self) -> tuple[int, ...]:
         """The image slot each stacked row reads."""
-        return tuple(1 if k in ALT_IMAGE_KINDS else 0 for k in self.stacked_kinds)
+        return tuple(self.alt_slot if k in ALT_IMAGE_KINDS else 0 for k in self.stacked_kinds)
 
     def scored_by_best_other(self, kind: str) -> bool:
         return self.rejected_scoring == "best_other" and kind in ("rejected", "chosen_alt_image")
@@ -131,7 +158,7 @@ class TrainSettings:
         loss = self.loss
         return RowLayout.for_objective(self.objective, rejected_scoring=loss.rejected_scoring,
                                        noisy_scoring=loss.noisy_scoring, alt_image=loss.alt_image,
-                                       vocab_chunk=loss.vocab_chunk)
+                                       vocab_chunk=loss.vocab_chunk, crop_per_forward=loss.crop_per_forward)
 
     @property
     def online(self) -> bool:
@@ -152,6 +179,9 @@ class TrainSettings:
         if self.data.packing and loss.noisy_scoring == "argmax":
             raise ValueError("data.packing=True cannot go with loss.noisy_scoring='argmax': the noised-image forward "
                              "that picks the argmax tokens runs on the chosen row unpacked")
+        if self.data.packing and loss.crop_per_forward:
+            raise ValueError("data.packing=True cannot go with loss.crop_per_forward=True: a packed row reads one "
+                             "image slot for policy and reference alike")
         if not self.train.trainable and not self.lora.rank:
             raise ValueError("nothing to train: train.trainable is empty and lora.rank is 0")
         if prefix:  # a pipeline stage: the pipeline fills in its model and checks the stage again then

@@ -156,18 +156,22 @@ class InspectSettings:
 
 ROW_SCORING = ("label", "best_other")  # Re-Align's public code scores rejected rows by best_other
 NOISY_SCORING = ("batch", "argmax")  # POVID's public code: the argmax under the noised image
-ALT_IMAGES = ("rejected_image", "crop")  # chosen_alt_image's image: the record's, or mDPO's random crop
+ALT_IMAGES = ("auto", "rejected_image", "crop")  # chosen_alt_image's image: the loss's own, the record's, mDPO's crop
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings(LossConfig):
-    name: str = key("dpo", "the objective: dpo | ipo | hinge | rdpo | mdpo | povid | povid_weighted")
+    name: str = key("dpo", "the objective: dpo | robust | ipo | hinge | rdpo | mdpo | povid | povid_weighted")
     rejected_scoring: str = key("label", "rejected rows scored by their label's log-prob, or by the best other "
                                          "token's (best_other, Re-Align's public code)", choices=ROW_SCORING)
     noisy_scoring: str = key("batch", "POVID's noisy row: the batch's own tokens, or the policy's argmax under "
                                       "the noised image (argmax, POVID's public code)", choices=NOISY_SCORING)
-    alt_image: str = key("rejected_image", "the visual term's image: the record's rejected_image, or a random "
-                                           "crop (mDPO's)", choices=ALT_IMAGES)
+    alt_image: str = key("auto", "the visual term's image: auto (the loss's own: mdpo's random crop, rdpo's "
+                                 "rejected_image) | rejected_image (the record's; not with mdpo) | crop (mDPO's "
+                                 "RandomResizedCrop of the model's input)", choices=ALT_IMAGES)
+    crop_per_forward: bool = key(False, "mDPO's crop drawn once per example and read by policy and reference "
+                                        "(False: the paper's D(y_w | v_crop)) or drawn afresh for each, as mDPO's "
+                                        "code does (True: a third image slot)")
     vocab_chunk: int = key(8192, "vocabulary chunk of the log-softmax", least=1)
 
     def check(self, prefix: str) -> None:

@@ -8,8 +8,10 @@ A batch holds B examples with K rows each (the kinds a loss reads, its `LossSpec
 
 Images: slot 0 is the example's image, slot 1 the alternative one (rDPO's retrieved image,
 mDPO's corruption, or POVID's noised image for the argmax scoring: that forward gives the
-argmax tokens, which y_w's clean row then scores). Each distinct image is
-encoded once; with a frozen tower its features are shared by policy and reference.
+argmax tokens, which y_w's clean row then scores); under `loss.crop_per_forward` slot 2 is a
+second mDPO crop, which the reference's chosen_alt_image row reads (`RowLayout.for_reference`).
+Each distinct image is encoded once; with a frozen tower its features are shared by policy and
+reference.
 """
 
 from __future__ import annotations

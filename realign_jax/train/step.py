@@ -91,7 +91,7 @@ def _loss(statics: StepStatics, state: TrainState, trainable: nnx.State, batch: 
         ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(statics.layout.kinds)}
     else:
         ref_states = image_states(reference, batch["pixel_values"]) if statics.vision_trainable else states
-        ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, statics.layout))
+        ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, statics.layout.for_reference()))
     return get_loss(statics.objective)(policy_rows, ref_rows, statics.loss)
 
 
@@ -99,7 +99,7 @@ def reference_logps(statics: StepStatics, state: TrainState, batch: Batch) -> ja
     """The reference's summed log-probs [B, K] for a batch: what `reference='precomputed'` reads
     from `batch['ref_logps']` (a precompute pass runs this once over the data)."""
     _, reference = _models(statics, state, state.trainable, state.rng)
-    rows = row_logps(reference, image_states(reference, batch["pixel_values"]), batch, statics.layout)
+    rows = row_logps(reference, image_states(reference, batch["pixel_values"]), batch, statics.layout.for_reference())
     return jnp.stack([rows[kind] for kind in statics.layout.kinds], axis=1)
 
 
