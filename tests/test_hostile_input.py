@@ -286,6 +286,7 @@ def test_a_value_of_the_wrong_type_is_refused_by_the_config_itself():
 @pytest.mark.parametrize("line,message", [
     (b'{"a": "x', "not valid JSON (Unterminated string starting at column 7)"),
     (b'{"a": 1 "b": 2}', "not valid JSON (Expecting ',' delimiter at column 9)"),
+    (b'{"a": 1, "b": \n', "not valid JSON (Expecting value at column 16)"),  # cut short: the line end, not "column 1"
 ])
 def test_json_errors_read_as_one_sentence(line, message):
     with pytest.raises(ValueError) as raised:

@@ -40,7 +40,9 @@ def decode(raw: bytes) -> Any:
         raise ValueError(f"not UTF-8 text (byte {error.start})") from None
     except json.JSONDecodeError as error:
         # Some of json's messages end in "at" ("Unterminated string starting at"): no "at at column".
-        raise ValueError(f"not valid JSON ({error.msg.removesuffix(' at')} at column {error.colno})") from None
+        # The column counts from the line's start: a line cut short fails past its newline, where
+        # json's own column restarts at 1 on a "line 2".
+        raise ValueError(f"not valid JSON ({error.msg.removesuffix(' at')} at column {error.pos + 1})") from None
     except RecursionError:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
 
