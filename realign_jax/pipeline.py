@@ -29,10 +29,10 @@ StageRunner = Callable[[Any, str], None]  # runs one stage's settings in a work 
 CURVES = ("loss", "rewards/margins", "visual/rewards/margins", "noisy/rewards/margins")
 
 
-
 def _length(stage: TrainSettings) -> str:
     """How long a stage trains, as its config says it."""
     return f"{stage.train.epochs:g} epochs" if stage.train.epochs else f"{stage.train.steps} steps"
+
 
 def _model(settings: PipelineRun, path: str) -> ModelSettings:
     """The model a stage reads: `path`, in the pipeline's dtypes."""

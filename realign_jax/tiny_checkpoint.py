@@ -18,13 +18,13 @@ same arguments write the same files.
 from __future__ import annotations
 
 import argparse
-import json
 import string
 from collections.abc import Iterator, Sequence
 
 from flax import nnx
 
 from realign_jax.data.images import ImageProcessing
+from realign_jax.data.jsonl import decode
 from realign_jax.models import hf
 from realign_jax.models.config import preset
 from realign_jax.models.llava import LlavaModel
@@ -50,11 +50,11 @@ def record_texts(paths: Sequence[str]) -> Iterator[str]:
     """Each record's question with each of its answers, as the chat template renders them. A line
     that is no JSON object only teaches the tokenizer nothing (`mode=inspect` names bad records)."""
     for path in paths:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             for line in f:
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
+                    record = decode(line)
+                except ValueError:
                     continue
                 if not isinstance(record, dict):
                     continue

@@ -63,9 +63,10 @@ def povid_code(image: Image.Image, t: int, rng: np.random.Generator) -> Image.Im
 
 
 def povid_code_with(image: Image.Image, t: int, noise: np.ndarray) -> Image.Image:
-    """POVID's code, given its noise ([3, H, W] float32, torch's CHW order): ToTensor, x_t in
-    float32, then ToPILImage's `mul(255).byte()`, a truncation to an integer kept modulo 256."""
-    x0 = np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    """POVID's code on a decoded RGB image, given its noise ([3, H, W] float32, torch's CHW
+    order): ToTensor, x_t in float32, then ToPILImage's `mul(255).byte()`, a truncation to an
+    integer kept modulo 256."""
+    x0 = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
     abar = alphas_cumprod()[t]
     xt = np.float32(np.sqrt(abar)) * x0 + np.float32(np.sqrt(1 - abar)) * noise
     wrapped = (np.trunc(xt * np.float32(255)).astype(np.int64) & 0xFF).astype(np.uint8)

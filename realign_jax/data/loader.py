@@ -137,7 +137,6 @@ class _Skipped:
 
     reason: str
     message: str
-    epoch: int
 
 
 def stack_examples(examples: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -209,7 +208,7 @@ class _Reader:
         except BadRecord as error:
             if self.on_bad_record == "error":
                 raise self.first_in_file_order(index, error) from None
-            return epoch, _Skipped(error.reason, str(error), epoch)
+            return epoch, _Skipped(error.reason, str(error))
         size = sum(v.nbytes for v in example.values())
         if self.cached_bytes + size <= self.cache_bytes:
             self.cache[index] = example

@@ -124,12 +124,17 @@ def run_chair(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks
     return scores | {"protocol": protocol}
 
 
+def _first_images(questions: list[dict[str, Any]], max_images: int) -> list[dict[str, Any]]:
+    """The questions about the first `max_images` images in name order (0 = all)."""
+    if not max_images:
+        return questions
+    kept = set(sorted({q["image"] for q in questions})[:max_images])
+    return [q for q in questions if q["image"] in kept]
+
+
 def _world_amber(answerer: Answerer, section: Any, out: str, world: WorldBenchmarks | None) -> dict[str, Any]:
     """The world's AMBER-style probes by type."""
-    questions = _world(world).amber_questions(section.world, seed=section.seed)
-    if section.max_images:
-        kept = set(sorted({q["image"] for q in questions})[: section.max_images])
-        questions = [q for q in questions if q["image"] in kept]
+    questions = _first_images(_world(world).amber_questions(section.world, seed=section.seed), section.max_images)
     answers = answerer.answer([(q["image"], q["text"]) for q in questions], max_new_tokens=section.answer_tokens,
                               desc="amber")
     _write_jsonl(os.path.join(out, "amber.jsonl"), [q | {"answer": a} for q, a in zip(questions, answers)])
@@ -148,12 +153,8 @@ def _amber_queries(section: Any, files: amber.AmberFiles) -> list[dict[str, Any]
     """The queries with their images resolved (against eval.image_folder, else the AMBER folder)
     and their annotations, the first `eval.max_images` images (0 = all)."""
     folder = section.image_folder or section.amber_dir
-    queries = [q | {"image": os.path.join(folder, q["image"]), "annotation": files.annotation(q["id"])}
-               for q in files.queries]
-    if section.max_images:
-        kept = set(sorted({q["image"] for q in queries})[: section.max_images])
-        queries = [q for q in queries if q["image"] in kept]
-    return queries
+    return _first_images([q | {"image": os.path.join(folder, q["image"]), "annotation": files.annotation(q["id"])}
+                          for q in files.queries], section.max_images)
 
 
 def _amber_files(answerer: Answerer, section: Any, out: str) -> dict[str, Any]:
