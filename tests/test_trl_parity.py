@@ -12,12 +12,14 @@ and zeros elsewhere, so TRL's `per_token_logps.sum(dim=1)` gives back exactly th
 our loss sees. The formulas themselves are all TRL's; nothing of it is reimplemented here.
 """
 
+import os
 import types
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # CPO and ORPO live in trl.experimental
 trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
 torch = pytest.importorskip("torch")
 
@@ -56,9 +58,11 @@ class _StubPolicy(torch.nn.Module):
                                      is_top1=torch.zeros(per_token.shape, dtype=torch.bool))
 
 
-def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.0):
+def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.0, weights=None,
+             discopop_tau=0.05):
     """TRL's DPOTrainer._compute_loss on these log-probs: (loss, logged eval metrics); with
-    `sft_weight`, `loss_type=[loss_type, "sft"]` weighted [1, sft_weight] (TRL's RPO term)."""
+    `sft_weight`, `loss_type=[loss_type, "sft"]` weighted [1, sft_weight] (TRL's RPO term). A
+    `+`-joined loss_type is TRL's list of loss types, weighted by `weights` (MPO)."""
     length = np.concatenate([lengths["chosen"], lengths["rejected"]]).astype(int)
     seq_len = PROMPT_LEN + int(length.max()) + 1
     positions = np.arange(seq_len)
@@ -74,8 +78,10 @@ def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.
         device=torch.device("cpu"), gather=lambda t: t, gather_for_metrics=lambda t: t)
     trainer.beta = beta
     trainer.label_smoothing = label_smoothing
-    trainer.loss_types = [loss_type, "sft"] if sft_weight else [loss_type]
-    trainer.loss_weights = [1.0, sft_weight] if sft_weight else [1.0]
+    loss_types = loss_type.split("+")
+    trainer.loss_types = loss_types + ["sft"] if sft_weight else loss_types
+    trainer.loss_weights = list(weights or [1.0] * len(loss_types)) + ([sft_weight] if sft_weight else [])
+    trainer.args = types.SimpleNamespace(discopop_tau=discopop_tau)  # read by "discopop" only
     trainer.f_divergence_type = "reverse_kl"  # standard DPO
     trainer.ld_alpha = None  # no LD-DPO length desensitisation
     trainer.use_weighting = False  # no WPO weighting
@@ -179,3 +185,122 @@ def test_token_mean_sft_term_matches_trl(seed):
     np.testing.assert_allclose(ours, theirs, **TOL)
     example, _ = our_loss("dpo", logps, lengths, 0.1, sft_weight=0.5)
     assert abs(example - theirs) > 1e-3
+
+
+# Every TRL 1.16 DPO loss type by its own name (the ones above have tests of their own details).
+TRL_TYPES = ["sigmoid", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot", "aot_unpaired", "apo_zero",
+             "apo_down", "discopop", "sigmoid_norm"]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+@pytest.mark.parametrize("loss_type", TRL_TYPES)
+def test_each_trl_loss_type_matches_trl_by_name(loss_type, beta, seed):
+    """loss.name=<TRL loss_type> gives TRL's loss and reward metrics. exo_pair and the AOT pair use
+    label_smoothing (TRL's EXO default 1e-3; AOT at 0.1 so the smoothing is exercised); discopop uses
+    TRL's default tau 0.05."""
+    eps = {"exo_pair": 1e-3, "aot": 0.1, "aot_unpaired": 0.1}.get(loss_type, 0.0)
+    logps, lengths = _batch(seed)
+    ours, our_metrics = our_loss(loss_type, logps, lengths, beta, label_smoothing=eps)
+    theirs, their_metrics = trl_loss(logps, lengths, beta, loss_type, label_smoothing=eps)
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    _assert_metrics_match(our_metrics, their_metrics)
+
+
+def test_discopop_tau_is_the_key_trl_reads():
+    logps, lengths = _batch(2)
+    ours, _ = our_loss("discopop", logps, lengths, 0.5, discopop_tau=0.3)
+    theirs, _ = trl_loss(logps, lengths, 0.5, "discopop", discopop_tau=0.3)
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    assert abs(ours - our_loss("discopop", logps, lengths, 0.5)[0]) > 1e-4  # tau is not ignored
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("name,weights", [("sigmoid+bco_pair+sft", (0.8, 0.2, 1.0)),  # MPO's recipe
+                                          ("sigmoid+bco_pair+sft", ()), ("ipo+apo_zero", (0.5, 2.0))])
+def test_weighted_sums_of_losses_match_trl(name, weights, seed):
+    """`loss.name=a+b+c` with `loss.weights` is TRL's loss_type=[a, b, c], loss_weights=[...].
+    TRL's "sft" is the token mean over the batch's chosen answers: loss.sft_normalize=token."""
+    logps, lengths = _batch(seed)
+    ours, our_metrics = our_loss(name, logps, lengths, 0.1, weights=weights, sft_normalize="token")
+    theirs, their_metrics = trl_loss(logps, lengths, 0.1, name, weights=weights)
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    _assert_metrics_match(our_metrics, their_metrics)
+
+
+def _trl_experimental(module, cls, **attrs):
+    """A TRL experimental trainer made with __new__, only the attributes its loss method reads set."""
+    trainer_cls = getattr(pytest.importorskip(module), cls)
+    trainer = trainer_cls.__new__(trainer_cls)
+    trainer.accelerator = types.SimpleNamespace(device=torch.device("cpu"))
+    for name, value in attrs.items():
+        setattr(trainer, name, value)
+    return trainer
+
+
+def _policy_means(logps, lengths):
+    """The per-token mean log-probs TRL's CPO (simpo) and ORPO trainers score with."""
+    return (torch.tensor(logps["policy_chosen"] / lengths["chosen"]),
+            torch.tensor(logps["policy_rejected"] / lengths["rejected"]))
+
+
+def _reward_metrics(beta, chosen, rejected):
+    r_w, r_l = beta * chosen.numpy(), beta * rejected.numpy()
+    return {"rewards/chosen": r_w.mean(), "rewards/rejected": r_l.mean(), "rewards/margins": (r_w - r_l).mean(),
+            "rewards/accuracies": (r_w > r_l).mean(), "logps/chosen": chosen.numpy().mean(),
+            "logps/rejected": rejected.numpy().mean()}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("beta,gamma,eps", [(2.0, 0.5, 0.0), (2.5, 1.4, 0.0), (2.0, 0.5, 0.1)])
+def test_simpo_matches_trl_cpo_trainer(beta, gamma, eps, seed):
+    """loss.name=simpo is TRL's CPOTrainer.cpo_loss with loss_type="simpo" and cpo_alpha=0 on the
+    length-averaged log-probs (SimPO's recipe beta 2-2.5, gamma 0.5-1.4); with loss.sft_weight=1
+    (token mean) it is CPO-SimPO, whose NLL term TRL adds as cpo_alpha * nll."""
+    logps, lengths = _batch(seed)
+    trainer = _trl_experimental("trl.experimental.cpo.cpo_trainer", "CPOTrainer", alpha=0.0, beta=beta,
+                                simpo_gamma=gamma, label_smoothing=eps, loss_type="simpo")
+    chosen, rejected = _policy_means(logps, lengths)
+    losses, _, _ = trainer.cpo_loss(chosen, rejected)
+    ours, our_metrics = our_loss("simpo", logps, lengths, beta, label_smoothing=eps, simpo_gamma=gamma)
+    np.testing.assert_allclose(ours, float(losses.mean()), **TOL)
+    _assert_metrics_match(our_metrics, _reward_metrics(beta, chosen, rejected))
+    nll = -(logps["policy_chosen"].sum() / lengths["chosen"].sum())  # TRL's token-mean cross-entropy
+    with_sft, _ = our_loss("simpo", logps, lengths, beta, label_smoothing=eps, simpo_gamma=gamma, sft_weight=1.0,
+                           sft_normalize="token")
+    np.testing.assert_allclose(with_sft, float(losses.mean()) + nll, **TOL)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("beta", [0.1, 0.5])
+def test_cpo_matches_trl_cpo_trainer(beta, seed):
+    """loss.name=cpo is TRL's CPOTrainer.cpo_loss with loss_type="sigmoid" on summed log-probs."""
+    logps, lengths = _batch(seed)
+    trainer = _trl_experimental("trl.experimental.cpo.cpo_trainer", "CPOTrainer", alpha=0.0, beta=beta,
+                                simpo_gamma=0.5, label_smoothing=0.0, loss_type="sigmoid")
+    chosen, rejected = torch.tensor(logps["policy_chosen"]), torch.tensor(logps["policy_rejected"])
+    losses, _, _ = trainer.cpo_loss(chosen, rejected)
+    ours, our_metrics = our_loss("cpo", logps, lengths, beta)
+    np.testing.assert_allclose(ours, float(losses.mean()), **TOL)
+    _assert_metrics_match(our_metrics, _reward_metrics(beta, chosen, rejected))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("beta", [0.1, 0.25])
+def test_orpo_matches_trl_orpo_trainer(beta, seed):
+    """loss.name=orpo is TRL's ORPOTrainer loss: token-mean NLL of the chosen answers minus the mean
+    of odds_ratio_loss (beta * logsig(log odds ratio)) on length-averaged log-probs; its logged
+    log_odds_ratio and log_odds_chosen too. Rows near certainty (mean log-prob ~ -0.01) exercise
+    log(1 - p)."""
+    logps, lengths = _batch(seed)
+    logps["policy_chosen"][:2] = -0.01 * lengths["chosen"][:2]
+    trainer = _trl_experimental("trl.experimental.orpo.orpo_trainer", "ORPOTrainer", beta=beta)
+    chosen, rejected = _policy_means(logps, lengths)
+    losses, _, _, ratio, log_odds = trainer.odds_ratio_loss(chosen, rejected)
+    nll = -(logps["policy_chosen"].sum() / lengths["chosen"].sum())
+    ours, our_metrics = our_loss("orpo", logps, lengths, beta, sft_normalize="token")
+    np.testing.assert_allclose(ours, nll - float(losses.mean()), **TOL)
+    _assert_metrics_match(our_metrics, _reward_metrics(beta, chosen, rejected))
+    np.testing.assert_allclose(our_metrics["log_odds_ratio"], float(ratio), **TOL)
+    np.testing.assert_allclose(our_metrics["log_odds_chosen"], float(log_odds), **TOL)
+    np.testing.assert_allclose(our_metrics["nll_loss"], nll, **TOL)

@@ -9,12 +9,16 @@ reference, keyed by row kind:
 and, per kind, the response token count `length_<kind>` (for length normalisation and the
 token-mean SFT term) and the policy's token-mean NLL of each chosen answer `nll_chosen` (for the
 example-mean SFT term).
-Losses never see a model; beta is applied exactly once, inside `_margin`.
+Each registered term returns its per-row loss and its metrics; `loss_spec` makes one term, or a
+`+`-joined weighted sum of them, the total loss. Losses never see a model. The reference-free
+terms (simpo, cpo, orpo, sft) never read `reference`, and a run of them has no reference forward.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,12 +50,18 @@ class LossConfig:
     visual_weight: float = _key(1.0, "rDPO's w_v: weight of the visual preference term")
     mdpo_anchor_delta: float = _key(0.0, "mDPO's anchor: the chosen reward is pushed above this")
     povid_weights: tuple[float, float, float] = _key((1.0, 1.0, 1.0), "povid_weighted's a, b1, b2")
+    weights: tuple[float, ...] = _key((), "weights of the losses joined by '+' in loss.name, in its order (empty: "
+                                          "1 each); MPO is loss.name=sigmoid+bco_pair+sft with (0.8, 0.2, 1.0)")
+    simpo_gamma: float = _key(0.5, "SimPO's target reward margin gamma (TRL's simpo_gamma)")
+    discopop_tau: float = _key(0.05, "DiscoPOP's temperature tau of the blend (TRL's discopop_tau)")
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"loss.beta={self.beta} must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if self.discopop_tau <= 0:
+            raise ValueError(f"loss.discopop_tau={self.discopop_tau} must be positive")
         if self.sft_normalize not in SFT_NORMALIZE:
             raise ValueError(f"loss.sft_normalize={self.sft_normalize!r}: choose one of {SFT_NORMALIZE}")
 
@@ -110,21 +120,22 @@ def sft_nll(policy: Rows, config: LossConfig) -> jax.Array:
     return jnp.mean(policy["nll_chosen"])
 
 
-def _finish(per_row: jax.Array, policy: Rows, config: LossConfig, metrics: Metrics) -> tuple[jax.Array, Metrics]:
-    """Mean over rows, plus the optional SFT term alpha * NLL(y_w)."""
-    loss = jnp.mean(per_row)
-    if config.sft_weight:
-        nll = sft_nll(policy, config)
-        loss = loss + config.sft_weight * nll
-        metrics["nll/chosen"] = nll
-    metrics["loss"] = loss
-    return loss, metrics
+def _per_row(h: jax.Array, policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """A pairwise term's per-row loss with the pair's reward metrics."""
+    return h, _reward_metrics(policy, reference, "chosen", "rejected", config)
+
+
+def _log_ratios(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, jax.Array]:
+    """beta * D(y_w), beta * D(y_l): the implicit rewards several TRL losses act on separately."""
+    return (config.beta * _ratio(policy, reference, "chosen", config),
+            config.beta * _ratio(policy, reference, "rejected", config))
 
 
 def dpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
-    """Sigmoid DPO with optional label smoothing (conservative DPO)."""
-    h = _margin(policy, reference, "chosen", "rejected", config)
-    return _finish(_sigmoid(h, config), policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+    """Sigmoid DPO, -logsig(h) (TRL's `sigmoid`), with optional label smoothing: conservative DPO
+    (TRL's `sigmoid` ignores label_smoothing; its conservative form is `aot` on single pairs)."""
+    return _per_row(_sigmoid(_margin(policy, reference, "chosen", "rejected", config), config),
+                    policy, reference, config)
 
 
 def robust(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
@@ -134,45 +145,176 @@ def robust(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array
     clean-label loss when labels flip with probability eps, not a smoothed target."""
     h = _margin(policy, reference, "chosen", "rejected", config)
     eps = config.label_smoothing
-    per_row = (-(1 - eps) * jax.nn.log_sigmoid(h) + eps * jax.nn.log_sigmoid(-h)) / (1 - 2 * eps)
-    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+    return _per_row((-(1 - eps) * jax.nn.log_sigmoid(h) + eps * jax.nn.log_sigmoid(-h)) / (1 - 2 * eps),
+                    policy, reference, config)
 
 
 def ipo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
-    """(h - 1/(2 beta))^2 with length-normalised log-ratios (IPO always normalises)."""
+    """(h - 1/(2 beta))^2 with length-normalised log-ratios (IPO always normalises).
+    Rewards are logged as beta * D(y) on raw sums (docs/methods.md section 1, and TRL's IPO logs)."""
     normalized = dataclasses.replace(config, length_normalize=True)
     h = _ratio(policy, reference, "chosen", normalized) - _ratio(policy, reference, "rejected", normalized)
-    per_row = jnp.square(h - 1 / (2 * config.beta))
-    # Rewards are logged as beta * D(y) on raw sums (docs/methods.md section 1, and TRL's IPO logs).
-    return _finish(per_row, policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+    return _per_row(jnp.square(h - 1 / (2 * config.beta)), policy, reference, config)
+
+
+def sigmoid_norm(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """-logsig(beta * h) on length-normalised log-ratios (TRL's `sigmoid_norm`)."""
+    normalized = dataclasses.replace(config, length_normalize=True)
+    return _per_row(-jax.nn.log_sigmoid(_margin(policy, reference, "chosen", "rejected", normalized)),
+                    policy, reference, config)
 
 
 def hinge(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
-    """relu(1 - beta * h)."""
+    """relu(1 - beta * h) (SLiC)."""
+    return _per_row(jax.nn.relu(1 - _margin(policy, reference, "chosen", "rejected", config)),
+                    policy, reference, config)
+
+
+def exo_pair(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """EXO-pref (Ji et al. 2024, Eq. 16; TRL's `exo_pair`): KL(q || p) with q = softmax of the two
+    rewards and p = (1-eps, eps), eps = label_smoothing (> 0)."""
     h = _margin(policy, reference, "chosen", "rejected", config)
-    return _finish(jax.nn.relu(1 - h), policy, config, _reward_metrics(policy, reference, "chosen", "rejected", config))
+    eps = config.label_smoothing
+    per_row = (jax.nn.sigmoid(h) * (jax.nn.log_sigmoid(h) - math.log1p(-eps))
+               + jax.nn.sigmoid(-h) * (jax.nn.log_sigmoid(-h) - math.log(eps)))
+    return _per_row(per_row, policy, reference, config)
+
+
+def nca_pair(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """NCA (Chen et al. 2024; TRL's `nca_pair`): -logsig(r_w) - logsig(-r_w)/2 - logsig(-r_l)/2."""
+    r_w, r_l = _log_ratios(policy, reference, config)
+    per_row = -jax.nn.log_sigmoid(r_w) - 0.5 * jax.nn.log_sigmoid(-r_w) - 0.5 * jax.nn.log_sigmoid(-r_l)
+    return _per_row(per_row, policy, reference, config)
+
+
+def bco_pair(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """BCO on pairs as TRL's `bco_pair` computes it: -logsig(r_w) - logsig(-r_l), with no running
+    reward shift (the BCO paper's delta)."""
+    r_w, r_l = _log_ratios(policy, reference, config)
+    return _per_row(-jax.nn.log_sigmoid(r_w) - jax.nn.log_sigmoid(-r_l), policy, reference, config)
+
+
+def sppo_hard(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """SPPO with hard win probabilities (TRL's `sppo_hard`): (D_w - 1/(2 beta))^2 + (D_l + 1/(2 beta))^2."""
+    d_w, d_l = (_ratio(policy, reference, kind, config) for kind in ("chosen", "rejected"))
+    per_row = jnp.square(d_w - 0.5 / config.beta) + jnp.square(d_l + 0.5 / config.beta)
+    return _per_row(per_row, policy, reference, config)
+
+
+def _sorted_sigmoid(delta: jax.Array, config: LossConfig) -> jax.Array:
+    return _sigmoid(config.beta * delta, config)
+
+
+def aot(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """AOT (Melnyk et al. 2024; TRL's `aot`): the policy's and the reference's log-prob gaps
+    lp_w - lp_l, each sorted over the batch, then the (smoothed) sigmoid of their difference. The
+    batch is the micro-batch over all devices (TRL sorts each process's batch)."""
+    gaps = [jnp.sort(rows["chosen"] - rows["rejected"]) for rows in (policy, reference)]
+    return _per_row(_sorted_sigmoid(gaps[0] - gaps[1], config), policy, reference, config)
+
+
+def aot_unpaired(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """AOT for unpaired data (TRL's `aot_unpaired`): D(y_w) and D(y_l) sorted apart over the batch."""
+    d_w, d_l = (jnp.sort(policy[kind] - reference[kind]) for kind in ("chosen", "rejected"))
+    return _per_row(_sorted_sigmoid(d_w - d_l, config), policy, reference, config)
+
+
+def apo_zero(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """APO-zero (D'Oosterlinck et al. 2024, Eq. 7; TRL's `apo_zero`): 1 - sig(r_w) + sig(r_l),
+    for chosen answers better than the model's own."""
+    r_w, r_l = _log_ratios(policy, reference, config)
+    return _per_row(1 - jax.nn.sigmoid(r_w) + jax.nn.sigmoid(r_l), policy, reference, config)
+
+
+def apo_down(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """APO-down (Eq. 8; TRL's `apo_down`): sig(r_w) + 1 - sig(r_w - r_l), for chosen answers worse
+    than the model's own."""
+    r_w, r_l = _log_ratios(policy, reference, config)
+    return _per_row(jax.nn.sigmoid(r_w) + 1 - jax.nn.sigmoid(r_w - r_l), policy, reference, config)
+
+
+def discopop(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """DiscoPOP (Chris Lu et al. 2024, Eq. 5; TRL's `discopop`): the logistic and exponential
+    losses of h blended by sig(h / tau), tau = loss.discopop_tau."""
+    h = _margin(policy, reference, "chosen", "rejected", config)
+    blend = jax.nn.sigmoid(h / config.discopop_tau)
+    return _per_row(-jax.nn.log_sigmoid(h) * (1 - blend) + jnp.exp(-h) * blend, policy, reference, config)
+
+
+def sft(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """NLL(y_w) as a term of a sum (`sigmoid+sft`; TRL's `sft` with loss.sft_normalize=token)."""
+    nll = sft_nll(policy, config)
+    return nll, {"nll/chosen": nll, "logps/chosen": jnp.mean(policy["chosen"])}
+
+
+def _mean_logps(policy: Rows) -> tuple[jax.Array, jax.Array]:
+    """Each answer's log-prob divided by its token count (SimPO's and ORPO's sequence score)."""
+    return tuple(policy[kind] / jnp.maximum(policy[f"length_{kind}"], 1) for kind in ("chosen", "rejected"))
+
+
+def _policy_reward_metrics(chosen: jax.Array, rejected: jax.Array, config: LossConfig) -> Metrics:
+    """TRL's CPO/ORPO metrics: rewards are beta times the policy's own sequence scores."""
+    r_w, r_l = config.beta * chosen, config.beta * rejected
+    return {"rewards/chosen": jnp.mean(r_w), "rewards/rejected": jnp.mean(r_l),
+            "rewards/margins": jnp.mean(r_w - r_l), "rewards/accuracies": jnp.mean((r_w > r_l).astype(jnp.float32)),
+            "logps/chosen": jnp.mean(chosen), "logps/rejected": jnp.mean(rejected)}
+
+
+def simpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """SimPO (Meng et al. 2024; TRL's CPO with loss_type="simpo"), no reference:
+    -logsig(beta * (lp_w/|y_w| - lp_l/|y_l|) - gamma), gamma = loss.simpo_gamma, smoothed by
+    label_smoothing as TRL does. CPO-SimPO adds loss.sft_weight with sft_normalize=token."""
+    chosen, rejected = _mean_logps(policy)
+    h = config.beta * (chosen - rejected) - config.simpo_gamma
+    return _sigmoid(h, config), _policy_reward_metrics(chosen, rejected, config)
+
+
+def cpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """CPO's preference term (Xu et al. 2024; TRL's CPO, loss_type="sigmoid"), no reference:
+    -logsig(beta * (lp_w - lp_l)) on summed log-probs. TRL's CPO adds its NLL term (cpo_alpha=1):
+    here loss.sft_weight=1 with sft_normalize=token."""
+    chosen, rejected = policy["chosen"], policy["rejected"]
+    return _sigmoid(config.beta * (chosen - rejected), config), _policy_reward_metrics(chosen, rejected, config)
+
+
+def _log1mexp(x: jax.Array) -> jax.Array:
+    """log(1 - exp(x)) for x < 0, branching at -ln 2 to avoid cancellation. x is kept below
+    -1e-6 so an answer predicted with certainty gives a large finite value, not -inf."""
+    x = jnp.minimum(x, -1e-6)
+    return jnp.where(x < -math.log(2), jnp.log1p(-jnp.exp(x)), jnp.log(-jnp.expm1(x)))
+
+
+def orpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """ORPO (Hong et al. 2024, Eqs. 4-7; TRL's ORPOTrainer), no reference:
+    NLL(y_w) - beta * logsig(log odds(y_w) - log odds(y_l)), odds(y) = P / (1 - P) with P the
+    per-token mean probability exp(lp/|y|); beta is the paper's lambda. The NLL follows
+    loss.sft_normalize (TRL's: token)."""
+    chosen, rejected = _mean_logps(policy)
+    log_odds = (chosen - rejected) - (_log1mexp(chosen) - _log1mexp(rejected))
+    ratio = jax.nn.log_sigmoid(log_odds)
+    nll = sft_nll(policy, config)
+    metrics = _policy_reward_metrics(chosen, rejected, config)
+    metrics.update({"nll_loss": nll, "log_odds_ratio": jnp.mean(ratio), "log_odds_chosen": jnp.mean(log_odds)})
+    return nll - config.beta * ratio, metrics
 
 
 def rdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """Re-Align Eq. 1: -logsig(h_txt) - w_v * logsig(h_vis), h_vis contrasting y_w under v and v_l."""
     h_txt, h_vis, metrics = _two_terms(policy, reference, config, "chosen_alt_image", "visual/")
-    per_row = _sigmoid(h_txt, config) + config.visual_weight * _sigmoid(h_vis, config)
-    return _finish(per_row, policy, config, metrics)
+    return _sigmoid(h_txt, config) + config.visual_weight * _sigmoid(h_vis, config), metrics
 
 
 def mdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """DPO + conditional term on the corrupted image + anchor -logsig(beta*D(y_w) - delta)."""
     h_txt, h_vis, metrics = _two_terms(policy, reference, config, "chosen_alt_image", "visual/")
     anchor = config.beta * _ratio(policy, reference, "chosen", config) - config.mdpo_anchor_delta
-    per_row = _sigmoid(h_txt, config) + _sigmoid(h_vis, config) - jax.nn.log_sigmoid(anchor)
-    return _finish(per_row, policy, config, metrics)
+    return _sigmoid(h_txt, config) + _sigmoid(h_vis, config) - jax.nn.log_sigmoid(anchor), metrics
 
 
 def povid(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """POVID stage 2 as the public scripts: mean of the injected-text and noisy-image DPO terms."""
     h_inj, h_noisy, metrics = _two_terms(policy, reference, config, "rejected_noisy", "noisy/")
-    per_row = 0.5 * _sigmoid(h_inj, config) + 0.5 * _sigmoid(h_noisy, config)
-    return _finish(per_row, policy, config, metrics)
+    return 0.5 * _sigmoid(h_inj, config) + 0.5 * _sigmoid(h_noisy, config), metrics
 
 
 def povid_weighted(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
@@ -181,35 +323,79 @@ def povid_weighted(policy: Rows, reference: Rows, config: LossConfig) -> tuple[j
     d = {k: _ratio(policy, reference, k, config) for k in ("chosen", "rejected", "rejected_noisy")}
     h = config.beta * (a * d["chosen"] - (b1 * d["rejected"] + b2 * d["rejected_noisy"]))
     *_, metrics = _two_terms(policy, reference, config, "rejected_noisy", "noisy/")
-    return _finish(_sigmoid(h, config), policy, config, metrics)
+    return _sigmoid(h, config), metrics
 
 
-LossFn = Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]
+LossTerm = Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]  # per-row loss [B] (or scalar), metrics
+LossFn = Callable[[Rows, Rows, LossConfig], tuple[jax.Array, Metrics]]  # the total loss (scalar), metrics
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
-    """A registered loss: its function and the rows it reads, in the order a batch stacks them
-    (the `sft` objective, not a loss, reads chosen only)."""
+    """A registered loss: its function, the rows it reads in the order a batch stacks them, and
+    whether it reads the reference's log-probs at all (SimPO, ORPO and CPO do not: their step
+    runs no reference forward)."""
 
     fn: LossFn
     rows: tuple[str, ...]
+    needs_reference: bool = True
+    terms: tuple[str, ...] = ()
 
 
 _PAIR = ("chosen", "rejected")
-LOSSES: dict[str, LossSpec] = {
-    "dpo": LossSpec(dpo, _PAIR), "robust": LossSpec(robust, _PAIR), "ipo": LossSpec(ipo, _PAIR),
-    "hinge": LossSpec(hinge, _PAIR),
-    "rdpo": LossSpec(rdpo, (*_PAIR, "chosen_alt_image")), "mdpo": LossSpec(mdpo, (*_PAIR, "chosen_alt_image")),
-    "povid": LossSpec(povid, (*_PAIR, "rejected_noisy")),
-    "povid_weighted": LossSpec(povid_weighted, (*_PAIR, "rejected_noisy")),
+# name: (per-row term, rows read, reads the reference)
+TERMS: dict[str, tuple[LossTerm, tuple[str, ...], bool]] = {
+    "dpo": (dpo, _PAIR, True), "sigmoid": (dpo, _PAIR, True), "robust": (robust, _PAIR, True),
+    "ipo": (ipo, _PAIR, True), "hinge": (hinge, _PAIR, True), "exo_pair": (exo_pair, _PAIR, True),
+    "nca_pair": (nca_pair, _PAIR, True), "bco_pair": (bco_pair, _PAIR, True), "sppo_hard": (sppo_hard, _PAIR, True),
+    "aot": (aot, _PAIR, True), "aot_unpaired": (aot_unpaired, _PAIR, True), "apo_zero": (apo_zero, _PAIR, True),
+    "apo_down": (apo_down, _PAIR, True), "discopop": (discopop, _PAIR, True),
+    "sigmoid_norm": (sigmoid_norm, _PAIR, True), "sft": (sft, ("chosen",), False),
+    "simpo": (simpo, _PAIR, False), "cpo": (cpo, _PAIR, False), "orpo": (orpo, _PAIR, False),
+    "rdpo": (rdpo, (*_PAIR, "chosen_alt_image"), True), "mdpo": (mdpo, (*_PAIR, "chosen_alt_image"), True),
+    "povid": (povid, (*_PAIR, "rejected_noisy"), True),
+    "povid_weighted": (povid_weighted, (*_PAIR, "rejected_noisy"), True),
 }
+ROW_ORDER = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy")
 
 
+def _total(names: tuple[str, ...], policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """sum_i w_i * mean(term_i) (+ alpha * NLL(y_w) when loss.sft_weight is set). The metrics are
+    the first term's (TRL logs one set of rewards however many loss types it sums), plus each
+    term's value as `loss/<name>` when there are several."""
+    weights = config.weights or (1.0,) * len(names)
+    loss, metrics = jnp.zeros((), jnp.float32), {}
+    for name, weight in zip(names, weights, strict=True):
+        per_row, term_metrics = TERMS[name][0](policy, reference, config)
+        value = jnp.mean(per_row)
+        loss = loss + weight * value
+        metrics = {**term_metrics, **metrics}
+        if len(names) > 1:
+            metrics[f"loss/{name}"] = value
+    if config.sft_weight:
+        nll = sft_nll(policy, config)
+        loss = loss + config.sft_weight * nll
+        metrics["nll/chosen"] = nll
+    metrics["loss"] = loss
+    return loss, metrics
+
+
+@functools.cache
 def loss_spec(name: str) -> LossSpec:
-    if name not in LOSSES:
-        raise ValueError(f"loss.name={name!r} is unknown; choose one of {sorted(LOSSES)}")
-    return LOSSES[name]
+    """The spec of one registered loss or of a `+`-joined sum of them (`sigmoid+bco_pair+sft`,
+    weighted by loss.weights: MPO)."""
+    names = tuple(name.split("+"))
+    unknown = [n for n in names if n not in TERMS]
+    if unknown or not name:
+        which = "" if names == tuple(unknown) else f": {', '.join(map(repr, unknown))}"
+        raise ValueError(f"loss.name={name!r}{which} is unknown; choose one of {sorted(TERMS)}, or several joined "
+                         "by '+' (weighted by loss.weights)")
+    if len(set(names)) < len(names):
+        raise ValueError(f"loss.name={name!r} names a loss twice; weight it with loss.weights instead")
+    read = {row for n in names for row in TERMS[n][1]}
+    rows = tuple(row for row in ROW_ORDER if row in read)
+    needs_reference = any(TERMS[n][2] for n in names)
+    return LossSpec(functools.partial(_total, names), rows, needs_reference, names)
 
 
 def get_loss(name: str) -> LossFn:
