@@ -11,6 +11,7 @@ argmax under the noised image (`povid_noise`), mDPO's visual term reads a random
 from __future__ import annotations
 
 from realign_jax.data.keyvalue import parse_key_values
+from realign_jax.objectives.losses import loss_spec
 from realign_jax.settings import runs
 from realign_jax.settings.keys import replace, to_config  # noqa: F401 - to_config: what every get_config returns
 from realign_jax.settings.sections import BdhsPairs, PovidPairs, RealignPairs, WorldSettings
@@ -46,11 +47,14 @@ def config_arg(arg: str | None, name: str, choices: tuple[str, ...] | None = Non
 
 
 def training(mode: str = "train", loss: str = "dpo") -> runs.TrainSettings:
-    """`mode=train` (a preference loss with LoRA, the reference = adapters off) or `sft` (the
-    decoder and projector in full, no reference), sized for the tiny random model."""
+    """`mode=train` (a preference loss with LoRA, the reference = adapters off, or none for the
+    reference-free SimPO/CPO/ORPO) or `sft` (the decoder and projector in full, no reference),
+    sized for the tiny random model."""
     settings = runs.TrainSettings(mode=mode)
     if mode == "train":
-        return replace(settings, loss__name=loss, optim__lr=1e-3, optim__lr_groups=r"^projector\.=2e-3")
+        reference = "lora_off" if loss_spec(loss).needs_reference else "none"
+        return replace(settings, loss__name=loss, reference=reference, optim__lr=1e-3,
+                       optim__lr_groups=r"^projector\.=2e-3")
     return replace(settings, reference="none", lora__rank=0, optim__lr=3e-3,
                    train__trainable=r"^(projector|decoder)\.")
 

@@ -197,3 +197,36 @@ def test_paper_recipes_set_what_their_sources_say():
     assert settings("method=bdhs,beta=0.5").loss.beta == 0.5
     with pytest.raises(ValueError, match="beta= belongs to method=bdhs"):
         paper_recipes.get_config("method=realign,beta=0.5")
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"loss.name": "exo_pair"}, r"^loss.label_smoothing=0 with exo_pair: EXO's target"),
+    ({"loss.name": "sigmoid+bco_pair+sft", "loss.weights": (0.8, 0.2)},
+     r"^loss.weights=\(0.8, 0.2\) has 2 weights for the 3 losses of loss.name='sigmoid\+bco_pair\+sft'"),
+    ({"loss.name": "dpo+dpo"}, r"loss.name='dpo\+dpo' names a loss twice"),
+    ({"loss.name": "dpo+nope"}, r"loss.name='dpo\+nope': 'nope' is unknown; choose one of \['aot', "),
+    ({"loss.name": "simpo"}, r"^loss.name='simpo' reads no reference: set reference='none'"),
+    ({"loss.name": "dpo", "reference": "none"}, r"^reference='none' cannot go with loss.name='dpo'"),
+    ({"loss.name": "orpo+apo_zero", "reference": "none"}, r"^reference='none' cannot go with loss.name='orpo\+apo_zero'"),
+])
+def test_loss_combinations_are_checked_by_name(changes, message):
+    import train_llava
+
+    config = train_llava.get_config()
+    for dotted, value in changes.items():
+        section, _, key = dotted.rpartition(".")
+        (config[section] if section else config)[key] = value
+    with pytest.raises(ValueError, match=message):
+        load(config)
+
+
+@pytest.mark.parametrize("name", ["simpo", "orpo", "cpo", "sigmoid+bco_pair+sft", "exo_pair"])
+def test_the_new_losses_load_with_their_reference_rule(name):
+    import train_llava
+
+    config = train_llava.get_config()
+    config.loss.name = name
+    config.loss.label_smoothing = 1e-3 if name == "exo_pair" else 0.0
+    if name in ("simpo", "orpo", "cpo"):
+        config.reference = "none"
+    assert load(config).loss.name == name

@@ -76,12 +76,13 @@ class RowLayout:
         `loss.name=mdpo` alone trains mDPO wherever it runs, and an explicit rejected_image with
         mdpo (rDPO's retrieved image plus mDPO's anchor, no published method) is refused rather
         than trained silently."""
-        if objective == "mdpo" and alt_image == "rejected_image":
-            raise ValueError("loss.alt_image='rejected_image' cannot go with loss.name='mdpo': mDPO's conditional term "
+        mdpo = objective != "sft" and "mdpo" in loss_spec(objective).terms
+        if mdpo and alt_image == "rejected_image":
+            raise ValueError(f"loss.alt_image='rejected_image' cannot go with loss.name={objective!r}: mDPO's conditional term "
                              "contrasts the image with its random crop (use loss.alt_image=auto or crop; rdpo reads "
                              "a retrieved image)")
         if alt_image == "auto":
-            return "crop" if objective == "mdpo" else "rejected_image"
+            return "crop" if mdpo else "rejected_image"
         return alt_image
 
     @property
@@ -149,8 +150,9 @@ class TrainSettings:
     @property
     def objective(self) -> str:
         """'sft' or the loss name. `inspect` shows the rows of the config it is pointed at: an SFT
-        config (no reference) inspects as sft."""
-        sft = self.mode == "sft" or (self.mode == "inspect" and self.reference == "none")
+        config (no reference, a loss that needs one) inspects as sft, a SimPO/ORPO one as its loss."""
+        sft = self.mode == "sft" or (self.mode == "inspect" and self.reference == "none"
+                                     and loss_spec(self.loss.name).needs_reference)
         return "sft" if sft else self.loss.name
 
     @property
@@ -168,8 +170,14 @@ class TrainSettings:
         objective, reference, loss = self.objective, self.reference, self.loss
         if objective == "sft" and reference != "none":
             raise ValueError(f"reference={reference!r}: mode 'sft' uses no reference; set reference='none'")
-        if objective != "sft" and reference == "none":
-            raise ValueError("reference='none' only fits mode 'sft'; preference losses need a reference")
+        needs_reference = objective != "sft" and loss_spec(objective).needs_reference
+        if needs_reference and reference == "none":
+            raise ValueError(f"reference='none' cannot go with loss.name={objective!r}, which reads the reference's "
+                             "log-probs; only mode 'sft' and the reference-free losses (simpo, cpo, orpo) train "
+                             "without one")
+        if objective != "sft" and not needs_reference and reference != "none":
+            raise ValueError(f"loss.name={objective!r} reads no reference: set reference='none' (reference="
+                             f"{reference!r} would run or load one for nothing)")
         if reference == "lora_off" and not self.lora.rank:
             raise ValueError("reference='lora_off' needs lora.rank > 0 (or use reference='frozen_copy')")
         self.layout  # noqa: B018 - builds the row layout, refusing scoring options the loss has no row for

@@ -161,7 +161,8 @@ ALT_IMAGES = ("auto", "rejected_image", "crop")  # chosen_alt_image's image: the
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings(LossConfig):
-    name: str = key("dpo", "the objective: dpo | robust | ipo | hinge | rdpo | mdpo | povid | povid_weighted")
+    name: str = key("dpo", "the objective: one loss of docs/methods.md (dpo, robust, ipo, rdpo, mdpo, povid, "
+                           "simpo, orpo, TRL's loss types, ...) or several joined by '+' (weighted by loss.weights)")
     rejected_scoring: str = key("label", "rejected rows scored by their label's log-prob, or by the best other "
                                          "token's (best_other, Re-Align's public code)", choices=ROW_SCORING)
     noisy_scoring: str = key("batch", "POVID's noisy row: the batch's own tokens, or the policy's argmax under "
@@ -175,7 +176,13 @@ class LossSettings(LossConfig):
     vocab_chunk: int = key(8192, "vocabulary chunk of the log-softmax", least=1)
 
     def check(self, prefix: str) -> None:
-        loss_spec(self.name)  # an unknown name fails naming the registry's
+        terms = loss_spec(self.name).terms  # an unknown name fails naming the registry's
+        if self.weights and len(self.weights) != len(terms):
+            raise ValueError(f"{prefix}weights={self.weights} has {len(self.weights)} weights for the "
+                             f"{len(terms)} losses of {prefix}name={self.name!r}")
+        if "exo_pair" in terms and not self.label_smoothing:
+            raise ValueError(f"{prefix}label_smoothing=0 with exo_pair: EXO's target (1-eps, eps) needs "
+                             "eps > 0 (TRL's default for it: 1e-3)")
 
 
 @dataclasses.dataclass(frozen=True)

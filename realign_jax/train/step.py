@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 
 from realign_jax.models.llava import LlavaModel
-from realign_jax.objectives.losses import LossConfig, get_loss
+from realign_jax.objectives.losses import LossConfig, loss_spec
 from realign_jax.train.lora import set_lora_enabled
 from realign_jax.train.rows import RowLayout, image_states, row_logps
 
@@ -87,12 +87,15 @@ def _loss(statics: StepStatics, state: TrainState, trainable: nnx.State, batch: 
         tokens = jnp.sum(policy_rows["length_chosen"])
         loss = -jnp.sum(chosen) / jnp.maximum(tokens, 1)
         return loss, {"loss": loss, "logps/chosen": jnp.mean(chosen)}
+    spec = loss_spec(statics.objective)
+    if not spec.needs_reference:  # SimPO, CPO, ORPO: no reference forward in the program at all
+        return spec.fn(policy_rows, {}, statics.loss)
     if statics.reference == "precomputed":
         ref_rows = {kind: batch["ref_logps"][:, i] for i, kind in enumerate(statics.layout.kinds)}
     else:
         ref_states = image_states(reference, batch["pixel_values"]) if statics.vision_trainable else states
         ref_rows = jax.lax.stop_gradient(row_logps(reference, ref_states, batch, statics.layout.for_reference()))
-    return get_loss(statics.objective)(policy_rows, ref_rows, statics.loss)
+    return spec.fn(policy_rows, ref_rows, statics.loss)
 
 
 def reference_logps(statics: StepStatics, state: TrainState, batch: Batch) -> jax.Array:
