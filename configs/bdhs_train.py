@@ -9,6 +9,14 @@
     python -m realign_jax.main --config=configs/bdhs_train.py:online --workdir=/tmp/bdhs_online \\
         --config.model.path=/tmp/world_sft/export --config.data.path=/tmp/world_sft1/world/train/captions.jsonl
 
+    # combined with an external rejected answer (the paper's g*L(y_w, y_l) + (1-g)*L(y_w, y~)):
+    # BDHS writes its rewrite beside each POVID pair's rejected answer, then loss.name=dpo_combined
+    python -m realign_jax.main --config=configs/bdhs_pairs.py --workdir=/tmp/bdhs_beside \
+        --config.model.path=/tmp/world_sft/export --config.data.path=/tmp/povid/pairs \
+        --config.pairs.write_to=rejected_sampled
+    python -m realign_jax.main --config=configs/bdhs_train.py:combined --workdir=/tmp/bdhs_combined \
+        --config.model.path=/tmp/world_sft/export --config.data.path=/tmp/bdhs_beside/pairs
+
 Online, `data.path` holds SFT-style records (`chosen` answers), not pairs: each round's pairs
 are written to `<workdir>/online_bdhs/round-NNNNN.jsonl` and a resumed run reads them back.
 On real data: `--config.model.path=/ckpt/llava-1.6-7b-hf --config.model.dtype=bfloat16`; the
@@ -26,6 +34,8 @@ import common  # configs/common.py: realign_jax.cli puts this folder on the impo
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    online = common.config_arg(arg, "bdhs_train.py", choices=("online",)).get("variant") == "online"
-    settings = common.replace(common.aligning("dpo"), online_bdhs=OnlineBdhsSettings(every=25 if online else 0))
+    variant = common.config_arg(arg, "bdhs_train.py", choices=("online", "combined")).get("variant")
+    loss = "dpo_combined" if variant == "combined" else "dpo"  # combined: loss.combined_weight g = 0.5
+    every = 25 if variant == "online" else 0
+    settings = common.replace(common.aligning(loss), online_bdhs=OnlineBdhsSettings(every=every))
     return common.to_config(settings)

@@ -6,8 +6,10 @@ written by transformers with a tiny world's tokenizer."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from conftest import build_world_llava
 from realign_jax.data import images as image_ops
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.prompting import image_prompt_ids
-from realign_jax.main import run
+from realign_jax.main import run, train
 from realign_jax.models.answering import Answerer
 from realign_jax.models.generation import SamplingConfig, decode, generate
 from realign_jax.pairs.bdhs import (
@@ -243,3 +245,33 @@ def test_runs_on_your_own_jsonl_and_image_folder(world: Path, checkpoint: str, t
     for row in pairs:
         assert os.path.samefile(pairs_dir / row["image"], data / "photos" / os.path.basename(row["image"]))
         assert row["rejected"] != row["chosen"] and "rejected_image" not in row
+
+
+def test_rewrites_go_beside_an_external_rejected_answer(world: Path, checkpoint: str, answerer: Answerer,
+                                                        embedder: SentenceEmbedder, tmp_path: Path) -> None:
+    """pairs.write_to=rejected_sampled (the BDHS paper's combination with an external rejected
+    answer, loss.name=dpo_combined): the record's own rejected answer and provenance stay, the
+    rewrite and BDHS's provenance go beside them; a record without a rejected answer is counted."""
+    records, _ = captions(world, 4)
+    external = [{**r, "rejected": "An empty picture.", "provenance": {"builder": "povid"}} for r in records[:3]]
+    counts: Counter = Counter()
+    rows = sampler(answerer, embedder, write_to="rejected_sampled").pairs(
+        external + records[3:], str(world / "train"), str(tmp_path), 0, counts)
+    assert counts["dropped_no_rejected"] == 1 and len(rows) == counts["kept"] >= 2
+    plain = sampler(answerer, embedder).pairs(records[:3], str(world / "train"), str(tmp_path), 0, Counter())
+    by_id = {row["id"]: row for row in plain}
+    for row in rows:
+        assert row["rejected"] == "An empty picture." and row["provenance"]["builder"] == "povid"
+        assert row["provenance"]["sampled"]["builder"] == "bdhs"
+        assert row["rejected_sampled"] == by_id[row["id"]]["rejected"]  # the same rewrite, in another field
+
+    # configs/bdhs_train.py:combined trains on them: two rejected rows per record.
+    import bdhs_train
+
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    config = bdhs_train.get_config("combined")
+    config.model.path, config.data.path = checkpoint, str(tmp_path / "pairs.jsonl")
+    config.data.seq_len, config.data.length_buckets = 96, ""
+    config.train.batch_size, config.train.steps, config.train.export = 8, 1, False
+    metrics = train(config, str(tmp_path / "train"))["metrics"]
+    assert np.isfinite(metrics["loss"]) and "sampled/rewards/margins" in metrics

@@ -8,7 +8,7 @@ import pytest
 
 from realign_jax.objectives.losses import TERMS, LossConfig, get_loss, loss_spec
 
-KINDS = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy")
+KINDS = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy", "rejected_sampled")
 RNG = np.random.default_rng(0)
 N = 6
 
@@ -88,6 +88,9 @@ def reference_numpy(name, p, r, lengths, nll, cfg):
     elif name == "povid_weighted":
         a, b1, b2 = cfg.povid_weights
         rows = sig(b * (a * d("chosen") - (b1 * d("rejected") + b2 * d("rejected_noisy"))))
+    elif name == "dpo_combined":
+        g = cfg.combined_weight
+        rows = g * sig(b * (d("chosen") - d("rejected"))) + (1 - g) * sig(b * (d("chosen") - d("rejected_sampled")))
     return rows.mean() + cfg.sft_weight * sft_numpy(p, lengths, nll, cfg.sft_normalize)
 
 
@@ -113,7 +116,7 @@ def _as_rows(p, lengths, nll):
 CONFIGS = [
     LossConfig(),
     LossConfig(beta=0.5, label_smoothing=0.1, length_normalize=True, sft_weight=0.3, visual_weight=0.5,
-               mdpo_anchor_delta=0.2, povid_weights=(1.0, 0.7, 0.3)),
+               mdpo_anchor_delta=0.2, povid_weights=(1.0, 0.7, 0.3), combined_weight=0.3),
     LossConfig(label_smoothing=0.2, sft_weight=0.3, sft_normalize="token"),
 ]
 

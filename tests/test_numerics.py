@@ -95,7 +95,7 @@ def test_bfloat16_training_stays_finite(loss):
 def test_losses_and_gradients_stay_finite_at_extreme_log_probs(loss):
     """Summed log-probs of long answers reach -1e4 and margins of thousands: log-sigmoid must
     not overflow in either direction."""
-    kinds = ("chosen", "rejected", "rejected_image", "rejected_noisy", "chosen_alt_image")
+    kinds = ("chosen", "rejected", "rejected_image", "rejected_noisy", "chosen_alt_image", "rejected_sampled")
     extreme = jnp.array([-1e4, -1.0, -5e3, -3e4])
 
     def total(scale):

@@ -110,7 +110,7 @@ def test_no_config_dict_is_built_outside_the_settings_machinery():
 
 
 CONFIGS = [("train_llava", None), ("train_llava", "loss=rdpo"), ("sft_llava", None), ("sft_world", "grounding"),
-           ("realign_train", None), ("povid_train", "noise"), ("bdhs_train", "online"), ("realign_pairs", None),
+           ("realign_train", None), ("povid_train", "noise"), ("bdhs_train", "online"), ("bdhs_train", "combined"), ("realign_pairs", None),
            ("bdhs_pairs", None), ("povid_pairs", None), ("eval_world", None), ("generate_llava", None),
            ("convert_data", None), ("rdpo_llava", None), ("povid_llava", None), ("mdpo_llava", None),
            ("dpo_llava", None), ("bdhs_llava", None), ("rdpo_llava_step", "7b"),

@@ -49,7 +49,7 @@ def run_steps(config, steps, mesh=None, trainer=None):
     return history, trainer, state
 
 
-@pytest.mark.parametrize("loss", ["dpo", "rdpo", "mdpo", "povid"])
+@pytest.mark.parametrize("loss", ["dpo", "rdpo", "mdpo", "povid", "dpo_combined"])
 def test_loss_falls_and_accuracy_rises(loss):
     history, _, _ = run_steps(small_config(loss), 30)
     first, last = history[:5], history[-5:]
@@ -61,6 +61,8 @@ def test_loss_falls_and_accuracy_rises(loss):
         assert "visual/rewards/margins" in history[-1]
     if loss == "povid":
         assert "noisy/rewards/margins" in history[-1]
+    if loss == "dpo_combined":
+        assert mean(last, "sampled/rewards/margins") > 0
 
 
 def test_sft_loss_falls():

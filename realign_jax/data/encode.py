@@ -25,7 +25,7 @@ from realign_jax.data.records import BadRecord, Record
 
 # Which answer and which image each row kind uses.
 ROW_ANSWER = {"chosen": "chosen", "rejected": "rejected", "chosen_alt_image": "chosen",
-              "rejected_noisy": "rejected_noisy"}
+              "rejected_noisy": "rejected_noisy", "rejected_sampled": "rejected_sampled"}
 TRUNCATION = ("response", "drop")
 SECOND_IMAGE = ("rejected_image", "noised", "cropped")
 REF_LOGPS = ("kept", "required", "ignored")

@@ -57,6 +57,8 @@ def make_example(index: int, recipe: RandomPairsRecipe) -> dict[str, np.ndarray]
                  "rejected": _text_tokens(rng, rng.integers(2, room + 1), recipe),
                  "rejected_noisy": _text_tokens(rng, rng.integers(2, room + 1), recipe)}
     responses["chosen_alt_image"] = responses["chosen"]
+    sampled = np.random.default_rng((recipe.seed, index, 1))  # its own stream: the other rows stay as they were
+    responses["rejected_sampled"] = _text_tokens(sampled, sampled.integers(2, room + 1), recipe)
     k = len(recipe.kinds)
     ids = np.zeros((k, recipe.seq_len), np.int32)
     attention = np.zeros((k, recipe.seq_len), np.int32)

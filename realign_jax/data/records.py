@@ -10,7 +10,7 @@ JSON form (one object per JSONL line; `question` or `prompt` is shorthand for on
     {"id": "coco-42", "image": "images/42.jpg", "question": "What is on the table?",
      "chosen": "A cup.", "rejected": "A cup and a fork.",
      "rejected_image": "images/77.jpg", "image_noise": {"kind": "diffusion", "t": 500},
-     "rejected_noisy": "...", "ref_logps": {"chosen": -12.5, "rejected": -20.1},
+     "rejected_noisy": "...", "rejected_sampled": "...", "ref_logps": {"chosen": -12.5, "rejected": -20.1},
      "provenance": {"builder": "realign", "neighbour": 3, "similarity": 0.91}}
 
 `messages` may replace `question`: a list of {"role", "content"} turns ending with a user
@@ -60,6 +60,7 @@ class Record:
     rejected_image: str | bytes | None = None
     image_noise: Mapping[str, Any] | None = None
     rejected_noisy: str | None = None
+    rejected_sampled: str | None = None  # a self-generated rejected answer beside an external one (BDHS)
     ref_logps: Mapping[str, float] | None = None
     provenance: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -144,11 +145,14 @@ def from_json(obj: Any, where: str) -> Record:
         chosen=_optional_text(obj, "chosen", where), rejected=_optional_text(obj, "rejected", where),
         rejected_image=_image_ref(obj, "rejected_image", where), image_noise=noise,
         rejected_noisy=_optional_text(obj, "rejected_noisy", where),
+        rejected_sampled=_optional_text(obj, "rejected_sampled", where),
         ref_logps={k: float(v) for k, v in ref_logps.items()} if ref_logps else None,
         provenance=dict(provenance or {}),
     )
     if record.chosen is not None and record.chosen == record.rejected:
         raise BadRecord(where, "rejected", "is identical to chosen")
+    if record.chosen is not None and record.chosen == record.rejected_sampled:
+        raise BadRecord(where, "rejected_sampled", "is identical to chosen")
     return record
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from realign_jax.data.records import BadRecord, Record, from_json
 
 FIELDS = ("id", "question", "prompt", "messages", "image", "chosen", "rejected", "rejected_image",
-          "image_noise", "rejected_noisy", "ref_logps", "provenance")
+          "image_noise", "rejected_noisy", "rejected_sampled", "ref_logps", "provenance")
 IMAGE_FIELDS = ("image", "rejected_image")
 
 

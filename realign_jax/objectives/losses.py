@@ -54,12 +54,16 @@ class LossConfig:
                                           "1 each); MPO is loss.name=sigmoid+bco_pair+sft with (0.8, 0.2, 1.0)")
     simpo_gamma: float = _key(0.5, "SimPO's target reward margin gamma (TRL's simpo_gamma)")
     discopop_tau: float = _key(0.05, "DiscoPOP's temperature tau of the blend (TRL's discopop_tau)")
+    combined_weight: float = _key(0.5, "dpo_combined's g: weight of the external rejected answer, 1 - g of "
+                                       "the self-generated rejected_sampled (BDHS)")
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
             raise ValueError(f"loss.beta={self.beta} must be positive")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"loss.label_smoothing={self.label_smoothing} must be in [0, 0.5)")
+        if not 0 <= self.combined_weight <= 1:
+            raise ValueError(f"loss.combined_weight={self.combined_weight} must be in [0, 1]")
         if self.discopop_tau <= 0:
             raise ValueError(f"loss.discopop_tau={self.discopop_tau} must be positive")
         if self.sft_normalize not in SFT_NORMALIZE:
@@ -298,6 +302,15 @@ def orpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, 
     return nll - config.beta * ratio, metrics
 
 
+def dpo_combined(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
+    """The BDHS paper's combination of an external and a self-generated rejected answer
+    (arXiv 2407.02477): g * L_dpo(y_w, y_l) + (1 - g) * L_dpo(y_w, y~), y~ = rejected_sampled,
+    g = loss.combined_weight (0.5). Metrics of the second pair under `sampled/`."""
+    h_external, h_sampled, metrics = _two_terms(policy, reference, config, "rejected_sampled", "sampled/")
+    g = config.combined_weight
+    return g * _sigmoid(h_external, config) + (1 - g) * _sigmoid(h_sampled, config), metrics
+
+
 def rdpo(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """Re-Align Eq. 1: -logsig(h_txt) - w_v * logsig(h_vis), h_vis contrasting y_w under v and v_l."""
     h_txt, h_vis, metrics = _two_terms(policy, reference, config, "chosen_alt_image", "visual/")
@@ -355,8 +368,9 @@ TERMS: dict[str, tuple[LossTerm, tuple[str, ...], bool]] = {
     "rdpo": (rdpo, (*_PAIR, "chosen_alt_image"), True), "mdpo": (mdpo, (*_PAIR, "chosen_alt_image"), True),
     "povid": (povid, (*_PAIR, "rejected_noisy"), True),
     "povid_weighted": (povid_weighted, (*_PAIR, "rejected_noisy"), True),
+    "dpo_combined": (dpo_combined, (*_PAIR, "rejected_sampled"), True),
 }
-ROW_ORDER = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy")
+ROW_ORDER = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy", "rejected_sampled")
 
 
 def _total(names: tuple[str, ...], policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:

@@ -184,9 +184,10 @@ class BdhsSampler:
               counts: Counter) -> list[dict[str, Any]]:
         """Preference records for those of `records` BDHS can rewrite (the rest counted in
         `counts`), images relative to `output`, where they will be written."""
-        usable = [r for r in with_chosen(records, counts) if _has_question(r, counts)]
+        usable = [r for r in with_chosen(records, counts) if _has_question(r, counts)
+                  and _has_rejected(r, self.settings.write_to, counts)]
         results = self.rejected(usable, [image_path(dict(r), image_root) for r in usable], seed)
-        built = (_pair(rebase_image(dict(r), image_root, output), res, self.settings.rho_th, counts)
+        built = (_pair(rebase_image(dict(r), image_root, output), res, self.settings, counts)
                  for r, res in zip(usable, results))
         return [row for row in built if row is not None]
 
@@ -229,6 +230,14 @@ def _has_question(record: Mapping[str, Any], counts: Counter) -> bool:
     return True
 
 
+def _has_rejected(record: Mapping[str, Any], write_to: str, counts: Counter) -> bool:
+    """Writing to rejected_sampled keeps the record's own rejected answer: one without is skipped."""
+    if write_to == "rejected_sampled" and not str(record.get("rejected") or "").strip():
+        counts["dropped_no_rejected"] += 1
+        return False
+    return True
+
+
 def _count(result: BdhsResult, counts: Counter) -> None:
     """How the sampler got there, for every record sampled (kept or not)."""
     counts[f"accepted_round_{result.round}"] += 1
@@ -236,8 +245,10 @@ def _count(result: BdhsResult, counts: Counter) -> None:
     counts["unguided"] += result.unguided
 
 
-def _pair(record: Mapping[str, Any], result: BdhsResult, rho_th: float, counts: Counter) -> dict[str, Any] | None:
-    """The preference record, or None (counted) when the model gave nothing or y_w itself."""
+def _pair(record: Mapping[str, Any], result: BdhsResult, settings: BdhsSampling,
+          counts: Counter) -> dict[str, Any] | None:
+    """The preference record, or None (counted) when the model gave nothing or y_w itself. Into
+    rejected_sampled, the record's own provenance stays and BDHS's goes under `sampled`."""
     _count(result, counts)
     text = result.text.strip()
     if not text:
@@ -247,9 +258,14 @@ def _pair(record: Mapping[str, Any], result: BdhsResult, rho_th: float, counts: 
         counts["dropped_rejected_is_chosen"] += 1
         return None
     counts["kept"] += 1
-    provenance = {**(record.get("provenance") or {}), "builder": BUILDER, "round": result.round, "rho_th": rho_th,
-                  "similarity": result.similarity, "flipped": result.flipped, "unguided": result.unguided}
-    return {**record, "rejected": text, "provenance": provenance}
+    sampled = {"builder": BUILDER, "round": result.round, "rho_th": settings.rho_th, "similarity": result.similarity,
+               "flipped": result.flipped, "unguided": result.unguided}
+    provenance = dict(record.get("provenance") or {})
+    if settings.write_to == "rejected":
+        provenance.update(sampled)
+    else:
+        provenance["sampled"] = sampled
+    return {**record, settings.write_to: text, "provenance": provenance}
 
 
 def build_bdhs(config: PairsRun, records: Sequence[dict[str, Any]], image_root: str, output: str) -> dict[str, Any]:

@@ -297,6 +297,9 @@ class BdhsSampling(Generating):
     flip_probability: float = key(0.5, "a yes/no answer is rewritten from its flipped verdict", least=0, most=1)
     max_new_tokens: int = key(64, "tokens per completion (a sentence, or the rest of the answer)", least=1)
     top_p: float = key(1.0, "nucleus sampling mass", above=0, most=1)
+    write_to: str = key("rejected", "the field the rewrite goes into: rejected (BDHS pairs), or rejected_sampled "
+                                    "beside each record's own rejected answer (for loss.name=dpo_combined)",
+                        choices=("rejected", "rejected_sampled"))
 
     def __post_init__(self) -> None:
         check_fields(self, self.key_prefix)
