@@ -11,7 +11,7 @@ checkpoints under `<workdir>/checkpoints` and the merged model in Hugging Face f
 `<workdir>/export`. Variants: `configs/train_llava.py:loss=rdpo` (or mdpo, which reads its random
 crop by itself, povid, robust, ipo, hinge, any TRL loss type, and the reference-free simpo, cpo
 and orpo, which set reference=none and run no reference forward); MPO is
-`--config.loss.name=sigmoid+bco_pair+sft --config.loss.weights=0.8,0.2,1.0`.
+`--config.loss.name=sigmoid+bco_pair+sft '--config.loss.weights=(0.8,0.2,1.0)'`.
 Real runs: `--config.model.path=/ckpt/llava-1.5-7b-hf --config.model.dtype=bfloat16` and a data
 source from the data issue; the papers' settings are LoRA r=128/alpha=256, lr 1e-5 (projector
 2e-5), beta 0.1, batch 32, warm-up 3%, cosine, 1 epoch.

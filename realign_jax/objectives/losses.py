@@ -205,22 +205,18 @@ def sppo_hard(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Ar
     return _per_row(per_row, policy, reference, config)
 
 
-def _sorted_sigmoid(delta: jax.Array, config: LossConfig) -> jax.Array:
-    return _sigmoid(config.beta * delta, config)
-
-
 def aot(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """AOT (Melnyk et al. 2024; TRL's `aot`): the policy's and the reference's log-prob gaps
     lp_w - lp_l, each sorted over the batch, then the (smoothed) sigmoid of their difference. The
     batch is the micro-batch over all devices (TRL sorts each process's batch)."""
     gaps = [jnp.sort(rows["chosen"] - rows["rejected"]) for rows in (policy, reference)]
-    return _per_row(_sorted_sigmoid(gaps[0] - gaps[1], config), policy, reference, config)
+    return _per_row(_sigmoid(config.beta * (gaps[0] - gaps[1]), config), policy, reference, config)
 
 
 def aot_unpaired(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
     """AOT for unpaired data (TRL's `aot_unpaired`): D(y_w) and D(y_l) sorted apart over the batch."""
     d_w, d_l = (jnp.sort(policy[kind] - reference[kind]) for kind in ("chosen", "rejected"))
-    return _per_row(_sorted_sigmoid(d_w - d_l, config), policy, reference, config)
+    return _per_row(_sigmoid(config.beta * (d_w - d_l), config), policy, reference, config)
 
 
 def apo_zero(policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:

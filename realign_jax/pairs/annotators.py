@@ -10,8 +10,8 @@ chosen and rejected answer of a pair. `make_annotator` builds one from the run's
 pairs/ may not import eval/ or synthetic/ (docs/design.md, "Rooms and who may import whom"), so
 the world is read from its files: its synonyms.txt by data/text.py's reader (the one CHAIR's
 corrected protocol uses), answers by pairs/answers.py's `Lexicon`, the builders' form of CHAIR's
-corrected reading without the COCO special cases (eval/chair.py COCO_PHRASES and toilet/seat). On the world's words those
-differ only where an answer writes "hot dog", "home plate" or a "seat" (a chair) beside a
+corrected reading without the COCO special cases (eval/chair.py COCO_PHRASES and toilet/seat).
+On the world's words those differ only where an answer writes "hot dog", "home plate" or a "seat" (a chair) beside a
 "toilet", which the world's own text never does; tests/test_annotators.py checks the two
 readings agree on the world's captions.
 """

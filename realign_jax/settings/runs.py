@@ -78,9 +78,9 @@ class RowLayout:
         than trained silently."""
         mdpo = objective != "sft" and "mdpo" in loss_spec(objective).terms
         if mdpo and alt_image == "rejected_image":
-            raise ValueError(f"loss.alt_image='rejected_image' cannot go with loss.name={objective!r}: mDPO's conditional term "
-                             "contrasts the image with its random crop (use loss.alt_image=auto or crop; rdpo reads "
-                             "a retrieved image)")
+            raise ValueError(f"loss.alt_image='rejected_image' cannot go with loss.name={objective!r}: mDPO's "
+                             "conditional term contrasts the image with its random crop (use loss.alt_image=auto or "
+                             "crop; rdpo reads a retrieved image)")
         if alt_image == "auto":
             return "crop" if mdpo else "rejected_image"
         return alt_image
