@@ -67,17 +67,29 @@ def with_world(settings: Any, workdir: str) -> Any:
 
 def train(settings: TrainSettings, workdir: str, *, xla: bool = False, stop_after: int | None = None,
           overwrite: bool = False) -> dict[str, Any]:
-    """`train.loop.train` with online BDHS's round sampler plugged in when `online_bdhs.every` is
-    set (train/ does not import pairs/, docs/design.md "Rooms and who may import whom")."""
+    """`train.loop.train` with the online method's round sampler plugged in when
+    `online_bdhs.every` or `online_dpo.every` is set (train/ does not import pairs/,
+    docs/design.md "Rooms and who may import whom")."""
     from realign_jax.train import loop
 
     settings = load(settings)
     sampler = None
-    if settings.online:
+    if settings.online_method == "online_bdhs":
         from realign_jax.pairs.bdhs import online_sampler
 
         sampler = online_sampler(settings.online_bdhs)
+    elif settings.online_method == "online_dpo":
+        from realign_jax.pairs.online_dpo import online_dpo_sampler
+
+        sampler = online_dpo_sampler(settings.online_dpo, _annotator_world(settings, workdir))
     return loop.train(settings, workdir, xla=xla, stop_after=stop_after, overwrite=overwrite, online_sampler=sampler)
+
+
+def _annotator_world(settings: TrainSettings, workdir: str) -> str:
+    """online_dpo.world, else the run's own world (world.dir, or <workdir>/world) when it has one."""
+    if settings.online_dpo.world or settings.world is None:
+        return settings.online_dpo.world
+    return settings.world.dir or os.path.join(workdir, "world")
 
 
 def _train(settings: TrainSettings, workdir: str, options: RunOptions) -> None:

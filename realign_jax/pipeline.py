@@ -76,7 +76,8 @@ def _has_pairs(folder: str) -> bool:
     return False
 
 
-def _align(settings: PipelineRun, workdir: str, model_path: str, pairs_dir: str, run: StageRunner) -> str:
+def _align(settings: PipelineRun, workdir: str, world_dir: str, model_path: str, pairs_dir: str,
+           run: StageRunner) -> str:
     """Each align stage from the previous stage's merged export (POVID's two stages)."""
     for name, stage in settings.align.stages():
         stage_dir = os.path.join(workdir, f"align_{name}")
@@ -85,6 +86,8 @@ def _align(settings: PipelineRun, workdir: str, model_path: str, pairs_dir: str,
             stage = replace(stage, model__path=model_path, model__preset="", model__dtype=settings.model.dtype,
                             model__param_dtype=settings.model.param_dtype, data__path=pairs_dir,
                             data__seed=stage.seed)
+            if stage.online_dpo is not None and not stage.online_dpo.world:
+                stage = replace(stage, online_dpo__world=world_dir)  # the world annotator's ground truth
             _announce(f"aligning ({name}: loss {stage.loss.name}, {_length(stage)})")
             run(stage, stage_dir)
         model_path = export
@@ -190,7 +193,7 @@ def run_pipeline(settings: PipelineRun, workdir: str, run: StageRunner) -> dict[
     base = settings.model.path or _sft(settings, workdir, world_dir, run)
     before = _evaluate(settings, workdir, "eval_base", world_dir, base, run)
     pairs_dir = _pairs(settings, workdir, world_dir, base, run)
-    aligned = _align(settings, workdir, base, pairs_dir, run)
+    aligned = _align(settings, workdir, world_dir, base, pairs_dir, run)
     after = _evaluate(settings, workdir, "eval_aligned", world_dir, aligned, run)
     rows = report_rows(before, after)
     stage_dirs = [os.path.join(workdir, f"align_{name}") for name, _ in settings.align.stages()]

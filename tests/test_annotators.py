@@ -187,7 +187,7 @@ def test_make_annotator_names_the_settings_it_misses(world: Path) -> None:
         make_annotator("oracle")
     with pytest.raises(ValueError, match=r"online_dpo\.annotator='world' needs online_dpo\.world"):
         make_annotator("world")
-    with pytest.raises(ValueError, match=r"online_dpo\.annotator='judge' needs pairs\.llm\.base_url"):
+    with pytest.raises(ValueError, match=r"online_dpo\.annotator='judge' needs online_dpo\.llm\.base_url"):
         make_annotator("judge")
     made = make_annotator("world", world=str(world), image_root=str(world / "train"))
     assert isinstance(made, WorldAnnotator) and made.world_dir == str(world)

@@ -88,11 +88,13 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
     assert resumed["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], rel=1e-5)
 
 
-def test_every_must_be_positive_when_set(world, checkpoint, tmp_path):
-    from realign_jax.train.online_bdhs import OnlineBdhsBatches
+def test_online_batches_need_an_online_method_and_a_sampler(world, checkpoint, tmp_path):
+    from realign_jax.train.online import OnlineBatches
     from realign_jax.settings.runs import load
 
     config = online_config(world, checkpoint)
-    config.online_bdhs.every = -1
-    with pytest.raises(ValueError, match="online_bdhs.every=-1"):
-        OnlineBdhsBatches(load(config), None, str(tmp_path), lambda: None)
+    with pytest.raises(ValueError, match=r"online_bdhs.every is set but no round sampler was given"):
+        OnlineBatches(load(config), None, str(tmp_path), lambda: None)
+    config.online_bdhs.every = 0
+    with pytest.raises(ValueError, match=r"neither online_bdhs.every nor online_dpo.every is set"):
+        OnlineBatches(load(config), None, str(tmp_path), lambda: None)

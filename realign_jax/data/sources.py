@@ -72,11 +72,24 @@ class JsonlSource:
         """Record `index` from its `raw` value: checked, its relative image paths resolved
         against the image root (default: its file's folder)."""
         record = from_json(obj, self.where(index))
-        root = self.image_root
-        if root is None:
-            root = os.path.dirname(os.path.abspath(self.files[self._offsets[index][0]]))
+        root = self.root_of(index)
         return dataclasses.replace(record, image=_resolve(record.image, root),
                                    rejected_image=_resolve(record.rejected_image, root))
+
+    def root_of(self, index: int) -> str:
+        """Where record `index`'s relative image paths point: `image_root`, else its file's folder."""
+        if self.image_root is not None:
+            return self.image_root
+        return os.path.dirname(os.path.abspath(self.files[self._offsets[index][0]]))
+
+    def resolved_raw(self, index: int) -> dict[str, Any]:
+        """Record `index` as the file holds it, with its image paths made absolute (`root_of`):
+        for readers that take the JSON fields themselves (online rounds, train/online.py)."""
+        obj = self.raw(index)
+        if not isinstance(obj, dict):
+            raise BadRecord(self.where(index), "<json>", "expected a JSON object")
+        root = self.root_of(index)
+        return {**obj, **{field: _resolve(obj[field], root) for field in ("image", "rejected_image") if field in obj}}
 
 
 def _jsonl_files(path: str) -> list[str]:

@@ -29,8 +29,8 @@ from realign_jax.data.text import load_synonyms, singular_phrase
 from realign_jax.pairs.answers import Lexicon, ParsedAnswer
 from realign_jax.pairs.builder_inputs import image_path
 from realign_jax.pairs.llm import ChatEndpoint
+from realign_jax.settings.sections import ANNOTATORS
 
-ANNOTATORS = ("world", "judge")
 JUDGE_RANGE = (0.0, 10.0)
 JUDGE_SYSTEM = (
     "You grade answers to questions about an image that neither of us can see. You get the question, a "
@@ -150,7 +150,7 @@ def make_annotator(kind: str, *, world: str = "", image_root: str = "",
         return WorldAnnotator(world, image_root)
     if kind == "judge":
         if endpoint is None:
-            raise ValueError("online_dpo.annotator='judge' needs pairs.llm.base_url and pairs.llm.model: the "
-                             "OpenAI-compatible endpoint of the judge")
+            raise ValueError("online_dpo.annotator='judge' needs online_dpo.llm.base_url and online_dpo.llm.model: "
+                             "the OpenAI-compatible endpoint of the judge")
         return JudgeAnnotator(endpoint)
     raise ValueError(f"online_dpo.annotator={kind!r}: choose from {ANNOTATORS}")

@@ -41,7 +41,7 @@ from realign_jax.settings.sections import BdhsSampling
 from realign_jax.data.chat import ChatCodec
 from realign_jax.data.text import VERDICT_RE, cased
 from realign_jax.models.answering import Answerer, Prompt
-from realign_jax.pairs.builder_inputs import image_path, rebase_image, with_chosen
+from realign_jax.pairs.builder_inputs import has_question, image_path, rebase_image, with_chosen
 from realign_jax.pairs.seeds import record_rng, stable_seed
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
 from realign_jax.pairs.shards import build_in_shards
@@ -184,7 +184,7 @@ class BdhsSampler:
               counts: Counter) -> list[dict[str, Any]]:
         """Preference records for those of `records` BDHS can rewrite (the rest counted in
         `counts`), images relative to `output`, where they will be written."""
-        usable = [r for r in with_chosen(records, counts) if _has_question(r, counts)
+        usable = [r for r in with_chosen(records, counts) if has_question(r, counts)
                   and _has_rejected(r, self.settings.write_to, counts)]
         results = self.rejected(usable, [image_path(dict(r), image_root) for r in usable], seed)
         built = (_pair(rebase_image(dict(r), image_root, output), res, self.settings, counts)
@@ -220,14 +220,6 @@ def online_sampler(online: BdhsSampling) -> Callable[..., list[dict[str, Any]]]:
         return BdhsSampler(answerer, embedder, settings).pairs(records, image_root, output, seed, counts)
 
     return sample
-
-
-def _has_question(record: Mapping[str, Any], counts: Counter) -> bool:
-    """BDHS prompts with the record's question; one without is counted and skipped."""
-    if not str(record.get("question") or "").strip():
-        counts["dropped_no_question"] += 1
-        return False
-    return True
 
 
 def _has_rejected(record: Mapping[str, Any], write_to: str, counts: Counter) -> bool:

@@ -112,6 +112,14 @@ def with_chosen(records: Sequence[Mapping[str, Any]], counts: Counter) -> list[M
     return kept
 
 
+def has_question(record: Mapping[str, Any], counts: Counter) -> bool:
+    """The samplers prompt with the record's question; one without is counted (dropped_no_question)."""
+    if not str(record.get("question") or "").strip():
+        counts["dropped_no_question"] += 1
+        return False
+    return True
+
+
 def image_path(record: Mapping[str, Any], image_root: str) -> str:
     """The record's image as a path that opens from anywhere (relative paths are under image_root)."""
     image = record.get("image")

@@ -29,20 +29,20 @@ class ChatEndpoint:
     workers: int = 4  # requests in flight at once
 
     @classmethod
-    def from_config(cls, llm: Any, use: str) -> ChatEndpoint:
-        """From `pairs.llm` (base_url, model, api_key_env, timeout, workers); `use` names the
-        setting that asked for it in errors, e.g. "pairs.masker='llm'". The key is read from
-        the environment variable `llm.api_key_env` names."""
+    def from_config(cls, llm: Any, use: str, prefix: str = "pairs.llm.") -> ChatEndpoint:
+        """From an `LlmSettings` section (base_url, model, api_key_env, timeout, workers) whose
+        keys start with `prefix`; `use` names the setting that asked for it in errors, e.g.
+        "pairs.masker='llm'". The key is read from the environment variable `llm.api_key_env` names."""
         if not llm.base_url or not llm.model:
-            raise ValueError(f"{use} needs pairs.llm.base_url and pairs.llm.model (an OpenAI-compatible "
+            raise ValueError(f"{use} needs {prefix}base_url and {prefix}model (an OpenAI-compatible "
                              "endpoint such as http://localhost:8000/v1 and its model name)")
         api_key = ""
         if llm.api_key_env:
             api_key = os.environ.get(llm.api_key_env, "")
             if not api_key:
-                raise ValueError(f"pairs.llm.api_key_env={llm.api_key_env!r}: that environment variable is not set")
+                raise ValueError(f"{prefix}api_key_env={llm.api_key_env!r}: that environment variable is not set")
         if llm.workers < 1:
-            raise ValueError(f"pairs.llm.workers={llm.workers} must be >= 1")
+            raise ValueError(f"{prefix}workers={llm.workers} must be >= 1")
         return cls(llm.base_url, llm.model, api_key, float(llm.timeout), int(llm.workers))
 
     def ask(self, system: str, user: str, record_id: str, purpose: str) -> str:

@@ -30,6 +30,7 @@ from realign_jax.settings.sections import (
     MeshSettings,
     ModelSettings,
     OnlineBdhsSettings,
+    OnlineDpoSettings,
     OptimConfig,
     PairsSettings,
     RecordFiles,
@@ -41,6 +42,7 @@ from realign_jax.settings.sections import (
 REFERENCES = ("lora_off", "frozen_copy", "precomputed", "none")
 TRAINING_MODES = ("train", "sft", "inspect", "precompute")
 ALT_IMAGE_KINDS = ("chosen_alt_image",)
+ONLINE_METHODS = ("online_bdhs", "online_dpo")  # TrainSettings sections that sample pairs while training
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +148,8 @@ class TrainSettings:
     world: WorldSettings | None = optional_section("the synthetic world trained on when data.path is empty")
     online_bdhs: OnlineBdhsSettings | None = optional_section("online BDHS: the policy rewrites records every "
                                                               "`every` steps")
+    online_dpo: OnlineDpoSettings | None = optional_section("online and mixed DPO: the policy samples answers an "
+                                                            "annotator ranks, every `every` steps")
 
     @property
     def objective(self) -> str:
@@ -163,8 +167,31 @@ class TrainSettings:
                                        vocab_chunk=loss.vocab_chunk, crop_per_forward=loss.crop_per_forward)
 
     @property
+    def online_method(self) -> str:
+        """'online_bdhs' or 'online_dpo' when that section samples during training (every > 0),
+        else '': the section's name is also its rounds' folder in the work dir."""
+        return next((name for name in ONLINE_METHODS if getattr(getattr(self, name), "every", 0) > 0), "")
+
+    @property
     def online(self) -> bool:
-        return self.online_bdhs is not None and self.online_bdhs.every > 0
+        return bool(self.online_method)
+
+    def _check_online(self) -> None:
+        """One online method at a time; online DPO's sampled pairs have an image, a question, a
+        chosen and a rejected answer, and nothing else a loss could read."""
+        running = [name for name in ONLINE_METHODS if getattr(getattr(self, name), "every", 0) > 0]
+        if len(running) > 1:
+            raise ValueError(f"{running[0]}.every and {running[1]}.every are both set: one online method samples "
+                             "the pairs of a run")
+        if self.online and self.reference == "precomputed":
+            raise ValueError(f"reference='precomputed' cannot go with {self.online_method}.every: the pairs are "
+                             "sampled during training, so no reference log-probs were stored with them")
+        if self.online_method != "online_dpo":
+            return
+        layout = self.layout
+        if self.objective == "sft" or "rejected_sampled" in layout.kinds or layout.second_image == "rejected_image":
+            raise ValueError(f"online_dpo.every is set but loss.name={self.objective!r} reads more than a sampled "
+                             "(chosen, rejected) pair holds: use a pairwise loss such as dpo, ipo or simpo")
 
     def check(self, prefix: str) -> None:
         objective, reference, loss = self.objective, self.reference, self.loss
@@ -190,6 +217,7 @@ class TrainSettings:
         if self.data.packing and loss.crop_per_forward:
             raise ValueError("data.packing=True cannot go with loss.crop_per_forward=True: a packed row reads one "
                              "image slot for policy and reference alike")
+        self._check_online()
         if not self.train.trainable and not self.lora.rank:
             raise ValueError("nothing to train: train.trainable is empty and lora.rank is 0")
         if prefix:  # a pipeline stage: the pipeline fills in its model and checks the stage again then

@@ -388,6 +388,33 @@ class OnlineBdhsSettings(BdhsSampling):
     every: int = key(0, "training steps per sampling round; 0 = offline pairs (no online sampling)", least=0)
 
 
+ANNOTATORS = ("world", "judge")  # pairs/annotators.py make_annotator builds each
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineDpoSettings:
+    """Online DPO (arXiv 2407.02477): every `every` steps the current policy samples `samples`
+    answers per record, the annotator ranks them, best and worst become the pair; with
+    `offline_share` > 0 it is the paper's mixed DPO (each record keeps its own pair with that
+    probability)."""
+
+    every: int = key(0, "training steps per sampling round; 0 = no online DPO", least=0)
+    samples: int = key(4, "answers sampled per record (k); the best and the worst become a pair", least=2)
+    temperature: float = key(1.0, "sampling temperature of the k answers", above=0)
+    top_p: float = key(1.0, "nucleus sampling mass", above=0, most=1)
+    max_new_tokens: int = key(64, "tokens per sampled answer", least=1)
+    batch_size: int = key(32, "prompts per generation batch", least=1)
+    annotator: str = key("world", "who ranks the answers: world (the synthetic world's ground truth: object recall "
+                                  "minus the share of mentioned objects not in the image) | judge (an "
+                                  "OpenAI-compatible LLM endpoint, `online_dpo.llm`, scoring 0-10 against the "
+                                  "record's chosen answer)", choices=ANNOTATORS)
+    world: str = key("", "annotator=world: the world's folder; empty = world.dir (or <workdir>/world)")
+    offline_share: float = key(0.0, "mixed DPO's Bernoulli alpha: the chance a record trains on its own (chosen, "
+                                    "rejected) pair instead of a sampled one; 0 = online DPO, 0.5 = the paper's "
+                                    "mixed DPO", least=0, most=1)
+    llm: LlmSettings = section(LlmSettings, "annotator=judge: the OpenAI-compatible endpoint of the judge")
+
+
 EVAL_BENCHMARKS = ("amber", "chair", "pope")  # eval/suite.py BENCHMARKS runs each
 # auto: the official reading on the benchmark's own files, the corrected one on the synthetic world
 CHAIR_PROTOCOLS = ("auto", "official", "corrected")  # eval/chair.py PROTOCOLS, plus auto

@@ -1,7 +1,7 @@
 """The training loop behind `mode=train` and `mode=sft`: data -> step -> metrics + checkpoints.
 
 It resumes from the newest checkpoint in `<workdir>/checkpoints` (parameters, optimiser,
-step, RNG and the data iterator: Grain's, or online BDHS's rounds, train/online_bdhs.py),
+step, RNG and the data iterator: Grain's, or the online rounds of train/online.py),
 saves every `train.checkpoint_every` steps, at the end and when the process receives SIGTERM
 (TPU preemption) or Ctrl-C, and exports the merged model in Hugging Face format at the end.
 `train` reads as its phases: `_prepare` (build and restore), the step loop, `_finish`.
@@ -33,7 +33,7 @@ from realign_jax.train.trainer import Trainer
 from realign_jax.train.workdir import QuietFullDisk, check_free_space, check_writable, claim, disk_full, is_disk_full
 
 if TYPE_CHECKING:
-    from realign_jax.train.online_bdhs import RoundSampler
+    from realign_jax.train.online import RoundSampler
 
 
 class NonFiniteSteps:
@@ -178,11 +178,11 @@ def _prepare(settings: TrainSettings, workdir: str, overwrite: bool, online_samp
     bytes_written = trainer.bytes_written(state, settings.train.keep_checkpoints, settings.train.export)
     check_free_space(workdir, bytes_written)
     if settings.online:
-        from realign_jax.train.online_bdhs import OnlineBdhsBatches
+        from realign_jax.train.online import OnlineBatches
 
         # The lambda reads the run's state when a round starts: the policy as trained up to then.
-        iterator = OnlineBdhsBatches(settings, trainer.model_config, workdir,
-                                     lambda: trainer.policy(run.state), online_sampler)
+        iterator = OnlineBatches(settings, trainer.model_config, workdir,
+                                 lambda: trainer.policy(run.state), online_sampler)
     else:
         iterator = iter(make_dataset(settings, trainer.model_config))
     run = _Run(settings, trainer, state, iterator,
@@ -242,8 +242,8 @@ def train(config: TrainSettings | Any, workdir: str, *, xla: bool = False, stop_
 
     `stop_after` ends the run early after that step with a checkpoint, as a preemption would.
     `overwrite` deletes the checkpoints of a different config in `workdir` instead of refusing.
-    `online_sampler` writes online BDHS's rounds when `online_bdhs.every` is set (main.train
-    passes pairs/bdhs.py's).
+    `online_sampler` writes the rounds when `online_bdhs.every` or `online_dpo.every` is set
+    (main.train passes the method's, from pairs/).
     """
     run = _prepare(with_epochs_as_steps(load(config)), workdir, overwrite, online_sampler)
     settings, trainer = run.settings, run.trainer

@@ -27,7 +27,7 @@ RUN_CONFIG = "run_config.json"
 MAY_CHANGE = ("train.steps", "train.epochs", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.export",
               "train.profile_start", "train.profile_steps", "train.on_nonfinite", "train.max_consecutive_skips",
               "data.workers", "inspect", "mesh", "model.remat", "model.attention_impl")
-OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "online_bdhs", RUN_CONFIG)
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "export", "online_bdhs", "online_dpo", RUN_CONFIG)
 
 
 def check_writable(workdir: str) -> None:

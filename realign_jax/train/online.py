@@ -1,15 +1,17 @@
-"""Online BDHS (docs/methods.md section 4): rejected answers sampled from the *current*
-policy, with its image hidden, every `online_bdhs.every` steps of training.
+"""Pairs sampled from the *current* policy while it trains, a round every `every` steps:
+online BDHS (`online_bdhs`, docs/methods.md section 4: rejected answers written with the image
+hidden) and online / mixed DPO (`online_dpo`: k sampled answers ranked by an annotator).
 
-`OnlineBdhsBatches` stands where the Grain iterator stands in the training loop. At each
-round boundary it takes the next `every x batch_size` records of `data.path` (SFT-style, with
-`chosen`), has its `RoundSampler` rewrite them with the policy the loop is training now, writes
-the pairs to `<workdir>/online_bdhs/round-NNNNN.jsonl` and serves them through the ordinary
-pipeline for the next `every` steps. The sampler is BDHS's (pairs/bdhs.py `online_sampler`),
-built by the top level (main.py `train`) and handed in: train/ does not import pairs/
-(docs/design.md, "Rooms and who may import whom"). Its state (round, and the pipeline's state inside the
-round) goes into the checkpoint; a resumed run reads the round's file back instead of
-sampling again, so it trains on exactly the pairs the interrupted run did.
+`OnlineBatches` stands where the Grain iterator stands in the training loop. At each round
+boundary it takes the next `every x batch_size` records of `data.path`, has its `RoundSampler`
+turn them into pairs with the policy the loop is training now, writes the pairs to
+`<workdir>/<method>/round-NNNNN.jsonl` (method = the section's name) and serves them through the
+ordinary pipeline for the next `every` steps. The sampler is the method's (pairs/bdhs.py
+`online_sampler`, pairs/online_dpo.py `online_dpo_sampler`), built by the top level (main.py
+`train`) and handed in: train/ does not import pairs/ (docs/design.md, "Rooms and who may import
+whom"). Its state (round, and the pipeline's state inside the round) goes into the checkpoint;
+a resumed run reads the round's file back instead of sampling again, so it trains on exactly
+the pairs the interrupted run did.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import numpy as np
 
 from realign_jax.data import loader
 from realign_jax.data.chat import ChatCodec
-from realign_jax.data.jsonl import json_objects
 from realign_jax.data.sources import JsonlSource
 from realign_jax.files import write_atomically
 from realign_jax.models.answering import Answerer
@@ -42,33 +43,36 @@ class RoundSampler(Protocol):
                  seed: int, counts: Counter) -> list[dict[str, Any]]: ...
 
 
-class OnlineBdhsBatches:
-    """Batches of on-policy BDHS pairs, a round of `every` steps at a time (module docstring).
-    `policy` returns the model being trained at the moment it is called; `sampler` writes a
-    round's pairs with it (required: None only names who should have passed it)."""
+class OnlineBatches:
+    """Batches of on-policy pairs, a round of `every` steps at a time (module docstring), for
+    the run's online method (`settings.online_method`). `policy` returns the model being trained
+    at the moment it is called; `sampler` writes a round's pairs with it (required: None only
+    names who should have passed it)."""
 
     def __init__(self, settings: TrainSettings, model_config: Any, workdir: str,
                  policy: Callable[[], LlavaModel], sampler: RoundSampler | None = None):
-        online, data = settings.online_bdhs, settings.data
-        if online.every < 1:
-            raise ValueError(f"online_bdhs.every={online.every} must be >= 1 (steps per sampling round)")
+        self.method = settings.online_method
+        if not self.method:
+            raise ValueError("neither online_bdhs.every nor online_dpo.every is set (steps per sampling round)")
+        online, data = getattr(settings, self.method), settings.data
         if jax.process_count() > 1:
-            raise ValueError("online_bdhs runs on one host for now: it samples in the training process")
+            raise ValueError(f"{self.method} runs on one host for now: it samples in the training process")
         if sampler is None:
-            raise ValueError("online_bdhs.every is set but no round sampler was given: train through "
-                             "realign_jax.main (its `train` plugs in pairs/bdhs.py's online_sampler)")
+            raise ValueError(f"{self.method}.every is set but no round sampler was given: train through "
+                             "realign_jax.main (its `train` plugs in the method's sampler)")
         self.settings, self.policy, self.sampler = settings, policy, sampler
         self.every, self.seed = online.every, data.seed
-        self.records = [record for _, record in json_objects(data.path)]
-        self.image_root = data.image_root or os.path.dirname(os.path.abspath(data.path))
+        records = JsonlSource(data.path, data.image_root or None)  # a file, or a builder's folder of shards
+        self.records = [records.resolved_raw(i) for i in range(len(records))]
+        self.image_root = ""  # every image path above is absolute
         self.order = np.random.default_rng(self.seed).permutation(len(self.records))
-        self.folder = os.path.join(workdir, "online_bdhs")
+        self.folder = os.path.join(workdir, self.method)
         self.encoder = make_encoder(settings, model_config)
         self.generation_batch = online.batch_size
         self.round, self.served, self.counts = -1, 0, Counter()
         self._inner: Any = None
 
-    def __iter__(self) -> OnlineBdhsBatches:
+    def __iter__(self) -> OnlineBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
@@ -106,7 +110,7 @@ class OnlineBdhsBatches:
         counts: Counter[str] = Counter()
         rows = self.sampler(answerer, picked, self.image_root, self.folder, self.seed + index, counts)
         if not rows:
-            raise ValueError(f"online BDHS round {index}: no record of {self.settings.data.path} gave a pair "
+            raise ValueError(f"{self.method} round {index}: no record of {self.settings.data.path} gave a pair "
                              f"({dict(counts)})")
         os.makedirs(self.folder, exist_ok=True)
         write_atomically(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
