@@ -14,7 +14,7 @@ from realign_jax.data.keyvalue import parse_key_values
 from realign_jax.objectives.losses import loss_spec
 from realign_jax.settings import runs
 from realign_jax.settings.keys import replace, to_config  # noqa: F401 - to_config: what every get_config returns
-from realign_jax.settings.sections import BdhsPairs, PovidPairs, RealignPairs, WorldSettings
+from realign_jax.settings.sections import BdhsPairs, OnlineDpoSettings, PovidPairs, RealignPairs, WorldSettings
 
 
 def parse_arg(arg: str | None) -> dict[str, str]:
@@ -102,7 +102,9 @@ def pairs_run(builder: str) -> runs.PairsRun:
 
 
 # method -> (pair builder, the align stages: POVID trains twice)
-METHODS: dict[str, str] = {"rdpo": "realign", "dpo": "realign", "mdpo": "realign", "povid": "povid", "bdhs": "bdhs"}
+METHODS: dict[str, str] = {"rdpo": "realign", "dpo": "realign", "mdpo": "realign", "povid": "povid", "bdhs": "bdhs",
+                           "simpo": "realign", "orpo": "realign", "online_dpo": "realign", "mixed_dpo": "realign"}
+SIMPO = {"loss__beta": 2.0, "loss__simpo_gamma": 1.0}  # the SimPO paper's beta = 2, gamma / beta = 0.5
 ALIGN_LR = 2e-4  # chosen on the world for rDPO over 1e-4 and 5e-4 (docs/benchmarks.md, "Choosing the align recipe")
 
 
@@ -114,6 +116,13 @@ def _align_stages(method: str) -> runs.AlignStages:
         return runs.AlignStages(stage1=stage("dpo"), stage2=povid_noise(stage("dpo")))
     if method == "mdpo":
         return runs.AlignStages(stage1=mdpo(stage("dpo")))
+    if method == "simpo":
+        return runs.AlignStages(stage1=replace(stage("simpo"), **SIMPO))
+    if method == "orpo":
+        return runs.AlignStages(stage1=stage("orpo"))
+    if method in ("online_dpo", "mixed_dpo"):  # the pairs' chosen answers are the records; mixed keeps half
+        online = OnlineDpoSettings(every=25, offline_share=0.5 if method == "mixed_dpo" else 0.0)
+        return runs.AlignStages(stage1=replace(stage("dpo"), online_dpo=online))
     return runs.AlignStages(stage1=stage("rdpo" if method == "rdpo" else "dpo"))
 
 
