@@ -85,3 +85,20 @@ def tokenizer():
     from test_prompting import LLAVA_TEMPLATE, build_tokenizer
 
     return build_tokenizer(LLAVA_TEMPLATE)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """A synthetic world of 16 train and 2 eval images, shared read-only by the online-sampling
+    and annotator tests."""
+    from realign_jax.synthetic import WorldConfig, generate_world
+
+    out = tmp_path_factory.mktemp("small_world")
+    generate_world(WorldConfig(seed=3, num_train_images=16, num_eval_images=2), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_world_llava(small_world, tmp_path_factory):
+    """`build_world_llava` on `small_world`: a checkpoint its records can be answered with."""
+    return build_world_llava(str(small_world), str(tmp_path_factory.mktemp("small_world_llava")))

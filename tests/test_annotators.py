@@ -19,7 +19,6 @@ from realign_jax.eval import chair
 from realign_jax.pairs.annotators import JUDGE_SYSTEM, WorldAnnotator, make_annotator
 from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.llm import ChatEndpoint
-from realign_jax.synthetic import WorldConfig, generate_world
 from realign_jax.synthetic.benchmarks import object_lists
 from realign_jax.synthetic.vocabulary import CATEGORIES
 
@@ -27,35 +26,28 @@ MODEL = "judge-model"
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(WorldConfig(seed=3, num_train_images=8, num_eval_images=2), out, progress=False)
-    return out
+def annotator(small_world: Path) -> WorldAnnotator:
+    return WorldAnnotator(str(small_world), str(small_world / "train"))
 
 
-@pytest.fixture(scope="module")
-def annotator(world: Path) -> WorldAnnotator:
-    return WorldAnnotator(str(world), str(world / "train"))
+def _captions(small_world: Path) -> list[dict[str, Any]]:
+    return [r for r in read_records(str(small_world / "train" / "sft.jsonl")) if r["provenance"]["task"] == "caption"]
 
 
-def _captions(world: Path) -> list[dict[str, Any]]:
-    return [r for r in read_records(str(world / "train" / "sft.jsonl")) if r["provenance"]["task"] == "caption"]
-
-
-def _truth(world: Path, record: dict[str, Any]) -> list[str]:
+def _truth(small_world: Path, record: dict[str, Any]) -> list[str]:
     """The record's objects as the CHAIR evaluation gets them (synthetic/benchmarks.py)."""
-    by_image = {i["image"]: i["objects"] for i in object_lists(str(world), "train")}
-    return by_image[str(world / "train" / record["image"])]
+    by_image = {i["image"]: i["objects"] for i in object_lists(str(small_world), "train")}
+    return by_image[str(small_world / "train" / record["image"])]
 
 
 def _absent(truth: list[str]) -> list[str]:
     return [c.name for c in CATEGORIES if c.name not in truth]
 
 
-def test_true_objects_beat_an_added_hallucination_which_beats_absent_objects(world: Path,
+def test_true_objects_beat_an_added_hallucination_which_beats_absent_objects(small_world: Path,
                                                                              annotator: WorldAnnotator) -> None:
-    record = _captions(world)[0]
-    truth, absent = _truth(world, record), _absent(_truth(world, record))
+    record = _captions(small_world)[0]
+    truth, absent = _truth(small_world, record), _absent(_truth(small_world, record))
     exact = "The image shows " + ", ".join(f"a {name}" for name in truth) + "."
     answers = [exact, exact + f" There is also a {absent[0]}.", f"A {absent[0]} and a {absent[1]}."]
     scores = annotator.scores(record, answers)
@@ -63,36 +55,37 @@ def test_true_objects_beat_an_added_hallucination_which_beats_absent_objects(wor
     assert scores[0] > scores[1] > scores[2]
 
 
-def test_reward_by_hand_with_synonyms_plurals_and_repeats(world: Path, annotator: WorldAnnotator) -> None:
-    record = _captions(world)[0]
-    truth = _truth(world, record)
-    table = load_synonyms(str(world / "synonyms.txt"))  # canonical -> [its plural, synonym, its plural, ...]
+def test_reward_by_hand_with_synonyms_plurals_and_repeats(small_world: Path, annotator: WorldAnnotator) -> None:
+    record = _captions(small_world)[0]
+    truth = _truth(small_world, record)
+    table = load_synonyms(str(small_world / "synonyms.txt"))  # canonical -> [its plural, synonym, its plural, ...]
     absent = _absent(truth)[0]
     answer = f"A {truth[0]}, two more {table[truth[0]][0]}? No: {table[truth[1]][-1]}, and a {absent}."
     # mentions: truth[0] twice, truth[1], absent -> recall 2/len(truth), hallucinated 1 of 4 mentions
     assert annotator.scores(record, [answer]) == [pytest.approx(2 / len(truth) - 1 / 4)]
 
 
-def test_reward_is_chairs_recall_minus_chair_i_on_the_worlds_captions(world: Path, annotator: WorldAnnotator) -> None:
+def test_reward_is_chairs_recall_minus_chair_i_on_the_worlds_captions(small_world: Path,
+                                                                      annotator: WorldAnnotator) -> None:
     """The same reading as mode=eval's CHAIR on the world (protocol corrected, COCO rules on)."""
-    synonyms = chair.read_synonyms(str(world / "synonyms.txt"), "corrected")
-    for record in _captions(world):
-        truth = _truth(world, record)
+    synonyms = chair.read_synonyms(str(small_world / "synonyms.txt"), "corrected")
+    for record in _captions(small_world):
+        truth = _truth(small_world, record)
         for text in (record["chosen"], f"{record['chosen']} A {_absent(truth)[0]} too, and a {truth[0]}."):
             scored = chair.chair([{"image": "x", "text": text}], {"x": truth}, synonyms, protocol="corrected")
             assert annotator.scores(record, [text]) == [pytest.approx(scored["recall"] - scored["chair_i"])]
 
 
-def test_images_are_found_by_absolute_path_and_under_any_split(world: Path, annotator: WorldAnnotator) -> None:
-    record = _captions(world)[0]
-    absolute = {**record, "image": str(world / "train" / record["image"])}
+def test_images_are_found_by_absolute_path_and_under_any_split(small_world: Path, annotator: WorldAnnotator) -> None:
+    record = _captions(small_world)[0]
+    absolute = {**record, "image": str(small_world / "train" / record["image"])}
     text = record["chosen"]
     assert annotator.scores(absolute, [text]) == annotator.scores(record, [text]) == [1.0]
-    evaluation = read_records(str(world / "eval" / "sft.jsonl"))[0]
-    assert WorldAnnotator(str(world), str(world / "eval")).scores(evaluation, [evaluation["chosen"]])[0] > 0
+    evaluation = read_records(str(small_world / "eval" / "sft.jsonl"))[0]
+    assert WorldAnnotator(str(small_world), str(small_world / "eval")).scores(evaluation, [evaluation["chosen"]])[0] > 0
 
 
-def test_an_image_without_ground_truth_names_the_record(world: Path, annotator: WorldAnnotator) -> None:
+def test_an_image_without_ground_truth_names_the_record(small_world: Path, annotator: WorldAnnotator) -> None:
     record = {"id": "stray-7", "image": "images/999999.png", "question": "What is there?"}
     with pytest.raises(ValueError, match=r"record 'stray-7'.*images/999999\.png.*no ground truth"):
         annotator.scores(record, ["a cup"])
@@ -182,12 +175,12 @@ def test_the_judge_needs_a_reference_answer(judge_server) -> None:
     assert not bodies
 
 
-def test_make_annotator_names_the_settings_it_misses(world: Path) -> None:
+def test_make_annotator_names_the_settings_it_misses(small_world: Path) -> None:
     with pytest.raises(ValueError, match=r"online_dpo\.annotator='oracle'.*'world', 'judge'"):
         make_annotator("oracle")
     with pytest.raises(ValueError, match=r"online_dpo\.annotator='world' needs online_dpo\.world"):
         make_annotator("world")
     with pytest.raises(ValueError, match=r"online_dpo\.annotator='judge' needs online_dpo\.llm\.base_url"):
         make_annotator("judge")
-    made = make_annotator("world", world=str(world), image_root=str(world / "train"))
-    assert isinstance(made, WorldAnnotator) and made.world_dir == str(world)
+    made = make_annotator("world", world=str(small_world), image_root=str(small_world / "train"))
+    assert isinstance(made, WorldAnnotator) and made.world_dir == str(small_world)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_world_llava
 
 from realign_jax.data.chat import ChatCodec
 from realign_jax.main import train
@@ -19,7 +18,6 @@ from realign_jax.models.answering import Answerer
 from realign_jax.pairs.bdhs import BdhsSampler
 from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.sentence_embedder import SentenceEmbedder
-from realign_jax.synthetic import WorldConfig, generate_world
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import bdhs_train  # noqa: E402
@@ -27,22 +25,10 @@ import bdhs_train  # noqa: E402
 BATCH, EVERY, STEPS = 8, 2, 4  # 8: one row per fake device
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(WorldConfig(seed=3, num_train_images=16, num_eval_images=2), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoint(world: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_world_llava(str(world), str(tmp_path_factory.mktemp("hf_llava")))
-
-
-def online_config(world: Path, checkpoint: str):
+def online_config(small_world: Path, small_world_llava: str):
     config = bdhs_train.get_config("online")
-    config.model.path = checkpoint
-    config.data.path = str(world / "train" / "captions.jsonl")
+    config.model.path = small_world_llava
+    config.data.path = str(small_world / "train" / "captions.jsonl")
     config.data.seq_len, config.data.length_buckets = 96, ""
     config.train.batch_size, config.train.steps, config.train.checkpoint_every = BATCH, STEPS, 1
     config.train.export = False
@@ -56,8 +42,8 @@ def rounds(workdir: Path) -> list[list[dict]]:
     return [read_records(str(p)) for p in sorted((workdir / "online_bdhs").glob("round-*.jsonl"))]
 
 
-def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world, checkpoint, tmp_path):
-    config = online_config(world, checkpoint)
+def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(small_world, small_world_llava, tmp_path):
+    config = online_config(small_world, small_world_llava)
     whole = train(config, str(tmp_path / "whole"))
     written = rounds(tmp_path / "whole")
     assert whole["step"] == STEPS and len(written) == STEPS // EVERY
@@ -69,10 +55,10 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
     # otherwise about the same records.
     records = read_records(config.data.path)
     order = np.random.default_rng(config.data.seed).permutation(len(records))
-    sampler = BdhsSampler(Answerer.load(checkpoint, ChatCodec.load, batch_size=8), SentenceEmbedder.load(),
+    sampler = BdhsSampler(Answerer.load(small_world_llava, ChatCodec.load, batch_size=8), SentenceEmbedder.load(),
                           run_settings.load(config).online_bdhs)
     folder = str(tmp_path / "whole" / "online_bdhs")
-    image_root = str(world / "train")
+    image_root = str(small_world / "train")
     for index, expected_same in ((0, True), (1, False)):
         picked = [records[order[(index * EVERY * BATCH + i) % len(records)]] for i in range(EVERY * BATCH)]
         base = sampler.pairs(picked, image_root, folder, config.data.seed + index, Counter())
@@ -88,11 +74,11 @@ def test_rounds_are_sampled_from_the_current_policy_and_survive_a_restart(world,
     assert resumed["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], rel=1e-5)
 
 
-def test_online_batches_need_an_online_method_and_a_sampler(world, checkpoint, tmp_path):
+def test_online_batches_need_an_online_method_and_a_sampler(small_world, small_world_llava, tmp_path):
     from realign_jax.train.online import OnlineBatches
     from realign_jax.settings.runs import load
 
-    config = online_config(world, checkpoint)
+    config = online_config(small_world, small_world_llava)
     with pytest.raises(ValueError, match=r"online_bdhs.every is set but no round sampler was given"):
         OnlineBatches(load(config), None, str(tmp_path), lambda: None)
     config.online_bdhs.every = 0

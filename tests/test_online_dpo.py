@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_world_llava
 
 from realign_jax.data.chat import ChatCodec
 from realign_jax.main import train
@@ -23,7 +22,6 @@ from realign_jax.pairs.builder_inputs import read_records
 from realign_jax.pairs.online_dpo import OnlineDpoSampler
 from realign_jax.settings import runs as run_settings
 from realign_jax.settings.sections import OnlineDpoSettings
-from realign_jax.synthetic import WorldConfig, generate_world
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
 import online_dpo_train  # noqa: E402
@@ -32,41 +30,29 @@ BATCH, EVERY, STEPS = 8, 2, 4  # 8: one row per fake device
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("world")
-    generate_world(WorldConfig(seed=3, num_train_images=16, num_eval_images=2), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def checkpoint(world: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_world_llava(str(world), str(tmp_path_factory.mktemp("hf_llava")))
-
-
-@pytest.fixture(scope="module")
-def world_pairs(world: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def world_pairs(small_world: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The world's captions as preference pairs: each caption's rejected answer is the next
     image's caption (images relative to the pairs file, as a builder writes them)."""
-    records = read_records(str(world / "train" / "captions.jsonl"))
+    records = read_records(str(small_world / "train" / "captions.jsonl"))
     folder = tmp_path_factory.mktemp("pairs")
-    rows = [{**r, "image": os.path.relpath(str(world / "train" / r["image"]), folder),
+    rows = [{**r, "image": os.path.relpath(str(small_world / "train" / r["image"]), folder),
              "rejected": records[(i + 1) % len(records)]["chosen"]} for i, r in enumerate(records)]
     path = folder / "pairs.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return str(path)
 
 
-def online_config(world: Path, checkpoint: str, variant: str | None = None, data: str = ""):
+def online_config(small_world: Path, small_world_llava: str, variant: str | None = None, data: str = ""):
     config = online_dpo_train.get_config(variant)
-    config.model.path = checkpoint
-    config.data.path = data or str(world / "train" / "captions.jsonl")
+    config.model.path = small_world_llava
+    config.data.path = data or str(small_world / "train" / "captions.jsonl")
     config.data.seq_len, config.data.length_buckets = 96, ""
     config.train.batch_size, config.train.steps, config.train.checkpoint_every = BATCH, STEPS, 1
     config.train.export = False
     config.optim.lr, config.optim.warmup_ratio = 0.5, 0.0  # large: the policy visibly moves in two steps
     online = config.online_dpo
     online.every, online.samples, online.max_new_tokens, online.batch_size = EVERY, 4, 12, 16
-    online.world = str(world)
+    online.world = str(small_world)
     return config
 
 
@@ -81,12 +67,12 @@ def picked(config, index: int) -> list[dict]:
     return [records[order[(index * EVERY * BATCH + i) % len(records)]] for i in range(EVERY * BATCH)]
 
 
-def test_online_dpo_pairs_the_best_and_worst_policy_samples_and_resumes(world, checkpoint, tmp_path):
-    config = online_config(world, checkpoint)
+def test_online_dpo_pairs_the_best_and_worst_policy_samples_and_resumes(small_world, small_world_llava, tmp_path):
+    config = online_config(small_world, small_world_llava)
     whole = train(config, str(tmp_path / "whole"))
     written = rounds(tmp_path / "whole")
     assert whole["step"] == STEPS and len(written) == STEPS // EVERY
-    annotator = WorldAnnotator(str(world), str(tmp_path / "whole" / "online_dpo"))
+    annotator = WorldAnnotator(str(small_world), str(tmp_path / "whole" / "online_dpo"))
     for rows in written:
         assert rows and all(r["provenance"]["builder"] == "online_dpo" for r in rows)
         for row in rows:
@@ -98,12 +84,12 @@ def test_online_dpo_pairs_the_best_and_worst_policy_samples_and_resumes(world, c
     # Round 0 comes from the untrained policy (LoRA starts at zero): the base checkpoint's own
     # samples of the same records with the same seed; round 1's policy has trained two steps.
     settings = run_settings.load(config).online_dpo
-    sampler = OnlineDpoSampler(settings, WorldAnnotator(str(world), ""))
-    answerer = Answerer.load(checkpoint, ChatCodec.load, batch_size=settings.batch_size)
+    sampler = OnlineDpoSampler(settings, WorldAnnotator(str(small_world), ""))
+    answerer = Answerer.load(small_world_llava, ChatCodec.load, batch_size=settings.batch_size)
     folder = str(tmp_path / "whole" / "online_dpo")
     for index, expected_same in ((0, True), (1, False)):
-        base = sampler.pairs(answerer, picked(config, index), str(world / "train"), folder, config.data.seed + index,
-                             Counter())
+        base = sampler.pairs(answerer, picked(config, index), str(small_world / "train"), folder,
+                             config.data.seed + index, Counter())
         same = [(b["chosen"], b["rejected"]) for b in base] == [(p["chosen"], p["rejected"]) for p in written[index]]
         assert same == expected_same, index
 
@@ -115,8 +101,9 @@ def test_online_dpo_pairs_the_best_and_worst_policy_samples_and_resumes(world, c
     assert resumed["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], rel=1e-5)
 
 
-def test_mixed_dpo_keeps_about_half_of_the_records_own_pairs_and_resumes(world, checkpoint, world_pairs, tmp_path):
-    config = online_config(world, checkpoint, "mixed", data=world_pairs)
+def test_mixed_dpo_keeps_about_half_of_the_records_own_pairs_and_resumes(small_world, small_world_llava, world_pairs,
+                                                                         tmp_path):
+    config = online_config(small_world, small_world_llava, "mixed", data=world_pairs)
     whole = train(config, str(tmp_path / "whole"))
     written = [row for r in rounds(tmp_path / "whole") for row in r]
     own = {r["id"]: r for r in read_records(world_pairs)}
@@ -138,32 +125,32 @@ def test_mixed_dpo_keeps_about_half_of_the_records_own_pairs_and_resumes(world, 
     assert resumed["metrics"]["loss"] == pytest.approx(whole["metrics"]["loss"], rel=1e-5)
 
 
-def test_tied_samples_are_dropped_and_a_missing_own_pair_is_refused(world, checkpoint, tmp_path):
-    records = read_records(str(world / "train" / "captions.jsonl"))[:4]
-    annotator = WorldAnnotator(str(world), "")
+def test_tied_samples_are_dropped_and_a_missing_own_pair_is_refused(small_world, small_world_llava, tmp_path):
+    records = read_records(str(small_world / "train" / "captions.jsonl"))[:4]
+    annotator = WorldAnnotator(str(small_world), "")
     # Near-zero temperature: the k samples are all the greedy answer, so every record's tie.
     settings = OnlineDpoSettings(every=1, temperature=1e-4, max_new_tokens=12, batch_size=16)
-    answerer = Answerer.load(checkpoint, ChatCodec.load, batch_size=settings.batch_size)
+    answerer = Answerer.load(small_world_llava, ChatCodec.load, batch_size=settings.batch_size)
     counts: Counter = Counter()
-    rows = OnlineDpoSampler(settings, annotator).pairs(answerer, records, str(world / "train"), str(tmp_path), 0,
+    rows = OnlineDpoSampler(settings, annotator).pairs(answerer, records, str(small_world / "train"), str(tmp_path), 0,
                                                        counts)
     assert rows == [] and counts == Counter(dropped_tied=4)
     with pytest.raises(ValueError, match=r"record '.+': online_dpo.offline_share=1.0 drew its own pair, but field "
                                          r"'rejected' is empty"):
         OnlineDpoSampler(OnlineDpoSettings(every=1, offline_share=1.0), annotator).pairs(
-            answerer, records, str(world / "train"), str(tmp_path), 0, Counter())
+            answerer, records, str(small_world / "train"), str(tmp_path), 0, Counter())
 
 
-def test_online_dpo_settings_refuse_what_a_sampled_pair_cannot_feed(world, checkpoint):
-    config = online_config(world, checkpoint)
+def test_online_dpo_settings_refuse_what_a_sampled_pair_cannot_feed(small_world, small_world_llava):
+    config = online_config(small_world, small_world_llava)
     config.loss.name = "dpo_combined"
     with pytest.raises(ValueError, match=r"online_dpo.every is set but loss.name='dpo_combined'"):
         run_settings.load(config)
-    config = online_config(world, checkpoint)
+    config = online_config(small_world, small_world_llava)
     config.reference = "precomputed"
     with pytest.raises(ValueError, match=r"reference='precomputed' cannot go with online_dpo.every"):
         run_settings.load(config)
-    config = online_config(world, checkpoint)
+    config = online_config(small_world, small_world_llava)
     config.online_dpo.samples = 1
     with pytest.raises(ValueError, match=r"online_dpo.samples=1 must be >= 2"):
         run_settings.load(config)
