@@ -243,3 +243,35 @@ def test_povid_noisy_term_scores_the_noised_argmax_inside_the_chosen_clean_forwa
     old_value = np.array([sum(_log_softmax(old[i, t - 1])[yhat[i, t]] for t in np.nonzero(response[i])[0])
                           for i in range(len(ids))])
     assert np.abs(old_value - expected).max() > 1e-2, (old_value, expected)
+
+
+@pytest.mark.parametrize("vocab,chunk", [(50, 16), (50, 50), (37, 1)])
+def test_log_sum_sq_is_wpos_log_sum_of_squared_probabilities(vocab, chunk):
+    hidden, kernel, labels = _problem(vocab, seed=2)
+    scores = token_scores(jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(labels), chunk, sum_sq=True)
+    logits = hidden.astype(np.float64) @ kernel.astype(np.float64)
+    probs = np.exp(_log_softmax(logits))
+    np.testing.assert_allclose(np.asarray(scores.log_sum_sq), np.log((probs ** 2).sum(-1)), atol=1e-5, rtol=1e-5)
+    assert token_scores(jnp.asarray(hidden), jnp.asarray(kernel), jnp.asarray(labels), chunk).log_sum_sq is None
+
+
+def test_wpo_rows_are_the_mean_aligned_log_prob_of_each_response():
+    """row_logps' wpo_<kind> = mean over the response of log p(y_t) - log sum_v p(v)^2 (TRL's
+    aligned log-probs), from the full logits in numpy; the reference's layout computes none."""
+    config = preset("tiny")
+    model = _tiny_model(config, std=0.1)
+    batch = _povid_batch(config)
+    layout = RowLayout.for_objective("dpo", vocab_chunk=96, wpo=True)
+    assert not layout.for_reference().wpo
+    scores = nnx.jit(lambda m, b: row_logps(m, image_states(m, b["pixel_values"]), b, layout))(model, batch)
+    response = np.asarray(batch["loss_mask"]).astype(bool)
+    for row, kind in enumerate(layout.kinds):
+        ids = np.asarray(batch["input_ids"][:, row])
+        logits = np.asarray(_full_logits(model, ids, batch["pixel_values"][:, 0], batch["attention_mask"][:, row]),
+                            np.float64)
+        expected = np.zeros(len(ids))
+        for i, t in zip(*np.nonzero(response[:, row])):
+            logp = _log_softmax(logits[i, t - 1])
+            expected[i] += logp[ids[i, t]] - np.log(np.exp(2 * logp).sum())
+        expected /= response[:, row].sum(-1)
+        np.testing.assert_allclose(np.asarray(scores[f"wpo_{kind}"]), expected, rtol=1e-5, atol=1e-5)

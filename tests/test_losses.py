@@ -240,3 +240,31 @@ def test_sft_term_normalises_per_example_or_per_token(normalize):
 def test_bad_sft_normalize_names_the_key():
     with pytest.raises(ValueError, match="loss.sft_normalize='sum'"):
         LossConfig(sft_normalize="sum")
+
+
+def test_wpo_weights_every_term_by_the_pairs_policy_weights():
+    """WPO (TRL's use_weighting): each term's per-pair value times exp(wpo_chosen + wpo_rejected),
+    the SFT term (a batch scalar, as TRL expands it) included."""
+    p, r, lengths, nll = _batch()
+    log_w = {k: RNG.uniform(-1.5, -0.1, N) for k in ("chosen", "rejected")}
+    weights = np.exp(log_w["chosen"] + log_w["rejected"])
+    ref_rows = {k: np.float32(v) for k, v in r.items()}
+    cases = (("dpo", LossConfig(wpo=True)), ("ipo", LossConfig(wpo=True, sft_weight=0.5)),
+             ("sigmoid+bco_pair+sft", LossConfig(wpo=True, weights=(0.8, 0.2, 1.0), sft_normalize="token")))
+    for name, cfg in cases:
+        rows = _as_rows(p, lengths, nll)
+        rows.update({f"wpo_{k}": np.float32(v) for k, v in log_w.items()})
+        loss, metrics = get_loss(name)(rows, ref_rows, cfg)
+        plain = dataclasses.replace(cfg, wpo=False, sft_weight=0.0, weights=())
+        names = name.split("+")
+        expected = cfg.sft_weight * sft_numpy(p, lengths, nll, cfg.sft_normalize) * weights.mean()
+        for term, w in zip(names, cfg.weights or (1.0,) * len(names)):
+            if term == "sft":
+                per_pair = sft_numpy(p, lengths, nll, cfg.sft_normalize) * np.ones(N)
+            else:
+                per_pair = np.array([reference_numpy(term, *({k: v[i:i + 1] for k, v in part.items()}
+                                                            for part in (p, r, lengths)), nll[i:i + 1], plain)
+                                     for i in range(N)])
+            expected += w * np.mean(per_pair * weights)
+        np.testing.assert_allclose(float(loss), expected, rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(float(metrics["wpo/weight"]), weights.mean(), rtol=1e-5)

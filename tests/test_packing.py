@@ -81,8 +81,9 @@ def test_packed_rows_hold_each_row_with_its_own_positions_and_images(share_prefi
     ("rdpo", {}, True, False, 0),
     ("rdpo", {}, True, True, 256),
     ("dpo", {"train__grad_accum": 2, "train__batch_size": 16}, True, True, 256),
+    ("dpo", {"loss__wpo": True}, False, True, 0),
 ], ids=["sft", "rdpo-best-other-shared-prefix", "rdpo-sharded", "rdpo-sharded-shared-prefix-long-rows",
-        "dpo-sharded-shared-prefix-grad-accum"])
+        "dpo-sharded-shared-prefix-grad-accum", "dpo-wpo-shared-prefix"])
 def test_packed_step_equals_the_padded_step(loss, overrides, sharded, share_prefix, pack_len):
     """With grad_accum, each micro-batch is packed on its own and the step's strided split
     finds its rows: the same micro-batches as the padded batch, so the same gradients."""
@@ -104,8 +105,10 @@ def test_packed_step_equals_the_padded_step(loss, overrides, sharded, share_pref
     (padded_metrics, padded_params), (packed_metrics, packed_params) = results
     # (accuracies left out: at the first step policy = reference, so margins are ~0 and their sign is noise)
     keys = [k for k in padded_metrics
-            if k.startswith(("loss", "logps", "rewards", "visual")) and "accuracies" not in k or k == "grad_norm"]
+            if k.startswith(("loss", "logps", "rewards", "visual", "wpo")) and "accuracies" not in k
+            or k == "grad_norm"]
     assert "loss" in keys and "grad_norm" in keys
+    assert ("wpo/weight" in keys) == bool(overrides.get("loss__wpo"))
     # Rewards are beta * (policy - reference) log-prob differences, ~0 at the first step: two layouts
     # sum the same log-probs in another order, and float32 keeps ~7 digits of a sum that size.
     logp_scale = max((float(np.max(np.abs(padded_metrics[k]))) for k in keys if k.startswith("logps")), default=0.0)

@@ -208,6 +208,7 @@ def test_paper_recipes_set_what_their_sources_say():
     ({"loss.name": "simpo"}, r"^loss.name='simpo' reads no reference: set reference='none'"),
     ({"loss.name": "dpo", "reference": "none"}, r"^reference='none' cannot go with loss.name='dpo'"),
     ({"loss.name": "orpo+apo_zero", "reference": "none"}, r"^reference='none' cannot go with loss.name='orpo\+apo_zero'"),
+    ({"loss.name": "aot", "loss.wpo": True}, r"^loss.wpo=True cannot go with loss.name='aot': WPO weights pairs"),
 ])
 def test_loss_combinations_are_checked_by_name(changes, message):
     import train_llava

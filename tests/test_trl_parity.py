@@ -42,10 +42,11 @@ def _batch(seed):
 class _StubPolicy(torch.nn.Module):
     """Stands in for the policy model: returns the fused-LM-head outputs of `_compute_loss`."""
 
-    def __init__(self, seq_logps, completion_mask):
+    def __init__(self, seq_logps, completion_mask, log_sum_sq=None):
         super().__init__()
         self.seq_logps = seq_logps  # [2N], chosen rows then rejected rows
         self.completion_mask = completion_mask  # [2N, L]
+        self.log_sum_sq = log_sum_sq  # [2N, L - 1]: WPO's per-token log sum_v p(v)^2, when weighting
 
     def forward(self, input_ids, labels, fused_lm_head, **kwargs):
         assert fused_lm_head and torch.equal(labels != -100, self.completion_mask.bool())
@@ -55,21 +56,23 @@ class _StubPolicy(torch.nn.Module):
         per_token[torch.arange(len(last)), last] = self.seq_logps
         zeros = torch.zeros_like(per_token)
         return types.SimpleNamespace(log_probs=per_token, entropy=zeros, mean_logits=zeros,
-                                     is_top1=torch.zeros(per_token.shape, dtype=torch.bool))
+                                     is_top1=torch.zeros(per_token.shape, dtype=torch.bool),
+                                     log_sum_sq_probs=self.log_sum_sq)
 
 
 def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.0, weights=None,
-             discopop_tau=0.05):
+             discopop_tau=0.05, log_sum_sq=None):
     """TRL's DPOTrainer._compute_loss on these log-probs: (loss, logged eval metrics); with
     `sft_weight`, `loss_type=[loss_type, "sft"]` weighted [1, sft_weight] (TRL's RPO term). A
-    `+`-joined loss_type is TRL's list of loss types, weighted by `weights` (MPO)."""
+    `+`-joined loss_type is TRL's list of loss types, weighted by `weights` (MPO). `log_sum_sq`
+    ([2N, L-1] per-token log sum_v p(v)^2 of the shifted rows) turns on WPO's `use_weighting`."""
     length = np.concatenate([lengths["chosen"], lengths["rejected"]]).astype(int)
     seq_len = PROMPT_LEN + int(length.max()) + 1
     positions = np.arange(seq_len)
     completion_mask = torch.tensor((positions >= PROMPT_LEN) & (positions < PROMPT_LEN + length[:, None]),
                                    dtype=torch.long)
     model = _StubPolicy(torch.tensor(np.concatenate([logps["policy_chosen"], logps["policy_rejected"]])),
-                        completion_mask).eval()
+                        completion_mask, None if log_sum_sq is None else torch.tensor(log_sum_sq)).eval()
 
     trainer = trl_dpo.DPOTrainer.__new__(trl_dpo.DPOTrainer)
     # Attributes `_compute_loss` reads (set in DPOTrainer.__init__ from DPOConfig), nothing more:
@@ -84,7 +87,7 @@ def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.
     trainer.args = types.SimpleNamespace(discopop_tau=discopop_tau)  # read by "discopop" only
     trainer.f_divergence_type = "reverse_kl"  # standard DPO
     trainer.ld_alpha = None  # no LD-DPO length desensitisation
-    trainer.use_weighting = False  # no WPO weighting
+    trainer.use_weighting = log_sum_sq is not None  # WPO weighting
     trainer.aux_loss_enabled = False
     trainer.precompute_ref_logps = True  # reference log-probs come from the batch
     trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
@@ -103,10 +106,10 @@ def trl_loss(logps, lengths, beta, loss_type, label_smoothing=0.0, sft_weight=0.
     return float(loss), metrics
 
 
-def our_loss(name, logps, lengths, beta, label_smoothing=0.0, **options):
+def our_loss(name, logps, lengths, beta, label_smoothing=0.0, wpo_rows=None, **options):
     policy = {"chosen": logps["policy_chosen"], "rejected": logps["policy_rejected"],
               "length_chosen": lengths["chosen"], "length_rejected": lengths["rejected"],
-              "nll_chosen": -logps["policy_chosen"] / lengths["chosen"]}
+              "nll_chosen": -logps["policy_chosen"] / lengths["chosen"], **(wpo_rows or {})}
     reference = {"chosen": logps["ref_chosen"], "rejected": logps["ref_rejected"]}
     loss, metrics = get_loss(name)(policy, reference, LossConfig(beta=beta, label_smoothing=label_smoothing, **options))
     return float(loss), {k: float(v) for k, v in metrics.items()}
@@ -304,3 +307,36 @@ def test_orpo_matches_trl_orpo_trainer(beta, seed):
     np.testing.assert_allclose(our_metrics["log_odds_ratio"], float(ratio), **TOL)
     np.testing.assert_allclose(our_metrics["log_odds_chosen"], float(log_odds), **TOL)
     np.testing.assert_allclose(our_metrics["nll_loss"], nll, **TOL)
+
+
+def _wpo_inputs(logps, lengths, seed):
+    """Per-token log sum_v p(v)^2 for TRL's stub, over the completion positions of its shifted
+    rows, and our rows' WPO means from the same numbers: (seq log-prob - its sum) / length."""
+    length = np.concatenate([lengths["chosen"], lengths["rejected"]]).astype(int)
+    seq_len = PROMPT_LEN + int(length.max()) + 1
+    log_sum_sq = np.random.default_rng(seed + 10).uniform(-3.0, -0.5, (2 * N, seq_len - 1)).astype(np.float32)
+    positions = np.arange(1, seq_len)  # the shifted mask: completion_mask[:, 1:]
+    mask = (positions >= PROMPT_LEN) & (positions < PROMPT_LEN + length[:, None])
+    sums = (log_sum_sq * mask).sum(-1)
+    seq = np.concatenate([logps["policy_chosen"], logps["policy_rejected"]])
+    means = (seq - sums) / mask.sum(-1)
+    return log_sum_sq, {"wpo_chosen": means[:N].astype(np.float32), "wpo_rejected": means[N:].astype(np.float32)}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("loss_type,weights", [("sigmoid", None), ("ipo", None),
+                                               ("sigmoid+bco_pair", (0.8, 0.2))])
+def test_wpo_weighting_matches_trl(loss_type, weights, seed):
+    """loss.wpo is TRL's use_weighting (WPO, arXiv 2406.11827): each loss type's per-pair values
+    times exp(mean aligned log-prob of y_w) * exp(that of y_l). (TRL 1.16 cannot weight its "sft"
+    loss type: the in-place product on its expanded scalar raises, so sums with sft are checked
+    against numpy only, tests/test_losses.py.)"""
+    logps, lengths = _batch(seed)
+    log_sum_sq, wpo_rows = _wpo_inputs(logps, lengths, seed)
+    theirs, _ = trl_loss(logps, lengths, 0.1, loss_type, weights=weights, log_sum_sq=log_sum_sq)
+    name = {"sigmoid": "dpo"}.get(loss_type, loss_type)
+    options = dict(weights=weights) if weights else {}
+    ours, _ = our_loss(name, logps, lengths, 0.1, wpo=True, wpo_rows=wpo_rows, **options)
+    np.testing.assert_allclose(ours, theirs, **TOL)
+    plain, _ = our_loss(name, logps, lengths, 0.1, **options)
+    assert abs(plain - theirs) > 1e-3  # the weights move the loss

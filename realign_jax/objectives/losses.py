@@ -56,6 +56,8 @@ class LossConfig:
     discopop_tau: float = _key(0.05, "DiscoPOP's temperature tau of the blend (TRL's discopop_tau)")
     combined_weight: float = _key(0.5, "dpo_combined's g: weight of the external rejected answer, 1 - g of "
                                        "the self-generated rejected_sampled (BDHS)")
+    wpo: bool = _key(False, "WPO (TRL's use_weighting): each pair's loss times the policy's weights of y_w and y_l, "
+                            "exp(mean_t log p(y_t) - log sum_v p(v)^2), without gradient")
 
     def __post_init__(self) -> None:
         if self.beta <= 0:
@@ -369,23 +371,35 @@ TERMS: dict[str, tuple[LossTerm, tuple[str, ...], bool]] = {
 ROW_ORDER = ("chosen", "rejected", "chosen_alt_image", "rejected_noisy", "rejected_sampled")
 
 
+def wpo_weights(policy: Rows) -> jax.Array:
+    """WPO's pair weights (Zhou et al. 2024, arXiv 2406.11827, Eq. 2, as TRL 1.16 computes them):
+    w(y_w) * w(y_l), w(y) = exp(mean over y's tokens of log p(y_t) - log sum_v p(v)^2), the
+    policy's own probability of the pair made comparable across contexts (row_logps' `wpo_<kind>`
+    holds the mean; it carries no gradient)."""
+    return jnp.exp(policy["wpo_chosen"] + policy["wpo_rejected"])
+
+
 def _total(names: tuple[str, ...], policy: Rows, reference: Rows, config: LossConfig) -> tuple[jax.Array, Metrics]:
-    """sum_i w_i * mean(term_i) (+ alpha * NLL(y_w) when loss.sft_weight is set). The metrics are
-    the first term's (TRL logs one set of rewards however many loss types it sums), plus each
-    term's value as `loss/<name>` when there are several."""
+    """sum_i w_i * mean(term_i) (+ alpha * NLL(y_w) when loss.sft_weight is set); under loss.wpo
+    each term's per-pair values are weighted by `wpo_weights` first (TRL weights every loss type,
+    its SFT term included). The metrics are the first term's (TRL logs one set of rewards however
+    many loss types it sums), plus each term's value as `loss/<name>` when there are several."""
     weights = config.weights or (1.0,) * len(names)
+    pair_weights = wpo_weights(policy) if config.wpo else 1.0
     loss, metrics = jnp.zeros((), jnp.float32), {}
     for name, weight in zip(names, weights, strict=True):
         per_row, term_metrics = TERMS[name][0](policy, reference, config)
-        value = jnp.mean(per_row)
+        value = jnp.mean(per_row * pair_weights)
         loss = loss + weight * value
         metrics = {**term_metrics, **metrics}
         if len(names) > 1:
             metrics[f"loss/{name}"] = value
     if config.sft_weight:
         nll = sft_nll(policy, config)
-        loss = loss + config.sft_weight * nll
+        loss = loss + config.sft_weight * jnp.mean(nll * pair_weights)
         metrics["nll/chosen"] = nll
+    if config.wpo:
+        metrics["wpo/weight"] = jnp.mean(pair_weights)
     metrics["loss"] = loss
     return loss, metrics
 

@@ -56,6 +56,7 @@ class RowLayout:
     vocab_chunk: int = 8192
     crop_per_forward: bool = False
     alt_slot: int = 1  # the image slot chosen_alt_image reads: 2 in the reference's layout under crop_per_forward
+    wpo: bool = False  # the policy rows also give WPO's per-token weights (loss.wpo)
 
     @classmethod
     def for_objective(cls, objective: str, alt_image: str = "auto", **options: Any) -> RowLayout:
@@ -95,8 +96,9 @@ class RowLayout:
     def for_reference(self) -> RowLayout:
         """The layout the reference's rows are scored in: under crop_per_forward its
         chosen_alt_image row reads slot 2, a crop drawn apart from the policy's (mDPO's code
-        crops inside each forward, so policy and reference never see the same crop)."""
-        return dataclasses.replace(self, alt_slot=2) if self.crop_per_forward else self
+        crops inside each forward, so policy and reference never see the same crop). WPO's
+        weights are the policy's only."""
+        return dataclasses.replace(self, alt_slot=2 if self.crop_per_forward else self.alt_slot, wpo=False)
 
     @property
     def second_image(self) -> str:
@@ -164,7 +166,8 @@ class TrainSettings:
         loss = self.loss
         return RowLayout.for_objective(self.objective, rejected_scoring=loss.rejected_scoring,
                                        noisy_scoring=loss.noisy_scoring, alt_image=loss.alt_image,
-                                       vocab_chunk=loss.vocab_chunk, crop_per_forward=loss.crop_per_forward)
+                                       vocab_chunk=loss.vocab_chunk, crop_per_forward=loss.crop_per_forward,
+                                       wpo=loss.wpo and self.objective != "sft")
 
     @property
     def online_method(self) -> str:

@@ -180,6 +180,10 @@ class LossSettings(LossConfig):
         if self.weights and len(self.weights) != len(terms):
             raise ValueError(f"{prefix}weights={self.weights} has {len(self.weights)} weights for the "
                              f"{len(terms)} losses of {prefix}name={self.name!r}")
+        if self.wpo and ({"aot", "aot_unpaired"} & set(terms) or "rejected" not in loss_spec(self.name).rows):
+            raise ValueError(f"{prefix}wpo=True cannot go with {prefix}name={self.name!r}: WPO weights pairs "
+                             "(y_w, y_l), and TRL leaves it out of aot and aot_unpaired, whose sorted batch has "
+                             "no pair to weight")
         if "exo_pair" in terms and not self.label_smoothing:
             raise ValueError(f"{prefix}label_smoothing=0 with exo_pair: EXO's target (1-eps, eps) needs "
                              "eps > 0 (TRL's default for it: 1e-3)")
